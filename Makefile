@@ -1,0 +1,63 @@
+# kdumpd — fresh-machine entry points.  `make test` and `make demo` install what they
+# need (Debian packages when missing, a .venv, the project) and then run.
+
+SHELL := /bin/bash
+PYTHON_SYS ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Debian packages: build deps of systemd-python/pylibfdt, the real tools the tests
+# check against (readelf, dtc, dbus-daemon, busctl, setpriv) and the e2e harness.
+APT_PACKAGES := python3-venv python3-dev gcc pkg-config libsystemd-dev libudev1 \
+	binutils device-tree-compiler dbus dbus-daemon systemd util-linux \
+	qemu-system-x86 kexec-tools busybox-static cpio xz-utils zstd kmod
+
+.PHONY: all bootstrap apt venv test lint typecheck pytest demo bench e2e clean
+
+all: test
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing Debian packages:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "make: need root to apt-get install: $$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | apt
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: apt $(STAMP)
+
+bootstrap: venv
+
+lint: venv
+	$(VENV)/bin/ruff check kdumpd tests bench
+	$(VENV)/bin/ruff format --check kdumpd tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+demo: venv
+	$(PY) -m kdumpd.demo
+
+bench: venv
+	$(PY) bench/elfcorehdr.py
+
+e2e: venv
+	$(PY) -m tests.e2e.run $(if $(KERNELS),--kernels "$(KERNELS)") $(if $(SCENARIOS),--scenarios "$(SCENARIOS)")
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,42 @@
+"""Typed errors raised by the core and the readers.
+
+Every error renders as one line that names the input and the problem, so a CLI can
+print ``str(err)`` to stderr and exit 1 without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class KdumpdError(Exception):
+    """Base class of every error kdumpd reports to a user."""
+
+
+class InputError(KdumpdError):
+    """A file or value we read is malformed.
+
+    ``source`` names the input (a path, usually below the sysroot), ``line`` is the
+    1-based line number when the problem is on one line.
+    """
+
+    def __init__(self, source: str, problem: str, line: int | None = None) -> None:
+        self.source = source
+        self.problem = problem
+        self.line = line
+        where = f"{source}:{line}" if line is not None else source
+        super().__init__(f"{where}: {problem}")
+
+
+class CapacityError(KdumpdError):
+    """A header does not fit the fixed-capacity buffer it must be written into."""
+
+    def __init__(self, what: str, needed: int, capacity: int) -> None:
+        self.what = what
+        self.needed = needed
+        self.capacity = capacity
+        super().__init__(
+            f"{what}: needs {needed} bytes but the preallocated buffer holds {capacity}"
+        )
+
+
+class UnsupportedError(KdumpdError):
+    """The machine or kernel lacks something this operation needs."""

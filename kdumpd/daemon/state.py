@@ -1,0 +1,102 @@
+"""The daemon's one state object and its observers.
+
+The reconciler is the only writer.  D-Bus, sd_notify STATUS, the journal and
+``state.json`` observe it through :meth:`StateStore.subscribe`; none of them
+drives a back-end directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ImageState(enum.StrEnum):
+    LOADING = "loading"
+    LOADED = "loaded"
+    UPDATING = "updating"
+    DEGRADED = "degraded"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonState:
+    """A snapshot of everything the daemon reports.  Ranges are ``(start, end)``,
+    end inclusive as in /proc/iomem."""
+
+    state: ImageState = ImageState.UNLOADED
+    backend: str = ""
+    generation: int = 0
+    last_update_usec: int = 0  # CLOCK_REALTIME, microseconds
+    last_update_duration_usec: int = 0
+    last_load_gap_usec: int = 0  # time with no crash image during the last load
+    last_trigger: str = ""
+    events_received: int = 0
+    events_coalesced: int = 0
+    regenerations: int = 0
+    loads: int = 0
+    pending_events: int = 0
+    present_cpus: tuple[int, ...] = ()
+    covered_cpus: tuple[int, ...] = ()
+    memory_ranges: tuple[tuple[int, int], ...] = ()
+    covered_ranges: tuple[tuple[int, int], ...] = ()
+    stale: bool = False
+    elfcorehdr_used: int = 0
+    elfcorehdr_capacity: int = 0
+    crash_kernel_size: int = 0
+    kernel_hotplug_support: bool = False
+    last_error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["state"] = str(self.state)
+        out["memory_ranges"] = [list(r) for r in self.memory_ranges]
+        out["covered_ranges"] = [list(r) for r in self.covered_ranges]
+        out["present_cpus"] = list(self.present_cpus)
+        out["covered_cpus"] = list(self.covered_cpus)
+        return out
+
+
+StateListener = Callable[[DaemonState, Mapping[str, Any]], None]
+ImageListener = Callable[[int, str], None]
+
+
+class StateStore:
+    """Holds the current :class:`DaemonState` and tells listeners what changed."""
+
+    def __init__(self, initial: DaemonState | None = None) -> None:
+        self._state = initial or DaemonState()
+        self._listeners: list[StateListener] = []
+        self._image_listeners: list[ImageListener] = []
+
+    @property
+    def current(self) -> DaemonState:
+        return self._state
+
+    def subscribe(self, listener: StateListener) -> None:
+        """``listener(new_state, changed)`` runs after every update that changed a field."""
+        self._listeners.append(listener)
+
+    def on_image_updated(self, listener: ImageListener) -> None:
+        """``listener(generation, trigger)`` runs each time a new image is applied."""
+        self._image_listeners.append(listener)
+
+    def update(self, **changes: Any) -> Mapping[str, Any]:
+        """Replace fields; returns (and broadcasts) only those whose value changed."""
+        old = self._state
+        new = dataclasses.replace(old, **changes)
+        changed = {k: v for k, v in changes.items() if getattr(old, k) != v}
+        if not changed:
+            return changed
+        self._state = new
+        for listener in list(self._listeners):
+            listener(new, changed)
+        return changed
+
+    def image_updated(self, generation: int, trigger: str) -> None:
+        for listener in list(self._image_listeners):
+            listener(generation, trigger)

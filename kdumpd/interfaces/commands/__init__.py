@@ -1,0 +1,7 @@
+"""One module per ``kdumpd`` sub-command.
+
+Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``.  :mod:`kdumpd.interfaces.cli` lists them in ``COMMANDS``.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,18 @@
+"""`kdumpd inspect` (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "inspect"
+HELP = "inspect (not implemented yet)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+def run(args: argparse.Namespace) -> int:
+    print("kdumpd inspect: not implemented yet", file=sys.stderr)
+    return 2

@@ -1,0 +1,18 @@
+"""`kdumpd run` (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "run"
+HELP = "run (not implemented yet)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+def run(args: argparse.Namespace) -> int:
+    print("kdumpd run: not implemented yet", file=sys.stderr)
+    return 2
