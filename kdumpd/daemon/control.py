@@ -42,6 +42,6 @@ class Controller(Protocol):
         """Unload the crash image (explicit administrator request only)."""
         ...
 
-    def report(self) -> dict[str, Any]:
+    async def report(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot: state, backend, generation, counters."""
         ...
