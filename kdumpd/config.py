@@ -1,0 +1,245 @@
+"""Daemon configuration: ``/etc/kdumpd/kdumpd.toml`` + ``KDUMPD_*`` environment + CLI.
+
+Precedence (highest first): command-line overrides, environment (``KDUMPD_``,
+nested keys joined with ``__``, e.g. ``KDUMPD_DEBOUNCE__QUIET_MS=50``), the TOML
+file, defaults.  Every model is frozen and rejects unknown keys, so a typo in the
+file is an error, not a silently ignored setting.  A bad value raises
+:class:`~kdumpd.core.errors.InputError` whose message is one line naming the file
+(or variable) and the key.
+
+Example file::
+
+    backend = "auto"            # auto | kernel | file | dry-run
+    state_dir = "/run/kdumpd"
+    event_source = "auto"       # auto | udev | kernel
+    dbus = true
+
+    [debounce]
+    quiet_ms = 100              # apply after this long without events
+    max_ms = 1000               # ... but never later than this after the first one
+
+    [elfcorehdr]
+    max_cpus = 0                # 0 = size from the kernel (possible CPUs)
+    max_ranges = 0              # 0 = size from the kernel (CRASH_MAX_MEMORY_RANGES)
+
+    [kexec]
+    kernel = ""                 # "" = /boot/vmlinuz-$(uname -r)
+    initrd = ""                 # "" = the kdump initrd of the running kernel
+    cmdline = ""                # "" = /proc/cmdline minus crashkernel= plus append
+    append = "irqpoll nr_cpus=1 reset_devices"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+from kdumpd.core.errors import InputError
+
+DEFAULT_CONFIG = Path("/etc/kdumpd/kdumpd.toml")
+ENV_PREFIX = "KDUMPD_"
+
+BackendName = Literal["auto", "kernel", "file", "dry-run"]
+EventSourceName = Literal["auto", "udev", "kernel"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DebounceSettings(_Frozen):
+    quiet_ms: int = Field(default=100, ge=0, le=60_000)
+    max_ms: int = Field(default=1000, ge=1, le=600_000)
+
+    @model_validator(mode="after")
+    def _bound_not_below_quiet(self) -> DebounceSettings:
+        if self.max_ms < self.quiet_ms:
+            raise ValueError(f"max_ms ({self.max_ms}) must be >= quiet_ms ({self.quiet_ms})")
+        return self
+
+
+class ElfcorehdrSettings(_Frozen):
+    max_cpus: int = Field(default=0, ge=0, le=65_536)
+    max_ranges: int = Field(default=0, ge=0, le=1_048_576)
+
+
+class KexecSettings(_Frozen):
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
+    append: str = "irqpoll nr_cpus=1 reset_devices"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    backend: BackendName = "auto"
+    sysroot: Path = Path("/")
+    state_dir: Path = Path("/run/kdumpd")
+    event_source: EventSourceName = "auto"
+    dbus: bool = True
+    debounce: DebounceSettings = Field(default_factory=DebounceSettings)
+    elfcorehdr: ElfcorehdrSettings = Field(default_factory=ElfcorehdrSettings)
+    kexec: KexecSettings = Field(default_factory=KexecSettings)
+
+    @property
+    def debounce_quiet_ms(self) -> int:
+        return self.debounce.quiet_ms
+
+    @property
+    def debounce_max_ms(self) -> int:
+        return self.debounce.max_ms
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+
+_FILE_LAYER: ContextVar[dict[str, Any] | None] = ContextVar("kdumpd_config_file", default=None)
+_ENV: ContextVar[Mapping[str, str] | None] = ContextVar("kdumpd_config_env", default=None)
+
+
+class _Env(EnvSettingsSource):
+    """The environment source, reading a given mapping instead of os.environ in tests."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _ENV.get()
+        if env is None:
+            return super()._load_env_vars()
+        return parse_env_vars(env, self.case_sensitive, self.env_ignore_empty, None)
+
+
+class _Layered(Settings):
+    """Settings with the file layer below the environment."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            _Env(settings_cls),
+            InitSettingsSource(settings_cls, _FILE_LAYER.get() or {}),
+        )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(str(path), f"not valid TOML: {err}") from None
+    except OSError as err:
+        raise InputError(str(path), err.strerror or str(err)) from None
+
+
+def _nested_get(data: Mapping[str, Any], loc: tuple[str | int, ...]) -> bool:
+    cur: Any = data
+    for part in loc:
+        if not isinstance(cur, Mapping) or part not in cur:
+            return False
+        cur = cur[part]
+    return True
+
+
+def _origin(
+    loc: tuple[str | int, ...],
+    overrides: Mapping[str, Any],
+    file_data: Mapping[str, Any],
+    path: Path | None,
+    env: Mapping[str, str],
+) -> str:
+    if _nested_get(overrides, loc):
+        return "command line"
+    var = ENV_PREFIX + "__".join(str(p) for p in loc).upper()
+    if var in env:
+        return var
+    if loc and isinstance(loc[0], str) and var.split("__")[0] in env:
+        return var.split("__")[0]
+    if path is not None and _nested_get(file_data, loc):
+        return str(path)
+    return str(path) if path is not None else "settings"
+
+
+def load_settings(
+    config: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from file, environment and CLI overrides.
+
+    ``config`` None reads :data:`DEFAULT_CONFIG` if it exists (a missing default
+    file is fine; a missing explicit file is an error).  ``overrides`` holds
+    command-line values (nested as dicts, ``None`` values are ignored).
+    ``env`` replaces ``os.environ`` (tests).
+    """
+    path: Path | None = Path(config) if config is not None else None
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    file_data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    clean = _drop_none(dict(overrides or {}))
+    environ = dict(os.environ if env is None else env)
+
+    tok_file = _FILE_LAYER.set(file_data)
+    tok_env = _ENV.set(env)
+    try:
+        layered = _Layered(**clean)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = tuple(first.get("loc", ()))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        where = _origin(loc, clean, file_data, path, environ)
+        msg = first.get("msg", "invalid value")
+        if first.get("type") == "extra_forbidden":
+            msg = "unknown key"
+        raise InputError(where, f"{key}: {msg}") from None
+    finally:
+        _FILE_LAYER.reset(tok_file)
+        _ENV.reset(tok_env)
+    return layered
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            sub = _drop_none(v)
+            if sub:
+                out[k] = sub
+        else:
+            out[k] = v
+    return out
