@@ -1,0 +1,202 @@
+"""Replay recorded hotplug events against a sysroot (format: docs/replay-format.md).
+
+One JSON object per line::
+
+    {"at": 0.25, "action": "online", "subsystem": "memory",
+     "devpath": "/devices/system/memory/memory42",
+     "files": {"proc/iomem": "...", "sys/devices/system/memory/memory42/online": "1"}}
+
+``files`` (paths relative to the sysroot) are written before the event is
+delivered; ``at`` (seconds from the start) is honoured, scaled by ``speed``
+(``speed == 0``: as fast as possible).  A bad line is logged once as
+``FILE:LINE: problem`` and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kdumpd.core.errors import InputError
+from kdumpd.events.event import EventSink, HotplugEvent, event_from_fields
+
+log = logging.getLogger("kdumpd.events.replay")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRecord:
+    at: float
+    action: str
+    subsystem: str
+    devpath: str
+    files: tuple[tuple[str, str], ...] = ()
+    seqnum: int | None = None
+
+    def to_json(self) -> str:
+        obj: dict[str, Any] = {
+            "at": round(self.at, 6),
+            "action": self.action,
+            "subsystem": self.subsystem,
+            "devpath": self.devpath,
+        }
+        if self.seqnum is not None:
+            obj["seqnum"] = self.seqnum
+        if self.files:
+            obj["files"] = dict(self.files)
+        return json.dumps(obj, separators=(",", ":"))
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    delivered: int = 0
+    skipped: int = 0
+    files_written: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _check_rel_path(p: object, source: str) -> str:
+    if not isinstance(p, str) or not p:
+        raise InputError(source, f"file path {p!r} is not a non-empty string")
+    pp = PurePosixPath(p)
+    if pp.is_absolute() or ".." in pp.parts or "\x00" in p:
+        raise InputError(source, f"file path {p!r} must be relative to the sysroot, without '..'")
+    return str(pp)
+
+
+def parse_record(line: str, source: str, lineno: int) -> ReplayRecord:
+    """One JSON line → :class:`ReplayRecord`; InputError(source, problem, lineno)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InputError(source, f"not JSON: {err.msg}", lineno) from None
+    if not isinstance(obj, dict):
+        raise InputError(source, "not a JSON object", lineno)
+    unknown = set(obj) - {"at", "action", "subsystem", "devpath", "files", "seqnum"}
+    if unknown:
+        raise InputError(source, f"unknown keys {sorted(unknown)}", lineno)
+    at = obj.get("at", 0)
+    if isinstance(at, bool) or not isinstance(at, int | float) or at < 0 or not math.isfinite(at):
+        raise InputError(source, f"'at' must be a number >= 0, got {at!r}", lineno)
+    where = f"{source}:{lineno}"
+    try:
+        ev = event_from_fields(
+            obj.get("action"),
+            obj.get("subsystem"),
+            obj.get("devpath"),
+            obj.get("seqnum"),
+            source=where,
+        )
+        files_obj = obj.get("files", {})
+        if not isinstance(files_obj, dict):
+            raise InputError(where, "'files' must be an object of path -> content")
+        files: list[tuple[str, str]] = []
+        for k, v in files_obj.items():
+            rel = _check_rel_path(k, where)
+            if not isinstance(v, str):
+                raise InputError(where, f"content of {k!r} must be a string")
+            files.append((rel, v))
+    except InputError as err:
+        raise InputError(source, err.problem, lineno) from None
+    return ReplayRecord(float(at), ev.action, ev.subsystem, ev.devpath, tuple(files), ev.seqnum)
+
+
+def read_replay(path: str | Path, stats: ReplayStats | None = None) -> Iterator[ReplayRecord]:
+    """Yield valid records of a replay file; bad lines are logged and counted, not raised."""
+    src = str(path)
+    try:
+        fh = open(path, encoding="utf-8")  # noqa: SIM115 - generator owns it
+    except OSError as err:
+        raise InputError(src, err.strerror or str(err)) from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                yield parse_record(line, src, lineno)
+            except InputError as err:
+                log.error("%s", err, extra={"REPLAY_FILE": src, "REPLAY_LINE": lineno})
+                if stats is not None:
+                    stats.skipped += 1
+                    stats.errors.append(str(err))
+
+
+def write_replay(path: str | Path, records: Iterable[ReplayRecord]) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(rec.to_json())
+            fh.write("\n")
+            n += 1
+    return n
+
+
+def apply_files(sysroot: Path, files: Iterable[tuple[str, str]]) -> int:
+    n = 0
+    for rel, content in files:
+        target = sysroot / rel
+        try:
+            target.write_text(content)
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
+        n += 1
+    return n
+
+
+class Replayer:
+    """Deliver records to ``sink`` on the running loop, honouring ``at`` / ``speed``."""
+
+    def __init__(
+        self,
+        sysroot: str | Path,
+        sink: EventSink,
+        *,
+        speed: float = 1.0,
+        clock: Any = time.monotonic,
+        progress: Any = None,
+    ) -> None:
+        if speed < 0:
+            raise ValueError("speed must be >= 0")
+        self.sysroot = Path(sysroot)
+        self.sink = sink
+        self.speed = speed
+        self.clock = clock
+        self.progress = progress  # callable(delivered) or None
+        self.stats = ReplayStats()
+
+    async def run(self, records: Iterable[ReplayRecord]) -> ReplayStats:
+        t0 = self.clock()
+        for rec in records:
+            if self.speed > 0:
+                delay = t0 + rec.at / self.speed - self.clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(0)
+            self.stats.files_written += apply_files(self.sysroot, rec.files)
+            self.sink(
+                HotplugEvent(rec.action, rec.subsystem, rec.devpath, rec.seqnum, self.clock())
+            )
+            self.stats.delivered += 1
+            if self.progress is not None:
+                self.progress(self.stats.delivered)
+        return self.stats
+
+    async def run_file(self, path: str | Path) -> ReplayStats:
+        return await self.run(read_replay(path, self.stats))
+
+
+def replay_path_ok(path: str | Path) -> None:
+    if not os.path.isfile(path):
+        raise InputError(str(path), "replay file does not exist")
