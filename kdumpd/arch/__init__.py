@@ -1,3 +1,22 @@
 """Architecture back-ends behind one small interface (see :mod:`kdumpd.arch.base`)."""
 
 from __future__ import annotations
+
+from kdumpd.arch.base import Arch
+from kdumpd.core.errors import UnsupportedError
+
+__all__ = ["SUPPORTED", "Arch", "get_arch"]
+
+#: Architectures with a back-end, by the name ``uname -m`` prints.
+SUPPORTED: tuple[str, ...] = ("x86_64",)
+
+
+def get_arch(name: str) -> Arch:
+    """The back-end for ``name`` (``uname -m`` spelling); raises UnsupportedError."""
+    if name == "x86_64":
+        from kdumpd.arch.x86_64 import X86_64
+
+        return X86_64()
+    raise UnsupportedError(
+        f"architecture {name!r} is not supported (supported: {', '.join(SUPPORTED)})"
+    )

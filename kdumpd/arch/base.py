@@ -1,0 +1,108 @@
+"""The architecture interface: what differs between x86_64, ppc64le, ... .
+
+An :class:`Arch` knows its ELF machine, how big the preallocated elfcorehdr must be,
+how to fill it from a :class:`~kdumpd.core.topology.Topology`, and which image
+segments a hotplug event regenerates (and must therefore be left out of the
+purgatory digest).  x86_64 regenerates only the elfcorehdr; ppc64le will also
+regenerate its FDT (CPU nodes), which is why :attr:`Arch.regenerated_segments`
+returns segment *kinds* rather than a yes/no.
+
+Capacity policy (kexec-internals.md §1.9, §3.1, §4.4):
+
+* the kernel advertises the elfcorehdr segment size it will rewrite in place in
+  ``/sys/kernel/crash_elfcorehdr_size`` (CONFIG_CRASH_HOTPLUG); kexec-tools
+  ``--hotplug`` uses ``ALIGN(size, 1024)`` as the segment's ``memsz``, and so do we,
+  but never less than the current topology needs;
+* otherwise: possible CPUs + 8192 ranges (the kernel's default
+  CONFIG_CRASH_MAX_MEMORY_RANGES), at least what the current topology needs, and at
+  least 16 KiB (kexec-tools' ``max(bufsz, 16 KiB)`` without ``--hotplug``);
+* ``max_cpus``/``max_ranges`` override that computation (the operator knows best; a
+  too-small override gives a :class:`~kdumpd.core.errors.CapacityError` on build).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from kdumpd.core.elfcorehdr import (
+    ELF_CORE_HEADER_ALIGN,
+    Elfcorehdr,
+    HeaderLayout,
+    elfcorehdr_capacity,
+    round_up,
+)
+from kdumpd.core.image import SegmentKind
+from kdumpd.core.topology import Topology
+
+#: Default number of memory ranges to size for (kernel CONFIG_CRASH_MAX_MEMORY_RANGES).
+DEFAULT_MAX_RANGES = 8192
+#: kexec-tools' minimum elfcorehdr segment without --hotplug (crashdump-x86.c).
+MIN_ELFCOREHDR_SIZE = 16 * 1024
+
+
+@runtime_checkable
+class Arch(Protocol):
+    """One architecture back-end.  Implementations are stateless."""
+
+    @property
+    def name(self) -> str:
+        """Kernel/uname name: ``"x86_64"``, ``"ppc64le"``."""
+        ...
+
+    @property
+    def elf_machine(self) -> int:
+        """``e_machine`` of the elfcorehdr (EM_X86_64 = 62, EM_PPC64 = 21)."""
+        ...
+
+    @property
+    def regenerated_segments(self) -> frozenset[SegmentKind]:
+        """Segment kinds rebuilt on CPU/memory hotplug (and excluded from the digest)."""
+        ...
+
+    def digested_segments(self, *, hotplug: bool) -> frozenset[SegmentKind]:
+        """Segment kinds purgatory verifies.  Purgatory never digests itself; with
+        crash-hotplug support the regenerated kinds are left out too (§2.4)."""
+        ...
+
+    def elfcorehdr_capacity(
+        self, topology: Topology, *, max_cpus: int | None = None, max_ranges: int | None = None
+    ) -> int:
+        """Fixed size of the elfcorehdr buffer/segment for this machine, in bytes."""
+        ...
+
+    def build_elfcorehdr(self, topology: Topology, hdr: Elfcorehdr) -> HeaderLayout:
+        """Rewrite ``hdr`` in place for ``topology``."""
+        ...
+
+
+def default_digested_segments(
+    regenerated: frozenset[SegmentKind], *, hotplug: bool
+) -> frozenset[SegmentKind]:
+    """Every kind but purgatory, minus ``regenerated`` when the kernel may rewrite them."""
+    kinds = frozenset(SegmentKind) - {SegmentKind.PURGATORY}
+    return kinds - regenerated if hotplug else kinds
+
+
+def default_elfcorehdr_capacity(
+    topology: Topology,
+    *,
+    needed_cpus: int,
+    needed_ranges: int,
+    max_cpus: int | None,
+    max_ranges: int | None,
+) -> int:
+    """The capacity policy described in the module docstring.
+
+    ``needed_cpus``/``needed_ranges`` are what the current topology puts in the header.
+    """
+    if max_cpus is not None or max_ranges is not None:
+        cpus = max_cpus if max_cpus is not None else len(topology.possible_cpus)
+        ranges = max_ranges if max_ranges is not None else DEFAULT_MAX_RANGES
+        return max(elfcorehdr_capacity(cpus, ranges), MIN_ELFCOREHDR_SIZE)
+    needed = elfcorehdr_capacity(needed_cpus, needed_ranges)
+    kernel_size = topology.capabilities.crash_elfcorehdr_size
+    if kernel_size:
+        return max(round_up(kernel_size, ELF_CORE_HEADER_ALIGN), needed)
+    cpus = max(len(topology.possible_cpus), needed_cpus)
+    ranges = max(DEFAULT_MAX_RANGES, needed_ranges)
+    return max(elfcorehdr_capacity(cpus, ranges), MIN_ELFCOREHDR_SIZE)

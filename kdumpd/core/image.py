@@ -1,0 +1,142 @@
+"""The crash image: a list of segments inside the crashkernel reservation.
+
+A kexec crash image is at most 16 physically placed segments (kernel, initrd,
+purgatory, boot parameters, the elfcorehdr, ...; kexec-internals.md §1.1, §1.12).
+This module models only what hotplug needs today: the **elfcorehdr** segment, whose
+buffer is allocated once at its fixed capacity and rewritten in place by
+:meth:`CrashImage.regenerate`.  The loader issue adds the other segments.
+
+Placement (§1.1, §1.9): kexec-tools clamps every crash segment to the *highest*
+``Crash kernel`` range and allocates top-down.  It aligns the elfcorehdr to 1 KiB,
+but segment addresses must be page aligned, so we place it top-down at a 4 KiB
+boundary with ``memsz`` rounded up to whole pages.  The address never changes
+afterwards: the capture kernel's ``elfcorehdr=`` argument points at it.
+
+On a machine without a crashkernel reservation (no ``Crash kernel`` line in
+``/proc/iomem``) the image can still be built and written to a file (``kdumpd
+elfcorehdr``) but not loaded: ``mem`` is 0 and :attr:`CrashImage.placed` is False.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kdumpd.core.elfcorehdr import Elfcorehdr, HeaderLayout, round_up
+from kdumpd.core.errors import CapacityError, UnsupportedError
+from kdumpd.core.topology import MemRange, Topology
+
+if TYPE_CHECKING:
+    from kdumpd.arch.base import Arch
+
+PAGE_SIZE = 4096
+
+
+class SegmentKind(enum.StrEnum):
+    ELFCOREHDR = "elfcorehdr"
+    KERNEL = "kernel"
+    INITRD = "initrd"
+    PURGATORY = "purgatory"
+    SETUP = "setup"
+    BACKUP = "backup"
+    FDT = "fdt"
+    SETUP_DATA = "setup_data"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Segment:
+    """One kexec segment: ``buf`` is copied to physical ``mem``, ``memsz`` bytes
+    (page multiple) are reserved there.  ``buf`` may be the live, in-place
+    rewritten buffer of a regenerated segment (the elfcorehdr's ``bytearray``)."""
+
+    kind: SegmentKind
+    mem: int
+    memsz: int
+    buf: bytes | bytearray
+
+    @property
+    def range(self) -> MemRange:
+        return MemRange(self.mem, self.mem + self.memsz - 1)
+
+
+def place_top_down(reservations: tuple[MemRange, ...], memsz: int) -> int | None:
+    """Highest page-aligned address for ``memsz`` bytes in the *highest* reservation.
+
+    ``None`` when there is no reservation; :class:`CapacityError` when it is too small.
+    """
+    if not reservations:
+        return None
+    window = max(reservations, key=lambda r: r.end)
+    mem = (window.end + 1 - memsz) // PAGE_SIZE * PAGE_SIZE
+    if mem < window.start:
+        raise CapacityError(
+            f"elfcorehdr placement in Crash kernel {window.start:#x}-{window.end:#x}",
+            memsz,
+            window.size,
+        )
+    return mem
+
+
+class CrashImage:
+    """The segments of one crash image; today only the regenerated elfcorehdr."""
+
+    __slots__ = ("_elfcorehdr", "_hdr", "_layout", "arch", "placed")
+
+    def __init__(self, arch: Arch, hdr: Elfcorehdr, mem: int | None) -> None:
+        self.arch = arch
+        self._hdr = hdr
+        self.placed = mem is not None
+        self._elfcorehdr = Segment(
+            kind=SegmentKind.ELFCOREHDR,
+            mem=mem if mem is not None else 0,
+            memsz=round_up(hdr.capacity, PAGE_SIZE),
+            buf=hdr.buffer,
+        )
+        self._layout: HeaderLayout | None = hdr.layout
+
+    @classmethod
+    def for_topology(cls, arch: Arch, topology: Topology, capacity: int) -> CrashImage:
+        """Allocate the elfcorehdr at ``capacity``, place it and build it for ``topology``.
+
+        Raises :class:`CapacityError` when the header or the segment does not fit.
+        """
+        hdr = Elfcorehdr(capacity, arch.elf_machine)
+        mem = place_top_down(topology.crashkernel, round_up(capacity, PAGE_SIZE))
+        image = cls(arch, hdr, mem)
+        image.regenerate(topology)
+        return image
+
+    @property
+    def elfcorehdr(self) -> Segment:
+        return self._elfcorehdr
+
+    @property
+    def header(self) -> Elfcorehdr:
+        return self._hdr
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        return (self._elfcorehdr,)
+
+    @property
+    def layout(self) -> HeaderLayout | None:
+        return self._layout
+
+    def regenerate(self, topology: Topology) -> HeaderLayout:
+        """Rewrite the elfcorehdr for ``topology`` in place (same buffer, size, address).
+
+        Raises :class:`UnsupportedError` if the crash reservation no longer holds the
+        segment (the image must be reloaded), :class:`CapacityError` if the header
+        outgrew its capacity; in both cases the previous header stays intact.
+        """
+        if self.placed:
+            seg = self._elfcorehdr.range
+            if not any(r.start <= seg.start and seg.end <= r.end for r in topology.crashkernel):
+                raise UnsupportedError(
+                    f"elfcorehdr segment {seg.start:#x}-{seg.end:#x} is no longer inside "
+                    "a Crash kernel reservation; the crash image must be reloaded"
+                )
+        layout = self.arch.build_elfcorehdr(topology, self._hdr)
+        self._layout = layout
+        return layout
