@@ -1,0 +1,117 @@
+"""CPU/memory uevents from netlink through pyudev, on the asyncio loop (no threads).
+
+One monitor with ``filter_by("cpu")`` and ``filter_by("memory")`` (kernel-side BPF
+filters, one socket so events stay in SEQNUM order), read with
+``loop.add_reader(fileno, drain)``; ``drain`` calls ``poll(0)`` until it returns
+None.  Source ``udev`` (events after udevd processed them) is preferred; without
+udevd (``/run/udev/control`` absent) nothing is ever re-broadcast on that group,
+so ``auto`` falls back to raw ``kernel`` uevents and logs which one it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kdumpd.core.errors import InputError, UnsupportedError
+from kdumpd.events.event import EventSink, event_from_fields
+
+log = logging.getLogger("kdumpd.events.udev")
+
+UDEV_CONTROL = "/run/udev/control"
+RECEIVE_BUFFER = 32 << 20
+
+
+def choose_source(requested: str, udev_control: str = UDEV_CONTROL) -> str:
+    if requested in ("udev", "kernel"):
+        return requested
+    return "udev" if os.path.exists(udev_control) else "kernel"
+
+
+class UdevSource:
+    """Feed validated :class:`HotplugEvent` values from a pyudev monitor into ``sink``."""
+
+    def __init__(
+        self,
+        sink: EventSink,
+        *,
+        source: str = "auto",
+        clock: Callable[[], float] = time.monotonic,
+        udev_control: str = UDEV_CONTROL,
+    ) -> None:
+        self.sink = sink
+        self.requested = source
+        self.source = choose_source(source, udev_control)
+        self.clock = clock
+        self.received = 0
+        self.dropped = 0
+        self._monitor: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        try:
+            import pyudev
+        except ImportError as err:  # libudev1 missing
+            raise UnsupportedError(f"udev event source: {err}") from None
+        ctx = pyudev.Context()
+        mon = pyudev.Monitor.from_netlink(ctx, source=self.source)
+        mon.filter_by("cpu")
+        mon.filter_by("memory")
+        try:
+            mon.set_receive_buffer_size(RECEIVE_BUFFER)
+        except Exception as err:  # needs CAP_NET_ADMIN; the default buffer still works
+            log.debug("udev: cannot enlarge the receive buffer: %s", err)
+        mon.start()
+        self._monitor = mon
+        self._loop = loop or asyncio.get_running_loop()
+        self._loop.add_reader(mon.fileno(), self.drain)
+        why = (
+            "requested"
+            if self.requested != "auto"
+            else ("udevd is running" if self.source == "udev" else f"{UDEV_CONTROL} is absent")
+        )
+        log.info(
+            "listening for cpu/memory uevents from source %r (%s)",
+            self.source,
+            why,
+            extra={"EVENT_SOURCE": self.source},
+        )
+
+    def drain(self) -> None:
+        mon = self._monitor
+        if mon is None:
+            return
+        while True:
+            try:
+                dev = mon.poll(0)
+            except OSError as err:  # ENOBUFS: the kernel dropped uevents
+                log.warning("udev: receive error %s; scheduling a rescan", err)
+                self.dropped += 1
+                self.sink(event_from_fields("change", "memory", "/devices/system/memory"))
+                continue
+            if dev is None:
+                return
+            try:
+                ev = event_from_fields(
+                    dev.action,
+                    dev.subsystem,
+                    dev.device_path,
+                    dev.get("SEQNUM"),
+                    self.clock(),
+                    source=f"uevent {dev.device_path}",
+                )
+            except InputError as err:
+                self.dropped += 1
+                log.warning("dropped uevent: %s", err)
+                continue
+            self.received += 1
+            self.sink(ev)
+
+    def stop(self) -> None:
+        if self._monitor is not None and self._loop is not None:
+            self._loop.remove_reader(self._monitor.fileno())
+        self._monitor = None
