@@ -1,0 +1,560 @@
+"""The ``org.kdumpd1.Manager`` D-Bus service (dbus-fast, asyncio).
+
+The service observes :class:`kdumpd.daemon.state.StateStore` and never drives a
+back-end itself: methods are forwarded to the reconciler's
+:class:`~kdumpd.daemon.control.Controller`.
+
+* Properties are read from ``store.current`` on every ``Get``/``GetAll`` (so a read is
+  never stale) and ``PropertiesChanged`` is coalesced: every change between two
+  emissions is merged into one signal, and emissions are at most one per
+  ``min_interval`` seconds (default 10 ms).  A 3,840-event storm that updates the
+  store thousands of times therefore costs a handful of signals, not thousands.
+* ``ImageUpdated(t generation, s trigger)`` is emitted once per applied image.
+* Methods are root-only.  The bus policy (``dbus/org.kdumpd1.conf``) already says so;
+  the service checks again (defence in depth): a message handler records the sender
+  of each method call in a :class:`~contextvars.ContextVar`, which the method task
+  inherits, and the method asks the bus for ``GetConnectionUnixUser(sender)``.
+* Errors reach the caller as ``org.kdumpd1.Error.*`` with one line of text; a
+  Python traceback never leaves the process (unexpected exceptions are logged
+  locally and answered with ``org.kdumpd1.Error.Failed``).
+* An unexpected disconnect from the bus resolves :meth:`DBusService.wait_disconnected`
+  with :class:`BusDisconnected`; the daemon treats that as fatal (systemd restarts it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Annotated, Any, Final
+
+from dbus_fast import BusType, DBusError, Message, MessageType, NameFlag, RequestNameReply
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusSignature,
+    DBusStr,
+    DBusUInt64,
+)
+from dbus_fast.constants import ErrorType, PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+
+from kdumpd.core.errors import KdumpdError
+from kdumpd.daemon.control import Busy, Controller
+from kdumpd.daemon.state import DaemonState, StateStore
+
+log = logging.getLogger("kdumpd.interfaces.dbus")
+
+BUS_NAME: Final = "org.kdumpd1"
+OBJECT_PATH: Final = "/org/kdumpd1"
+INTERFACE: Final = "org.kdumpd1.Manager"
+
+ERROR_ACCESS_DENIED: Final = "org.kdumpd1.Error.AccessDenied"
+ERROR_BUSY: Final = "org.kdumpd1.Error.Busy"
+ERROR_FAILED: Final = "org.kdumpd1.Error.Failed"
+ERROR_INVALID_ARGS: Final = "org.kdumpd1.Error.InvalidArgs"
+
+DBusUIntArray = Annotated[list[int], DBusSignature("au")]
+DBusRangeArray = Annotated[list[tuple[int, int]], DBusSignature("a(tt)")]
+# Methods without a reply body (dbus-fast reads an empty signature).
+DBusNoReply = Annotated[None, DBusSignature("")]
+DBusImageUpdated = Annotated[tuple[int, str], DBusSignature("ts")]
+
+_U64_MAX: Final = (1 << 64) - 1
+
+# D-Bus property name -> DaemonState field, in introspection order.
+PROPERTY_FIELDS: Final[dict[str, str]] = {
+    "State": "state",
+    "Backend": "backend",
+    "Generation": "generation",
+    "LastUpdateUSec": "last_update_usec",
+    "LastUpdateDurationUSec": "last_update_duration_usec",
+    "LastLoadGapUSec": "last_load_gap_usec",
+    "EventsReceived": "events_received",
+    "EventsCoalesced": "events_coalesced",
+    "Loads": "loads",
+    "PresentCPUs": "present_cpus",
+    "CoveredCPUs": "covered_cpus",
+    "MemoryRanges": "memory_ranges",
+    "CoveredRanges": "covered_ranges",
+    "Stale": "stale",
+    "ElfcorehdrUsed": "elfcorehdr_used",
+    "ElfcorehdrCapacity": "elfcorehdr_capacity",
+    "CrashKernelSize": "crash_kernel_size",
+    "KernelHotplugSupport": "kernel_hotplug_support",
+    "LastError": "last_error",
+}
+_FIELD_TO_PROPERTY: Final = {field: prop for prop, field in PROPERTY_FIELDS.items()}
+
+# Method name -> input signature (all methods take no arguments).
+METHOD_SIGNATURES: Final[dict[str, str]] = {
+    "Reload": "",
+    "Rescan": "",
+    "Load": "",
+    "Unload": "",
+    "GetReport": "",
+}
+
+
+class BusDisconnected(KdumpdError):
+    """The connection to the bus ended without :meth:`DBusService.stop`."""
+
+
+UidLookup = Callable[[str], Awaitable[int]]
+
+# Sender (unique bus name) of the method call being dispatched; set by the
+# message handler, inherited by the method task dbus-fast creates synchronously.
+_current_sender: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kdumpd_dbus_sender", default=None
+)
+
+
+def _u64(value: int) -> int:
+    return min(max(int(value), 0), _U64_MAX)
+
+
+def property_value(state: DaemonState, prop: str) -> Any:
+    """The wire value of property ``prop`` for ``state`` (clamped to its D-Bus type)."""
+    value = getattr(state, PROPERTY_FIELDS[prop])
+    if prop == "State":
+        return str(value)
+    if prop in ("Backend", "LastError"):
+        return str(value)
+    if prop in ("Stale", "KernelHotplugSupport"):
+        return bool(value)
+    if prop in ("PresentCPUs", "CoveredCPUs"):
+        return [min(max(int(c), 0), 0xFFFFFFFF) for c in value]
+    if prop in ("MemoryRanges", "CoveredRanges"):
+        return [(_u64(a), _u64(b)) for a, b in value]
+    return _u64(value)
+
+
+class ManagerInterface(ServiceInterface):
+    """``org.kdumpd1.Manager``."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        controller: Controller,
+        uid_lookup: UidLookup,
+        *,
+        min_interval: float = 0.01,
+    ) -> None:
+        super().__init__(INTERFACE)
+        self._store = store
+        self._controller = controller
+        self._uid_lookup = uid_lookup
+        self._min_interval = min_interval
+        self._pending: set[str] = set()
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._last_emit = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self.emitted_properties_changed = 0  # counters for tests and the benchmark
+        self.emitted_image_updated = 0
+        # Name the signal's arguments in introspection (dbus-fast leaves them unnamed).
+        for sig in ServiceInterface._get_signals(self):
+            if sig.name == "ImageUpdated":
+                for arg, arg_name in zip(
+                    sig.introspection.args, ("generation", "trigger"), strict=True
+                ):
+                    arg.name = arg_name
+        for meth in ServiceInterface._get_methods(self):
+            if meth.name == "GetReport":
+                meth.introspection.out_args[0].name = "report"
+
+    # -- wiring --------------------------------------------------------------
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._store.subscribe(self._on_state)
+        self._store.on_image_updated(self._on_image)
+
+    def detach(self) -> None:
+        self._loop = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+
+    def _call_in_loop(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            loop.call_soon_threadsafe(fn)
+
+    def _on_state(self, _state: DaemonState, changed: Mapping[str, Any]) -> None:
+        names = {_FIELD_TO_PROPERTY[f] for f in changed if f in _FIELD_TO_PROPERTY}
+        if names:
+            self._call_in_loop(lambda: self._mark(names))
+
+    def _mark(self, names: set[str]) -> None:
+        self._pending |= names
+        loop = self._loop
+        if self._flush_handle is not None or loop is None:
+            return
+        wait = self._last_emit + self._min_interval - loop.time()
+        if wait > 0:
+            self._flush_handle = loop.call_later(wait, self._flush)
+        else:
+            self._flush_handle = loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        if not self._pending or self._loop is None:
+            return
+        state = self._store.current
+        changed = {name: property_value(state, name) for name in sorted(self._pending)}
+        self._pending.clear()
+        self._last_emit = self._loop.time()
+        self.emitted_properties_changed += 1
+        try:
+            self.emit_properties_changed(changed)
+        except Exception:  # a marshalling bug must not kill the reconciler's caller
+            log.exception("cannot emit PropertiesChanged")
+
+    def flush_now(self) -> None:
+        """Emit pending ``PropertiesChanged`` immediately (used on shutdown)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        self._flush()
+
+    def _on_image(self, generation: int, trigger: str) -> None:
+        def emit() -> None:
+            # Properties first, so a client reacting to ImageUpdated reads new values
+            # from its PropertiesChanged cache.
+            self.flush_now()
+            self.emitted_image_updated += 1
+            self.ImageUpdated(_u64(generation), str(trigger))
+
+        self._call_in_loop(emit)
+
+    # -- access control and error mapping ------------------------------------
+
+    async def _authorize(self) -> None:
+        sender = _current_sender.get()
+        if sender is None:
+            raise DBusError(ERROR_ACCESS_DENIED, "caller unknown")
+        try:
+            uid = await self._uid_lookup(sender)
+        except DBusError as err:
+            raise DBusError(ERROR_ACCESS_DENIED, f"cannot identify caller {sender}") from err
+        if uid != 0:
+            log.warning(
+                "denied %s to uid %d (%s)",
+                "method call",
+                uid,
+                sender,
+                extra={"CALLER_UID": uid, "SENDER": sender},
+            )
+            raise DBusError(ERROR_ACCESS_DENIED, f"only root may call {INTERFACE} methods")
+
+    async def _run(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
+        await self._authorize()
+        try:
+            return await op()
+        except DBusError:
+            raise
+        except Busy as err:
+            raise DBusError(ERROR_BUSY, str(err)) from None
+        except KdumpdError as err:
+            raise DBusError(ERROR_FAILED, f"{what}: {err}") from None
+        except Exception:
+            log.exception("%s failed", what)
+            raise DBusError(ERROR_FAILED, f"{what}: internal error (see the journal)") from None
+
+    # -- methods -------------------------------------------------------------
+
+    @dbus_method()
+    async def Reload(self) -> DBusNoReply:
+        await self._run("Reload", self._controller.reload)
+
+    @dbus_method()
+    async def Rescan(self) -> DBusNoReply:
+        await self._run("Rescan", self._controller.rescan)
+
+    @dbus_method()
+    async def Load(self) -> DBusNoReply:
+        await self._run("Load", self._controller.load)
+
+    @dbus_method()
+    async def Unload(self) -> DBusNoReply:
+        await self._run("Unload", self._controller.unload)
+
+    @dbus_method()
+    async def GetReport(self) -> DBusStr:
+        report = await self._run("GetReport", self._controller.report)
+        try:
+            return json.dumps(report, sort_keys=True, default=str)
+        except (TypeError, ValueError) as err:
+            raise DBusError(ERROR_FAILED, f"GetReport: cannot encode report: {err}") from None
+
+    # -- signals -------------------------------------------------------------
+
+    @dbus_signal()
+    def ImageUpdated(self, generation: int, trigger: str) -> DBusImageUpdated:
+        return (generation, trigger)
+
+    # -- properties (read-only) ----------------------------------------------
+
+    def _p(self, name: str) -> Any:
+        return property_value(self._store.current, name)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> DBusStr:
+        return str(self._p("State"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Backend(self) -> DBusStr:
+        return str(self._p("Backend"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Generation(self) -> DBusUInt64:
+        return int(self._p("Generation"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastUpdateUSec(self) -> DBusUInt64:
+        return int(self._p("LastUpdateUSec"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastUpdateDurationUSec(self) -> DBusUInt64:
+        return int(self._p("LastUpdateDurationUSec"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastLoadGapUSec(self) -> DBusUInt64:
+        return int(self._p("LastLoadGapUSec"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def EventsReceived(self) -> DBusUInt64:
+        return int(self._p("EventsReceived"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def EventsCoalesced(self) -> DBusUInt64:
+        return int(self._p("EventsCoalesced"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Loads(self) -> DBusUInt64:
+        return int(self._p("Loads"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def PresentCPUs(self) -> DBusUIntArray:
+        return list(self._p("PresentCPUs"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CoveredCPUs(self) -> DBusUIntArray:
+        return list(self._p("CoveredCPUs"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def MemoryRanges(self) -> DBusRangeArray:
+        return list(self._p("MemoryRanges"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CoveredRanges(self) -> DBusRangeArray:
+        return list(self._p("CoveredRanges"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Stale(self) -> DBusBool:
+        return bool(self._p("Stale"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ElfcorehdrUsed(self) -> DBusUInt64:
+        return int(self._p("ElfcorehdrUsed"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ElfcorehdrCapacity(self) -> DBusUInt64:
+        return int(self._p("ElfcorehdrCapacity"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CrashKernelSize(self) -> DBusUInt64:
+        return int(self._p("CrashKernelSize"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def KernelHotplugSupport(self) -> DBusBool:
+        return bool(self._p("KernelHotplugSupport"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastError(self) -> DBusStr:
+        return str(self._p("LastError"))
+
+
+class DBusService:
+    """A running ``org.kdumpd1`` service.  Use as ``async with`` or call :meth:`stop`."""
+
+    interface: ManagerInterface
+
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+        self._stopping = False
+        self._uid_cache: OrderedDict[str, int] = OrderedDict()
+
+    async def lookup_uid(self, sender: str) -> int:
+        """uid of the connection ``sender``.  Unique names are never reused on a bus,
+        so the answer is cached (bounded)."""
+        cached = self._uid_cache.get(sender)
+        if cached is not None:
+            return cached
+        reply = await self.bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="GetConnectionUnixUser",
+                signature="s",
+                body=[sender],
+            )
+        )
+        if reply.message_type is MessageType.ERROR:
+            raise DBusError(reply.error_name or ErrorType.FAILED, str(reply.body))
+        uid = int(reply.body[0])
+        self._uid_cache[sender] = uid
+        while len(self._uid_cache) > 256:
+            self._uid_cache.popitem(last=False)
+        return uid
+
+    def message_handler(self, msg: Message) -> Message | bool | None:
+        """Runs before dispatch: remember the sender; answer wrong signatures with
+        InvalidArgs instead of dbus-fast's UnknownMethod."""
+        if (
+            msg.message_type is not MessageType.METHOD_CALL
+            or msg.path != OBJECT_PATH
+            or msg.interface not in (INTERFACE, None)
+        ):
+            return None
+        _current_sender.set(msg.sender)
+        expected = METHOD_SIGNATURES.get(msg.member or "")
+        if expected is not None and msg.signature != expected:
+            return Message.new_error(
+                msg,
+                ErrorType.INVALID_ARGS.value,
+                f"{INTERFACE}.{msg.member} takes signature {expected!r}, got {msg.signature!r}",
+            )
+        return None
+
+    async def stop(self) -> None:
+        """Leave the bus.  Idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.interface.flush_now()
+        self.interface.detach()
+        try:
+            self.bus.unexport(OBJECT_PATH, self.interface)
+        except Exception:  # already gone with the connection
+            log.debug("unexport failed", exc_info=True)
+        if self.bus.connected:
+            self.bus.disconnect()
+        try:
+            await asyncio.wait_for(self.bus.wait_for_disconnect(), 2.0)  # type: ignore[no-untyped-call]
+        except Exception:
+            log.debug("disconnect wait ended with an error", exc_info=True)
+
+    async def wait_disconnected(self) -> None:
+        """Return after :meth:`stop`; raise :class:`BusDisconnected` if the bus went
+        away on its own (the daemon exits non-zero so systemd restarts it)."""
+        try:
+            await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+        except Exception as err:
+            if self._stopping:
+                return
+            raise BusDisconnected(f"D-Bus connection lost: {err}") from err
+        if not self._stopping:
+            raise BusDisconnected("D-Bus connection closed by the bus")
+
+    async def __aenter__(self) -> DBusService:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def serve(
+    bus_address: str | None,
+    store: StateStore,
+    controller: Controller,
+    *,
+    name: str = BUS_NAME,
+    min_interval: float = 0.01,
+    uid_lookup: UidLookup | None = None,
+) -> DBusService:
+    """Connect to the bus (``bus_address``, else the system bus, which honours
+    ``DBUS_SYSTEM_BUS_ADDRESS``), export ``/org/kdumpd1`` and own ``name``.
+
+    Raises :class:`KdumpdError` with one line if the bus is unreachable or the name is
+    taken or not allowed by policy.
+    """
+    bus_kw: dict[str, Any] = (
+        {"bus_address": bus_address} if bus_address else {"bus_type": BusType.SYSTEM}
+    )
+    try:
+        bus = await MessageBus(**bus_kw).connect()
+    except (OSError, DBusError, ValueError) as err:
+        where = bus_address or "system bus"
+        raise KdumpdError(f"cannot connect to D-Bus ({where}): {err}") from None
+
+    service = DBusService(bus)
+    iface = ManagerInterface(
+        store, controller, uid_lookup or service.lookup_uid, min_interval=min_interval
+    )
+    service.interface = iface
+    bus.add_message_handler(service.message_handler)
+    bus.export(OBJECT_PATH, iface)
+    iface.attach(asyncio.get_running_loop())
+    try:
+        reply = await bus.request_name(name, NameFlag.DO_NOT_QUEUE)
+    except DBusError as err:
+        await service.stop()
+        raise KdumpdError(f"cannot own D-Bus name {name}: {err}") from None
+    if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+        await service.stop()
+        raise KdumpdError(f"cannot own D-Bus name {name}: {reply.name.lower()}")
+    log.info("D-Bus service %s on %s", name, bus_address or "the system bus")
+    return service
+
+
+def introspection_xml() -> str:
+    """The ``org.kdumpd1.Manager`` interface as introspection XML (what
+    ``docs/org.kdumpd1.Manager.xml`` holds)."""
+    import xml.etree.ElementTree as ET
+
+    from dbus_fast import introspection as intr
+
+    class _NoController:
+        async def reload(self) -> None: ...
+        async def rescan(self) -> None: ...
+        async def load(self) -> None: ...
+        async def unload(self) -> None: ...
+        async def report(self) -> dict[str, Any]:
+            return {}
+
+    async def _no_uid(_sender: str) -> int:
+        return -1
+
+    iface = ManagerInterface(StateStore(), _NoController(), _no_uid)
+    node = intr.Node(OBJECT_PATH, interfaces=[iface.introspect()])
+    element = node.to_xml()
+    ET.indent(element)
+    return (
+        '<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
+        ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n'
+        + ET.tostring(element, encoding="unicode")
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(introspection_xml())

@@ -1,0 +1,110 @@
+"""A private, system-like ``dbus-daemon`` for tests (shared by the D-Bus tests and the
+D-Bus benchmark).
+
+The generated configuration mirrors Debian's ``/usr/share/dbus-1/system.conf``
+(default deny for owning names and for method calls) and ``<include>``s the project's
+own ``dbus/org.kdumpd1.conf``, so the policy under test is the file we ship.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+POLICY = REPO / "dbus" / "org.kdumpd1.conf"
+
+_SYSTEM_LIKE = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <auth>EXTERNAL</auth>
+  <listen>unix:path={socket}</listen>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus"
+          send_interface="org.freedesktop.DBus"
+          send_member="UpdateActivationEnvironment"/>
+    <deny send_destination="org.freedesktop.DBus"
+          send_interface="org.freedesktop.DBus.Debug.Stats"/>
+  </policy>
+  {extra}
+</busconfig>
+"""
+
+# Everyone may own and call everything: shows the service's own uid check.
+_PERMISSIVE_POLICY = """<policy context="default">
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+  </policy>"""
+
+
+@dataclass
+class PrivateBus:
+    address: str
+    socket: Path
+    directory: Path
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def dbus_daemon_path() -> str | None:
+    return shutil.which("dbus-daemon")
+
+
+def start_bus(*, permissive: bool = False) -> PrivateBus:
+    """Start a private system-like bus.  ``permissive`` replaces the project policy by
+    one that lets anyone call anything (to reach the service's own access check)."""
+    binary = dbus_daemon_path()
+    if binary is None:
+        raise FileNotFoundError("dbus-daemon")
+    directory = Path(tempfile.mkdtemp(prefix="kdumpd-bus-"))
+    directory.chmod(0o755)  # uid 65534 must reach the socket
+    sock = directory / "system_bus_socket"
+    extra = _PERMISSIVE_POLICY if permissive else f"<include>{POLICY}</include>"
+    conf = directory / "system.conf"
+    conf.write_text(_SYSTEM_LIKE.format(socket=sock, extra=extra))
+    conf.chmod(0o644)
+    proc = subprocess.Popen(
+        [binary, f"--config-file={conf}", "--nofork", "--print-address=1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "DBUS_VERBOSE": "0"},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    if not line:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+        raise RuntimeError(f"dbus-daemon did not start with {conf}")
+    return PrivateBus(address=line, socket=sock, directory=directory, process=proc)
