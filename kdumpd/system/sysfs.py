@@ -1,0 +1,591 @@
+"""Read a :class:`~kdumpd.core.topology.Topology` snapshot from sysfs and procfs.
+
+Every path is ``sysroot + the usual absolute path``, so the same code reads the
+running machine (``sysroot="/"``) and a captured tree (``tests/fixtures/*``, made by
+``tests/fixtures/capture_sysroot.sh``).  Errors name the file by its usual absolute
+path (``/sys/devices/system/cpu/cpu3/crash_notes``), not the sysroot path.
+
+What is read, and how the kernel prints it:
+
+=============================================  =========================================
+``/sys/devices/system/cpu/{possible,present,   cpulist, e.g. ``"0-3,8\\n"`` (required)
+online}``
+``/sys/devices/system/cpu/cpuN/crash_notes``   ``"%llx\\n"`` physical address, no ``0x``
+``.../cpuN/crash_notes_size``                  ``"%zu\\n"``; absent → 1024 (MAX_NOTE_BYTES)
+``/proc/iomem``                                :func:`kdumpd.core.iomem.parse_iomem`
+                                               (required)
+``/sys/kernel/vmcoreinfo``                     ``"%pa %x\\n"``: ``0x``-address, size in hex
+``/proc/kcore`` (first 64 KiB)                 ELF program headers: PAGE_OFFSET and the
+                                               kernel-text PT_LOAD
+``/proc/kallsyms``                             ``_stext``/``_text``/``_end``
+``/sys/devices/system/memory/block_size_bytes``  hex without ``0x``
+``.../memory/memoryN/{state,online}``          ``"online\\n"``, ``"1\\n"``
+``/proc/sys/kernel/arch``                      e.g. ``"x86_64\\n"``
+=============================================  =========================================
+
+Capabilities (:func:`read_capabilities`, cheap enough to re-probe after every event):
+``/sys/devices/system/{cpu,memory}/crash_hotplug`` (``"%d"``),
+``/sys/kernel/crash_elfcorehdr_size`` (``"%u"``), ``/sys/kernel/kexec_crash_loaded``
+(``"%d"``), ``/sys/kernel/kexec_crash_size`` (``"%zd"``; the read takes the kexec
+lock and fails with EBUSY during a load → ``None``, logged), each also looked up under
+the newer ``/sys/kernel/kexec/`` names; ``/proc/sys/kernel/osrelease``;
+``/sys/kernel/security/lockdown`` (``"none [integrity] confidentiality"``: the active
+mode is the bracketed word).
+
+Kernel text (``Topology.kernel_text``), as kexec-tools' x86_64
+``get_kernel_vaddr_and_size()`` finds it:
+
+1. ``source="kcore"``: from the ``/proc/kcore`` program headers, the PT_LOAD that
+   contains ``_stext`` (from ``/proc/kallsyms``); ``vaddr`` = its start aligned down
+   to 1 MiB, ``size`` = (its end - ``vaddr``) rounded up to 4 KiB.  Without
+   ``_stext``: the first PT_LOAD inside ``[0xffffffff80000000, +512 MiB)``
+   (``source="kcore-range"``).
+2. ``source="kallsyms"`` — the documented fallback when ``/proc/kcore`` is absent or
+   unreadable (captured trees, containers, kernels without CONFIG_PROC_KCORE): the
+   kcore text PT_LOAD is exactly ``[_text, _end)`` (fs/proc/kcore.c registers
+   ``kclist_add(&kcore_text, _text, _end - _text)``), so ``_text`` (or ``_stext``)
+   and ``_end`` from ``/proc/kallsyms`` give the same numbers.
+3. ``source="kallsyms-estimate"``: kallsyms lacks ``_end`` (CONFIG_KALLSYMS_ALL=n
+   lists text symbols only); the end is the highest built-in (non-module) symbol
+   inside the kernel image area — an under-estimate of the data/bss end.
+
+``page_offset`` is the lowest kcore PT_LOAD vaddr masked to 1 GiB (KASLR-aware);
+without kcore it is the x86_64 default ``0xffff888000000000`` (``None`` on other
+architectures).  Kallsyms with all-zero addresses (``kptr_restrict``, non-root) counts
+as absent.
+
+Malformed files raise :class:`~kdumpd.core.errors.InputError` naming the file and
+line; missing optional files give ``None``.  Required files (the three cpulists and
+``/proc/iomem``) raise when missing.  Per-CPU and per-block files are opened relative
+to a directory descriptor, so an 8,192-CPU / 8,192-block tree costs one ``open`` +
+``read`` per file and no path walks.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import platform
+import re
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+from kdumpd.core.errors import InputError
+from kdumpd.core.iomem import parse_iomem
+from kdumpd.core.topology import (
+    CrashNote,
+    KernelCapabilities,
+    KernelText,
+    MemoryBlock,
+    Topology,
+    VmcoreInfo,
+)
+
+__all__ = [
+    "DEFAULT_CRASH_NOTES_SIZE",
+    "X86_64_PAGE_OFFSET",
+    "parse_cpulist",
+    "read_capabilities",
+    "read_topology",
+]
+
+log = logging.getLogger("kdumpd.system.sysfs")
+
+CPU_DIR = "/sys/devices/system/cpu"
+MEMORY_DIR = "/sys/devices/system/memory"
+KCORE = "/proc/kcore"
+KALLSYMS = "/proc/kallsyms"
+
+#: kexec-tools' MAX_NOTE_BYTES, used when ``crash_notes_size`` is absent (pre-4.10).
+DEFAULT_CRASH_NOTES_SIZE = 1024
+#: kexec-tools' default x86_64 PAGE_OFFSET (direct map base without KASLR).
+X86_64_PAGE_OFFSET = 0xFFFF888000000000
+X86_64_START_KERNEL_MAP = 0xFFFFFFFF80000000
+X86_64_KERNEL_TEXT_SIZE = 512 << 20
+KERNEL_VADDR_ALIGN = 1 << 20
+PAGE_SIZE = 4096
+KCORE_ELF_HEADERS_SIZE = 64 << 10
+_GIB_MASK = ~((1 << 30) - 1) & ((1 << 64) - 1)
+
+_PT_LOAD = 1
+_EM_TO_ARCH = {62: "x86_64", 21: "ppc64le", 183: "aarch64", 243: "riscv64", 22: "s390x"}
+_CPU_NAME = re.compile(r"cpu(\d+)")
+_MEMORY_NAME = re.compile(r"memory(\d+)")
+_LOCKDOWN = re.compile(r"\[(\w+)\]")
+_KALLSYMS_LINE = re.compile(r"[0-9a-fA-F]+ \S+ \S+(?:\s+\[\S+\])?")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+# Built-in (no "[module]" field) symbols inside the x86_64 kernel image mapping
+# [0xffffffff80000000, +1 GiB).
+_KALLSYMS_IMAGE = re.compile(r"^(ffffffff[89ab][0-9a-f]{7}) \S+ \S+$", re.MULTILINE)
+
+# --------------------------------------------------------------------------- files
+
+
+class _Root:
+    """Read files below one sysroot; errors name the usual absolute path."""
+
+    def __init__(self, sysroot: str | Path) -> None:
+        root = os.fspath(sysroot)
+        self.is_host = os.path.realpath(root) == "/"
+        self.prefix = "" if self.is_host else root.rstrip("/")
+
+    def path(self, abspath: str) -> str:
+        return self.prefix + abspath
+
+    def read(self, abspath: str, *, required: bool = False, limit: int = -1) -> str | None:
+        """Text of a file, ``None`` when it does not exist (or raise if ``required``)."""
+        data = self.read_bytes(abspath, required=required, limit=limit)
+        if data is None:
+            return None
+        return _decode(data, abspath)
+
+    def read_bytes(self, abspath: str, *, required: bool = False, limit: int = -1) -> bytes | None:
+        try:
+            with open(self.path(abspath), "rb") as f:
+                return f.read(limit)
+        except (FileNotFoundError, NotADirectoryError):
+            if required:
+                raise InputError(abspath, "missing (not a kernel sysroot?)") from None
+            return None
+        except IsADirectoryError:
+            raise InputError(abspath, "is a directory, expected a file") from None
+        except PermissionError:
+            raise InputError(abspath, "permission denied (root-only file; run as root)") from None
+        except OSError as err:
+            if err.errno == errno.EBUSY:
+                log.info("%s: busy (kexec lock held); treated as absent", abspath)
+                return None
+            raise InputError(abspath, f"cannot read: {err.strerror or err}") from None
+
+
+def _decode(data: bytes, source: str) -> str:
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise InputError(source, f"non-ASCII byte {data[err.start]:#04x}", line) from None
+
+
+def _read_at(dir_fd: int, name: str) -> bytes | None:
+    """Read a small file relative to a directory fd; ``None`` if it does not exist."""
+    try:
+        fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def _one_line(text: str, source: str) -> str:
+    """The single line of a one-value sysfs file, without its newline."""
+    line, sep, rest = text.partition("\n")
+    if rest.strip():
+        raise InputError(source, "expected one line, found more", 2)
+    if not line.strip():
+        raise InputError(source, "empty", 1)
+    del sep
+    return line.strip()
+
+
+def _int(text: str, source: str, base: int, what: str) -> int:
+    value = _one_line(text, source)
+    try:
+        n = int(value, base)
+    except ValueError:
+        raise InputError(source, f"expected {what}, found {value[:40]!r}", 1) from None
+    if n < 0:
+        raise InputError(source, f"expected {what}, found a negative number", 1)
+    return n
+
+
+def _hex(text: str, source: str, what: str = "a hexadecimal number") -> int:
+    value = _one_line(text, source)
+    if value.startswith(("0x", "0X", "+", "-", "_")) or "_" in value:
+        raise InputError(source, f"expected {what} without 0x, found {value[:40]!r}", 1)
+    return _int(value, source, 16, what)
+
+
+def _dec(text: str, source: str, what: str = "a decimal number") -> int:
+    value = _one_line(text, source)
+    if not value.isdigit():
+        raise InputError(source, f"expected {what}, found {value[:40]!r}", 1)
+    return int(value)
+
+
+def _bool01(text: str, source: str) -> bool:
+    value = _one_line(text, source)
+    if value not in ("0", "1"):
+        raise InputError(source, f"expected 0 or 1, found {value[:40]!r}", 1)
+    return value == "1"
+
+
+# ------------------------------------------------------------------------ cpulists
+
+
+def parse_cpulist(text: str, source: str) -> tuple[int, ...]:
+    """Parse the kernel's cpulist format (``"0-3,8-11,16\\n"``; empty = no CPUs)."""
+    line, _, rest = text.partition("\n")
+    if rest.strip():
+        raise InputError(source, "expected one line, found more", 2)
+    line = line.strip()
+    if not line:
+        return ()
+    cpus: list[int] = []
+    last = -1
+    for part in line.split(","):
+        lo_s, dash, hi_s = part.partition("-")
+        if not lo_s.isdigit() or (dash and not hi_s.isdigit()):
+            raise InputError(source, f"bad cpulist element {part[:40]!r}", 1)
+        lo = int(lo_s)
+        hi = int(hi_s) if dash else lo
+        if hi < lo or lo <= last:
+            raise InputError(source, f"cpulist is not ascending at {part[:40]!r}", 1)
+        cpus.extend(range(lo, hi + 1))
+        last = hi
+    return tuple(cpus)
+
+
+def _cpulist(root: _Root, name: str) -> tuple[int, ...]:
+    path = f"{CPU_DIR}/{name}"
+    text = root.read(path, required=True)
+    assert text is not None
+    return parse_cpulist(text, path)
+
+
+# ----------------------------------------------------------------------- per entry
+
+
+def _numbered_dirs(root: _Root, abspath: str, pattern: re.Pattern[str]) -> list[tuple[int, str]]:
+    """``(N, name)`` of every ``<prefix>N`` directory below ``abspath``, ascending."""
+    found: list[tuple[int, str]] = []
+    try:
+        with os.scandir(root.path(abspath)) as it:
+            for entry in it:
+                m = pattern.fullmatch(entry.name)
+                if m and entry.is_dir():
+                    found.append((int(m.group(1)), entry.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found.sort()
+    return found
+
+
+def _crash_notes(root: _Root, cpus: Iterable[int]) -> tuple[CrashNote, ...]:
+    wanted = set(cpus)
+    notes: list[CrashNote] = []
+    dirs = [(n, name) for n, name in _numbered_dirs(root, CPU_DIR, _CPU_NAME) if n in wanted]
+    if not dirs:
+        return ()
+    base = root.path(CPU_DIR)
+    for cpu, name in dirs:
+        try:
+            dfd = os.open(f"{base}/{name}", os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            raise InputError(f"{CPU_DIR}/{name}", f"cannot open: {err.strerror}") from None
+        try:
+            try:
+                raw = _read_at(dfd, "crash_notes")
+            except PermissionError:
+                raise InputError(
+                    f"{CPU_DIR}/{name}/crash_notes", "permission denied (root-only; run as root)"
+                ) from None
+            if raw is None:
+                continue
+            raw_size = _read_at(dfd, "crash_notes_size")
+        finally:
+            os.close(dfd)
+        src = f"{CPU_DIR}/{name}/crash_notes"
+        address = _hex(_decode(raw, src), src, "a hexadecimal physical address")
+        if raw_size is None:
+            size = DEFAULT_CRASH_NOTES_SIZE
+        else:
+            ssrc = f"{CPU_DIR}/{name}/crash_notes_size"
+            size = _dec(_decode(raw_size, ssrc), ssrc, "a size in bytes")
+            if size == 0:
+                raise InputError(ssrc, "note size is 0", 1)
+        notes.append(CrashNote(cpu, address, size))
+    return tuple(notes)
+
+
+def _memory_blocks(root: _Root) -> tuple[MemoryBlock, ...]:
+    dirs = _numbered_dirs(root, MEMORY_DIR, _MEMORY_NAME)
+    base = root.path(MEMORY_DIR)
+    blocks: list[MemoryBlock] = []
+    for index, name in dirs:
+        dfd = os.open(f"{base}/{name}", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            raw_state = _read_at(dfd, "state")
+            raw_online = _read_at(dfd, "online")
+        finally:
+            os.close(dfd)
+        state: str | None = None
+        online: bool | None = None
+        if raw_state is not None:
+            src = f"{MEMORY_DIR}/{name}/state"
+            state = _one_line(_decode(raw_state, src), src)
+            if not re.fullmatch(r"[a-z][a-z-]*", state):
+                raise InputError(src, f"unexpected state {state[:40]!r}", 1)
+        if raw_online is not None:
+            src = f"{MEMORY_DIR}/{name}/online"
+            online = _bool01(_decode(raw_online, src), src)
+        blocks.append(MemoryBlock(index, state, online))
+    return tuple(blocks)
+
+
+# ---------------------------------------------------------------------- vmcoreinfo
+
+
+def _vmcoreinfo(root: _Root) -> VmcoreInfo | None:
+    path = "/sys/kernel/vmcoreinfo"
+    text = root.read(path)
+    if text is None:
+        return None
+    fields = _one_line(text, path).split()
+    if len(fields) != 2:
+        raise InputError(path, "expected 'ADDRESS SIZE' (\"%pa %x\")", 1)
+    try:
+        address = int(fields[0], 16)
+        size = int(fields[1], 16)
+    except ValueError:
+        raise InputError(path, "expected hexadecimal 'ADDRESS SIZE'", 1) from None
+    if address < 0 or size <= 0:
+        raise InputError(path, "address or size out of range", 1)
+    return VmcoreInfo(address, size)
+
+
+# -------------------------------------------------------------- kallsyms and kcore
+
+
+def _kallsyms(root: _Root) -> tuple[dict[str, int], int | None]:
+    """Selected symbols and the highest built-in symbol address in the kernel image.
+
+    A host's kallsyms has ~100k lines, so only the lines we use are parsed (substring
+    searches, plus one regular-expression scan when ``_end`` is missing); the first
+    line is checked for the ``ADDR TYPE NAME`` shape so that a file which is not
+    kallsyms at all is reported.
+    """
+    text = root.read(KALLSYMS)
+    if text is None:
+        return {}, None
+    first = text.lstrip("\n").split("\n", 1)[0]
+    if first and not _KALLSYMS_LINE.fullmatch(first):
+        lineno = len(text) - len(text.lstrip("\n")) + 1
+        raise InputError(KALLSYMS, f"expected 'ADDRESS TYPE NAME', found {first[:40]!r}", lineno)
+    if not text.endswith("\n"):
+        text += "\n"
+    syms: dict[str, int] = {}
+    for name in ("_text", "_stext", "_etext", "_end"):
+        at = text.find(f" {name}\n")  # built-in symbols only: module lines end in "]"
+        if at < 0:
+            continue
+        bol = text.rfind("\n", 0, at) + 1
+        addr, _, kind = text[bol:at].partition(" ")
+        if not _HEX.fullmatch(addr) or len(kind) != 1:
+            lineno = text.count("\n", 0, bol) + 1
+            raise InputError(KALLSYMS, f"expected 'ADDRESS TYPE {name}'", lineno)
+        syms[name] = int(addr, 16)
+    if syms and not any(syms.values()):
+        log.info("%s: addresses are hidden (kptr_restrict); ignoring it", KALLSYMS)
+        return {}, None
+    highest: int | None = None
+    if "_end" not in syms:
+        # Fixed-width lower-case hex compares like the numbers it spells.
+        image = _KALLSYMS_IMAGE.findall(text)
+        highest = int(max(image), 16) if image else None
+    return syms, highest
+
+
+def _kcore_loads(root: _Root) -> tuple[list[tuple[int, int]], int | None] | None:
+    """``(vaddr, memsz)`` of every kcore PT_LOAD and the ELF machine, or None if absent."""
+    try:
+        data = root.read_bytes(KCORE, limit=KCORE_ELF_HEADERS_SIZE)
+    except InputError as err:
+        log.info("%s unreadable (%s); using the kallsyms fallback", KCORE, err.problem)
+        return None
+    if data is None or not data:
+        return None
+    if len(data) < 64 or data[:4] != b"\x7fELF":
+        raise InputError(KCORE, "not an ELF file")
+    if data[4] != 2:
+        raise InputError(KCORE, "not ELFCLASS64")
+    if data[5] not in (1, 2):
+        raise InputError(KCORE, f"bad EI_DATA {data[5]}")
+    end = "<" if data[5] == 1 else ">"
+    (e_machine,) = struct.unpack_from(end + "H", data, 18)
+    e_phoff, e_shoff = struct.unpack_from(end + "QQ", data, 32)
+    e_phentsize, e_phnum = struct.unpack_from(end + "HH", data, 54)
+    if e_phnum == 0xFFFF:  # PN_XNUM: the real count is in section header 0's sh_info
+        if e_shoff + 64 > len(data):
+            raise InputError(KCORE, "PN_XNUM but section header 0 is beyond 64 KiB")
+        (e_phnum,) = struct.unpack_from(end + "I", data, e_shoff + 44)
+    if e_phentsize != 56:
+        raise InputError(KCORE, f"e_phentsize {e_phentsize}, expected 56")
+    if e_phoff + e_phnum * 56 > len(data):
+        raise InputError(KCORE, f"{e_phnum} program headers do not fit the first {len(data)} bytes")
+    loads: list[tuple[int, int]] = []
+    fmt = end + "IIQQQQQQ"
+    for i in range(e_phnum):
+        p_type, _fl, _off, vaddr, _pa, _fs, memsz, _al = struct.unpack_from(
+            fmt, data, e_phoff + i * 56
+        )
+        if p_type == _PT_LOAD:
+            loads.append((vaddr, memsz))
+    return loads, e_machine
+
+
+def _align_up(value: int, align: int) -> int:
+    return (value + align - 1) & ~(align - 1)
+
+
+def _text_from_segment(vaddr: int, memsz: int, source: str) -> KernelText:
+    start = vaddr & ~(KERNEL_VADDR_ALIGN - 1)
+    return KernelText(start, _align_up(vaddr + memsz - start, PAGE_SIZE), source)
+
+
+def _kernel_text(
+    kcore: tuple[list[tuple[int, int]], int | None] | None,
+    syms: dict[str, int],
+    highest: int | None,
+) -> tuple[KernelText | None, int | None]:
+    """Kernel text placement and PAGE_OFFSET (None when not derivable)."""
+    stext = syms.get("_stext") or syms.get("_text")
+    if kcore is not None and kcore[0]:
+        loads = kcore[0]
+        page_offset = min(v for v, _ in loads) & _GIB_MASK
+        if stext:
+            for vaddr, memsz in loads:
+                if vaddr <= stext < vaddr + memsz:
+                    return _text_from_segment(vaddr, memsz, "kcore"), page_offset
+        top = X86_64_START_KERNEL_MAP + X86_64_KERNEL_TEXT_SIZE
+        for vaddr, memsz in loads:
+            if vaddr >= X86_64_START_KERNEL_MAP and vaddr + memsz <= top:
+                return _text_from_segment(vaddr, memsz, "kcore-range"), page_offset
+        return None, page_offset
+    text = syms.get("_text") or stext
+    if not text:
+        return None, None
+    if syms.get("_end"):
+        return _text_from_segment(text, syms["_end"] - text, "kallsyms"), None
+    if highest is not None and highest > text:
+        return _text_from_segment(text, highest - text, "kallsyms-estimate"), None
+    return None, None
+
+
+# ---------------------------------------------------------------------- capability
+
+
+def _first(root: _Root, *paths: str) -> tuple[str, str] | None:
+    for p in paths:
+        text = root.read(p)
+        if text is not None:
+            return p, text
+    return None
+
+
+def read_capabilities(sysroot: str | Path = "/") -> KernelCapabilities:
+    """What the kernel below ``sysroot`` can do; absent files are ``None``."""
+    root = _Root(sysroot)
+    return _capabilities(root)
+
+
+def _capabilities(root: _Root) -> KernelCapabilities:
+    def flag(*paths: str) -> bool | None:
+        found = _first(root, *paths)
+        return None if found is None else _bool01(found[1], found[0])
+
+    def number(*paths: str) -> int | None:
+        found = _first(root, *paths)
+        return None if found is None else _dec(found[1], found[0])
+
+    release_text = root.read("/proc/sys/kernel/osrelease")
+    release = (
+        None if release_text is None else _one_line(release_text, "/proc/sys/kernel/osrelease")
+    )
+    lockdown: str | None = None
+    path = "/sys/kernel/security/lockdown"
+    lockdown_text = root.read(path)
+    if lockdown_text is not None:
+        m = _LOCKDOWN.search(_one_line(lockdown_text, path))
+        if m is None:
+            raise InputError(path, "no [active] mode in brackets", 1)
+        lockdown = m.group(1)
+    return KernelCapabilities(
+        release=release,
+        cpu_crash_hotplug=flag(f"{CPU_DIR}/crash_hotplug"),
+        memory_crash_hotplug=flag(f"{MEMORY_DIR}/crash_hotplug"),
+        crash_elfcorehdr_size=number(
+            "/sys/kernel/crash_elfcorehdr_size", "/sys/kernel/kexec/crash_elfcorehdr_size"
+        ),
+        kexec_crash_loaded=flag("/sys/kernel/kexec_crash_loaded", "/sys/kernel/kexec/crash_loaded"),
+        kexec_crash_size=number("/sys/kernel/kexec_crash_size", "/sys/kernel/kexec/crash_size"),
+        lockdown=lockdown,
+    )
+
+
+# --------------------------------------------------------------------------- arch
+
+
+def _arch(root: _Root, explicit: str | None, kcore_machine: int | None) -> str:
+    if explicit:
+        return explicit
+    path = "/proc/sys/kernel/arch"
+    text = root.read(path)
+    if text is not None:
+        return _one_line(text, path)
+    if kcore_machine is not None and kcore_machine in _EM_TO_ARCH:
+        return _EM_TO_ARCH[kcore_machine]
+    if root.is_host:
+        return platform.machine()
+    raise InputError(path, "missing and no /proc/kcore to tell the architecture; pass arch")
+
+
+# ------------------------------------------------------------------------ topology
+
+
+def read_topology(sysroot: str | Path = "/", *, arch: str | None = None) -> Topology:
+    """Read one consistent :class:`Topology` snapshot from ``sysroot``."""
+    root = _Root(sysroot)
+    possible = _cpulist(root, "possible")
+    present = _cpulist(root, "present")
+    online = _cpulist(root, "online")
+
+    iomem_text = root.read("/proc/iomem", required=True)
+    assert iomem_text is not None
+    iomem = parse_iomem(iomem_text, "/proc/iomem")
+
+    crash_notes = _crash_notes(root, set(possible) | set(present))
+    vmcoreinfo = _vmcoreinfo(root)
+
+    kcore = _kcore_loads(root)
+    syms, highest = _kallsyms(root)
+    kernel_text, page_offset = _kernel_text(kcore, syms, highest)
+    the_arch = _arch(root, arch, kcore[1] if kcore else None)
+    if page_offset is None and the_arch == "x86_64":
+        page_offset = X86_64_PAGE_OFFSET
+
+    block_size: int | None = None
+    bs_path = f"{MEMORY_DIR}/block_size_bytes"
+    bs_text = root.read(bs_path)
+    if bs_text is not None:
+        block_size = _hex(bs_text, bs_path, "a hexadecimal block size")
+        if block_size == 0:
+            raise InputError(bs_path, "block size is 0", 1)
+
+    return Topology(
+        arch=the_arch,
+        possible_cpus=possible,
+        present_cpus=present,
+        online_cpus=online,
+        crash_notes=crash_notes,
+        iomem=iomem,
+        vmcoreinfo=vmcoreinfo,
+        kernel_text=kernel_text,
+        page_offset=page_offset,
+        memory_block_size=block_size,
+        memory_blocks=_memory_blocks(root),
+        capabilities=_capabilities(root),
+    )
