@@ -1,0 +1,543 @@
+"""The reconciler: the one owner of the daemon's state.
+
+Events only bump counters and feed the debouncer.  When a burst is due, one worker
+task re-reads the topology from the sysroot, compares ``Topology.image_key()`` with
+what the loaded image describes, regenerates the :class:`CrashImage` in place,
+applies it through the backend, updates the :class:`StateStore`, records
+``state.json``, and then re-reads the topology once more: if it moved while the
+load ran, it applies again; if not, it stops.  Every later burst goes through the
+same comparison, so no event is lost and nothing is applied twice for nothing.
+
+Fault policy (one place, for every backend):
+- ``EBUSY``: retry with exponential backoff;
+- ``EPERM`` on a backend other than ``file`` (kernel lockdown refuses unsigned
+  segment loads): switch to the ``file`` backend and retry;
+- ``ENOMEM``/``EINVAL``/``ENOEXEC`` (and anything else): state ``degraded`` with the
+  errno text, reload the last known good image, and schedule a retry; if even that
+  fails, state ``failed`` and an error in the log every retry — never silently
+  without a crash kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdumpd.core.errors import CapacityError, KdumpdError, UnsupportedError
+from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest
+from kdumpd.daemon.control import Busy
+from kdumpd.daemon.state import ImageState, StateStore
+from kdumpd.daemon.statefile import Recorded, StateFile, boot_id, key_digest
+from kdumpd.events.debounce import AsyncDebouncer, Burst, Debouncer
+from kdumpd.events.event import HotplugEvent
+from kdumpd.system.kexec import KexecError
+
+if TYPE_CHECKING:
+    from kdumpd.core.image import CrashImage
+    from kdumpd.core.topology import Topology
+
+log = logging.getLogger("kdumpd.daemon.reconciler")
+
+TopologyReader = Callable[[Path], "Topology"]
+ImageFactory = Callable[["Topology"], "CrashImage"]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def default_image_factory(max_cpus: int = 0, max_ranges: int = 0) -> ImageFactory:
+    def make(topology: Topology) -> CrashImage:
+        from kdumpd.arch import get_arch
+        from kdumpd.core.image import CrashImage
+
+        arch = get_arch(topology.arch)
+        cap = arch.elfcorehdr_capacity(
+            topology, max_cpus=max_cpus or None, max_ranges=max_ranges or None
+        )
+        return CrashImage.for_topology(arch, topology, cap)
+
+    return make
+
+
+def default_topology_reader(sysroot: Path) -> Topology:
+    from kdumpd.system.sysfs import read_topology
+
+    return read_topology(sysroot)
+
+
+def _crash_ranges(topology: Topology) -> tuple[tuple[int, int], ...]:
+    from kdumpd.core.ranges import crash_memory_ranges
+
+    return tuple((r.start, r.end) for r in crash_memory_ranges(topology))
+
+
+class Reconciler:
+    """Implements :class:`kdumpd.daemon.control.Controller`."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        backend: Backend,
+        *,
+        sysroot: str | Path = "/",
+        state_dir: str | Path | None = None,
+        read_topology: TopologyReader = default_topology_reader,
+        image_factory: ImageFactory | None = None,
+        quiet: float = 0.1,
+        max_staleness: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        fallback_backend: Callable[[], Backend] | None = None,
+        busy_retries: int = 6,
+        busy_delay: float = 0.05,
+        retry_interval: float = 5.0,
+        max_passes: int = 8,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.sysroot = Path(sysroot)
+        self.statefile = StateFile(state_dir) if state_dir is not None else None
+        self.read_topology = read_topology
+        self.image_factory = image_factory or default_image_factory()
+        self.clock = clock
+        self.sleep = sleep
+        self.fallback_backend = fallback_backend
+        self.busy_retries = busy_retries
+        self.busy_delay = busy_delay
+        self.retry_interval = retry_interval
+        self.max_passes = max_passes
+
+        self.debouncer = Debouncer(quiet, max_staleness, clock)
+        self._async_debouncer = AsyncDebouncer(self.debouncer, self._on_burst)
+        self.image: CrashImage | None = None
+        self.applied_digest: str | None = None
+        self.generation = store.current.generation
+        self.loads = store.current.loads
+        self.regenerations = store.current.regenerations
+        self.last_event_at: float | None = None
+        self.last_applied_at: float | None = None
+        self.last_good = False
+        self._lock = asyncio.Lock()
+        self._operation = ""
+        self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._trigger = ""
+        self._worker: asyncio.Task[None] | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._retry_delay = retry_interval
+        self.passes = 0
+
+    # ---------------------------------------------------------------- events
+    def event(self, ev: HotplugEvent) -> None:
+        """Event sink for every source; O(1), no I/O."""
+        first = self.debouncer.pending == 0
+        self.last_event_at = self.clock()
+        self._async_debouncer.event()
+        if self._idle is not None:
+            self._idle.clear()
+        if first:
+            self.store.update(pending_events=1, stale=True)
+
+    def _on_burst(self, burst: Burst) -> None:
+        self.store.update(
+            events_received=self.debouncer.received,
+            events_coalesced=self.debouncer.coalesced,
+            pending_events=0,
+        )
+        self.request(f"{burst.events} events ({burst.reason})")
+
+    def request(self, trigger: str) -> None:
+        """Ask the worker for a reconcile pass (coalesces with a pending request)."""
+        self._trigger = trigger if not self._trigger else self._trigger
+        if self._wake is not None:
+            self._wake.set()
+            if self._idle is not None:
+                self._idle.clear()
+
+    # --------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Adopt a recorded image or load the first one; then start the worker."""
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self.store.update(backend=self.backend.name, state=ImageState.LOADING)
+        async with self._lock:
+            self._operation = "start"
+            adopted = self._adopt_recorded()
+            await self._reconcile("adopt" if adopted else "start", force_load=not adopted)
+            self._operation = ""
+        self._worker = asyncio.create_task(self._run(), name="kdumpd-reconciler")
+        self._idle.set()
+
+    async def stop(self) -> None:
+        self._async_debouncer.close()
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def settle(self) -> None:
+        """Deliver any pending burst now and wait until the worker is idle (replay end)."""
+        self._async_debouncer.flush()
+        assert self._idle is not None
+        while self._wake is not None and (self._wake.is_set() or not self._idle.is_set()):
+            await self._idle.wait()
+            await asyncio.sleep(0)
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._idle is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            trigger, self._trigger = self._trigger or "request", ""
+            async with self._lock:
+                self._operation = "reconcile"
+                try:
+                    await self._reconcile(trigger)
+                except Exception as err:  # the daemon keeps running; state says why
+                    log.exception("reconcile failed: %s", err)
+                    self.store.update(last_error=str(err))
+                finally:
+                    self._operation = ""
+            if not self._wake.is_set() and self.debouncer.pending == 0:
+                self._idle.set()
+
+    # ---------------------------------------------------------------- adoption
+    def _adopt_recorded(self) -> bool:
+        if self.statefile is None:
+            return False
+        rec = self.statefile.load()
+        if rec is None or not rec.loaded:
+            return False
+        if rec.backend != self.backend.name:
+            log.info(
+                "state.json records backend %s, now %s: loading afresh",
+                rec.backend,
+                self.backend.name,
+            )
+            return False
+        current_boot = boot_id(self.sysroot)
+        if rec.boot_id and current_boot and rec.boot_id != current_boot:
+            log.info("state.json is from another boot: loading afresh")
+            return False
+        if not self.backend.is_loaded():
+            log.info(
+                "state.json says generation %d is loaded, the kernel says no image: loading afresh",
+                rec.generation,
+            )
+            return False
+        self.generation = rec.generation
+        self.loads = max(self.loads, rec.loads)
+        self.applied_digest = rec.topology_digest
+        self.last_good = True
+        log.info(
+            "adopting the loaded crash image of generation %d (no reload)",
+            rec.generation,
+            extra={"GENERATION": rec.generation},
+        )
+        return True
+
+    # --------------------------------------------------------------- reconcile
+    def _read(self) -> Topology | None:
+        try:
+            return self.read_topology(self.sysroot)
+        except KdumpdError as err:
+            log.error("cannot read the topology: %s", err)
+            self.store.update(last_error=str(err), stale=True)
+            return None
+
+    def _regenerate(self, topology: Topology) -> CrashImage:
+        image = self.image
+        if image is not None:
+            try:
+                image.regenerate(topology)
+                return image
+            except (CapacityError, UnsupportedError) as err:
+                log.warning("rebuilding the crash image: %s", err)
+        image = self.image_factory(topology)
+        self.image = image
+        return image
+
+    async def _reconcile(self, trigger: str, *, force_load: bool = False) -> None:
+        """Passes until the applied image matches the topology (bounded)."""
+        self.passes += 1
+        for _ in range(self.max_passes):
+            t0 = time.monotonic_ns()
+            topology = self._read()
+            if topology is None:
+                return
+            digest = key_digest(topology.image_key())
+            if digest == self.applied_digest and not force_load:
+                if self.image is None:  # adopted: build the model for the state report
+                    self.image = self._regenerate(topology)
+                    self._publish(topology, trigger, None, t0)
+                elif self.store.current.stale:
+                    self.store.update(stale=False)
+                return
+            image = self._regenerate(topology)
+            self.regenerations += 1
+            self.generation += 1
+            request = LoadRequest(
+                image=image,
+                topology=topology,
+                generation=self.generation,
+                trigger=trigger,
+                counters=self._counters(),
+                force_load=force_load,
+            )
+            self.store.update(
+                state=ImageState.UPDATING if self.last_good else ImageState.LOADING,
+                regenerations=self.regenerations,
+            )
+            result = await self._apply(request)
+            if result is None:
+                self.applied_digest = None
+                return
+            self.applied_digest = digest
+            self.last_good = True
+            self._cancel_retry()
+            self._publish(topology, trigger, result, t0)
+            force_load = False
+            trigger = "recheck"
+        log.warning(
+            "topology kept changing for %d passes; the next burst continues", self.max_passes
+        )
+
+    def _counters(self) -> dict[str, int]:
+        return {
+            "events_received": self.debouncer.received,
+            "events_coalesced": self.debouncer.coalesced,
+            "regenerations": self.regenerations,
+            "loads": self.loads,
+        }
+
+    async def _apply(self, request: LoadRequest) -> ApplyResult | None:
+        delay = self.busy_delay
+        busy = 0
+        switched = False
+        while True:
+            try:
+                result = await self.backend.apply(request)
+                if result.loaded:
+                    self.loads += 1
+                return result
+            except KexecError as err:
+                if err.errno == errno.EBUSY and busy < self.busy_retries:
+                    busy += 1
+                    log.info("%s; retrying in %.0f ms", err, delay * 1000)
+                    await self.sleep(delay)
+                    delay *= 2
+                    continue
+                if (
+                    err.errno == errno.EPERM
+                    and not switched
+                    and self.backend.name != "file"
+                    and self.fallback_backend is not None
+                ):
+                    switched = True
+                    old = self.backend.name
+                    self.backend = self.fallback_backend()
+                    log.warning(
+                        "%s (kernel lockdown?); switching backend %s -> %s",
+                        err,
+                        old,
+                        self.backend.name,
+                    )
+                    self.store.update(backend=self.backend.name)
+                    continue
+                return await self._degrade(request, str(err))
+            except KdumpdError as err:
+                return await self._degrade(request, str(err))
+
+    async def _degrade(self, request: LoadRequest, error: str) -> ApplyResult | None:
+        """The load failed: put the last good image back, say so, retry later."""
+        log.error(
+            "applying generation %d failed: %s",
+            request.generation,
+            error,
+            extra={"GENERATION": request.generation, "TRIGGER": request.trigger},
+        )
+        restored = False
+        if self.last_good:
+            try:
+                result = await self.backend.restore(request)
+                if result.loaded:
+                    self.loads += 1
+                restored = True
+                log.warning(
+                    "restored the last known good crash image; it may not cover the "
+                    "current CPUs and memory"
+                )
+            except (KexecError, KdumpdError) as err:
+                log.error("restoring the last good crash image failed too: %s", err)
+        loaded = self.backend.is_loaded() or restored
+        state = ImageState.DEGRADED if loaded else ImageState.FAILED
+        if not loaded:
+            log.error("NO CRASH KERNEL IS LOADED: a crash now will not be dumped (%s)", error)
+        self.store.update(state=state, last_error=error, stale=True, loads=self.loads)
+        self._save(loaded=loaded)
+        self._schedule_retry()
+        return None
+
+    def _schedule_retry(self) -> None:
+        if self._retry_handle is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        delay = self._retry_delay
+        self._retry_delay = min(self._retry_delay * 2, 300.0)
+
+        def fire() -> None:
+            self._retry_handle = None
+            self.request("retry")
+
+        self._retry_handle = loop.call_later(delay, fire)
+
+    def _cancel_retry(self) -> None:
+        if self._retry_handle is not None:
+            self._retry_handle.cancel()
+            self._retry_handle = None
+        self._retry_delay = self.retry_interval
+
+    def _publish(
+        self, topology: Topology, trigger: str, result: ApplyResult | None, t0: int
+    ) -> None:
+        image = self.image
+        layout = image.layout if image is not None else None
+        covered_cpus = tuple(layout.cpus) if layout else ()
+        covered = tuple((r.start, r.end) for r in layout.ranges) if layout else ()
+        ranges = _crash_ranges(topology)
+        present = tuple(topology.present_cpus)
+        noted = tuple(n.cpu for n in topology.crash_notes if n.cpu in set(present))
+        stale = ranges != covered or not set(noted) <= set(covered_cpus)
+        duration = (time.monotonic_ns() - t0) // 1000
+        changes: dict[str, Any] = {
+            "state": ImageState.LOADED,
+            "backend": self.backend.name,
+            "generation": self.generation,
+            "last_trigger": trigger,
+            "regenerations": self.regenerations,
+            "loads": self.loads,
+            "events_received": self.debouncer.received,
+            "events_coalesced": self.debouncer.coalesced,
+            "pending_events": self.debouncer.pending,
+            "present_cpus": present,
+            "covered_cpus": covered_cpus,
+            "memory_ranges": ranges,
+            "covered_ranges": covered,
+            "stale": stale or self.debouncer.pending > 0,
+            "elfcorehdr_used": layout.used if layout else 0,
+            "elfcorehdr_capacity": layout.capacity if layout else 0,
+            "crash_kernel_size": sum(r.size for r in topology.crashkernel),
+            "last_error": "",
+        }
+        if result is not None:
+            changes.update(
+                last_update_usec=time.time_ns() // 1000,
+                last_update_duration_usec=duration,
+                kernel_hotplug_support=result.kernel_updates_in_place,
+            )
+            if result.loaded:
+                changes["last_load_gap_usec"] = result.gap_usec
+        self.store.update(**changes)
+        self.last_applied_at = self.clock()
+        self._save(loaded=True)
+        if result is not None:
+            log.info(
+                "generation %d applied (%s): %d CPUs, %d ranges, %s",
+                self.generation,
+                trigger,
+                len(covered_cpus),
+                len(covered),
+                result.detail,
+                extra={
+                    "GENERATION": self.generation,
+                    "TRIGGER": trigger,
+                    "DURATION_USEC": duration,
+                    "BACKEND": self.backend.name,
+                },
+            )
+            self.store.image_updated(self.generation, trigger)
+
+    def _save(self, *, loaded: bool) -> None:
+        if self.statefile is None:
+            return
+        try:
+            self.statefile.save(
+                Recorded(
+                    generation=self.generation,
+                    backend=self.backend.name,
+                    loaded=loaded,
+                    topology_digest=self.applied_digest or "",
+                    boot_id=boot_id(self.sysroot),
+                    loads=self.loads,
+                )
+            )
+        except OSError as err:
+            log.warning("cannot record %s: %s", self.statefile.path, err.strerror)
+
+    # ------------------------------------------------------------- controller
+    def _busy(self, operation: str) -> None:
+        if self._lock.locked():
+            raise Busy(operation, self._operation or "an operation")
+
+    async def rescan(self) -> None:
+        async with self._lock:
+            self._operation = "rescan"
+            try:
+                await self._reconcile("rescan")
+            finally:
+                self._operation = ""
+
+    async def reload(self) -> None:
+        self._busy("reload")
+        async with self._lock:
+            self._operation = "reload"
+            try:
+                await self._reconcile("reload", force_load=True)
+            finally:
+                self._operation = ""
+
+    async def load(self) -> None:
+        self._busy("load")
+        if self.backend.is_loaded() and self.applied_digest is not None:
+            return
+        async with self._lock:
+            self._operation = "load"
+            try:
+                await self._reconcile("load", force_load=True)
+            finally:
+                self._operation = ""
+
+    async def unload(self) -> None:
+        self._busy("unload")
+        async with self._lock:
+            self._operation = "unload"
+            try:
+                await self.backend.unload()
+            except KexecError as err:
+                self.store.update(last_error=str(err))
+                raise
+            finally:
+                self._operation = ""
+            self.applied_digest = None
+            self.last_good = False
+            self._cancel_retry()
+            self.store.update(state=ImageState.UNLOADED, stale=True)
+            self._save(loaded=False)
+            log.warning("crash image unloaded on request")
+
+    async def report(self) -> dict[str, Any]:
+        out = self.store.current.to_json()
+        out["operation"] = self._operation
+        out["debounce_quiet_ms"] = round(self.debouncer.quiet * 1000)
+        out["debounce_max_ms"] = round(self.debouncer.max_staleness * 1000)
+        return out
