@@ -5,8 +5,8 @@ header (``elfcorehdr=`` on its command line).  Its layout follows kexec-tools
 (kexec/crashdump-elf.c; kexec-internals.md §1.3-1.4):
 
 * ``Elf64_Ehdr`` at offset 0: ``ET_CORE``, the arch's ``e_machine``,
-  ``e_phoff`` = 64, ``e_phentsize`` = 56, ``e_phnum`` = headers actually written,
-  no section headers;
+  ``e_phoff`` = 64 (0 in the degenerate header without phdrs, as ELF requires),
+  ``e_phentsize`` = 56, ``e_phnum`` = headers actually written, no section headers;
 * the program headers, in this order:
 
   1. one ``PT_NOTE`` per CPU (ascending CPU number): ``p_offset`` = ``p_paddr`` =
@@ -248,7 +248,7 @@ class Elfcorehdr:
             self._machine,
             EV_CURRENT,
             0,  # e_entry
-            EHDR_SIZE,  # e_phoff
+            EHDR_SIZE if phnum else 0,  # e_phoff (0 = no program header table, per ELF)
             0,  # e_shoff
             0,  # e_flags
             EHDR_SIZE,  # e_ehsize
