@@ -182,9 +182,13 @@ class Reconciler:
                 await self._worker
             self._worker = None
 
-    async def settle(self) -> None:
-        """Deliver any pending burst now and wait until the worker is idle (replay end)."""
-        self._async_debouncer.flush()
+    async def settle(self, *, flush: bool = False) -> None:
+        """Wait until pending events are applied and the worker is idle (replay end).
+
+        Without ``flush`` the debouncer's quiet period runs out as it would for
+        live events; ``flush`` closes the pending burst at once."""
+        if flush:
+            self._async_debouncer.flush()
         assert self._idle is not None
         while self._wake is not None and (self._wake.is_set() or not self._idle.is_set()):
             await self._idle.wait()

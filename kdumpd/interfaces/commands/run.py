@@ -1,18 +1,60 @@
-"""`kdumpd run` (placeholder until its issue lands)."""
+"""``kdumpd run``: the hotplug-aware crash-image daemon."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import asyncio
+from typing import Any
+
+from kdumpd.core.errors import KdumpdError
 
 NAME = "run"
-HELP = "run (not implemented yet)"
+HELP = "run the daemon: keep the loaded crash image current across CPU/memory hotplug"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML file (default /etc/kdumpd/kdumpd.toml)"
+    )
+    parser.add_argument("--sysroot", metavar="DIR", help="read /proc and /sys below DIR")
+    parser.add_argument(
+        "--backend", choices=("auto", "kernel", "file", "dry-run"), help="override the probe"
+    )
+    parser.add_argument("--state-dir", metavar="DIR", help="state.json and dry-run loads")
+    parser.add_argument("--event-source", choices=("auto", "udev", "kernel"))
+    parser.add_argument("--replay", metavar="FILE", help="feed events from a replay file")
+    parser.add_argument(
+        "--speed", type=float, default=1.0, metavar="N", help="replay time scale (0 = no waits)"
+    )
+    parser.add_argument("--no-dbus", action="store_true", help="do not publish on D-Bus")
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "sysroot": getattr(args, "sysroot", None),
+        "backend": getattr(args, "backend", None),
+        "state_dir": getattr(args, "state_dir", None),
+        "event_source": getattr(args, "event_source", None),
+    }
+    if getattr(args, "no_dbus", False):
+        out["dbus"] = False
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def run(args: argparse.Namespace) -> int:
-    print("kdumpd run: not implemented yet", file=sys.stderr)
-    return 2
+    from kdumpd.config import load_settings
+    from kdumpd.daemon.daemon import Daemon
+
+    if args.speed < 0:
+        raise KdumpdError("--speed must be >= 0")
+    overrides = overrides_from(args)
+    settings = load_settings(args.config, overrides)
+    daemon = Daemon(
+        settings,
+        config_path=args.config,
+        overrides=overrides,
+        replay=args.replay,
+        speed=args.speed,
+    )
+    asyncio.run(daemon.run())
+    return 0

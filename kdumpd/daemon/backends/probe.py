@@ -1,0 +1,72 @@
+"""Choose the backend at start: what the running kernel can do, unless configured.
+
+- ``kernel``: CONFIG_CRASH_HOTPLUG is present (``/sys/devices/system/{cpu,memory}/
+  crash_hotplug`` or ``/sys/kernel/crash_elfcorehdr_size`` exist; kernel ≥ 6.6);
+- ``file``: kexec is available but the kernel cannot update the image in place;
+- ``dry-run``: no kexec in this kernel, no ``crashkernel=`` reservation, or not root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kdumpd.daemon.backends.base import Backend
+from kdumpd.daemon.backends.dryrun import DryRunBackend
+from kdumpd.daemon.backends.file import FileBackend, default_files
+from kdumpd.daemon.backends.kernel import KernelBackend
+
+if TYPE_CHECKING:
+    from kdumpd.config import Settings
+    from kdumpd.system.kexec import KexecSyscalls
+
+log = logging.getLogger("kdumpd.daemon.backends.probe")
+
+
+def probe_backend(sysroot: str | Path, *, euid: int | None = None) -> tuple[str, str]:
+    """(backend name, reason) for ``auto``."""
+    root = Path(sysroot)
+    if not (root / "sys/kernel/kexec_crash_loaded").exists():
+        return "dry-run", "the kernel has no kexec (/sys/kernel/kexec_crash_loaded missing)"
+    try:
+        size = int((root / "sys/kernel/kexec_crash_size").read_text().strip() or "0")
+    except (OSError, ValueError):
+        size = -1  # EBUSY during a concurrent load: assume a reservation exists
+    if size == 0:
+        return "dry-run", "no crashkernel= reservation (kexec_crash_size is 0)"
+    if (os.geteuid() if euid is None else euid) != 0:
+        return "dry-run", "not running as root (kexec needs CAP_SYS_BOOT)"
+    for p in (
+        "sys/devices/system/memory/crash_hotplug",
+        "sys/devices/system/cpu/crash_hotplug",
+        "sys/kernel/crash_elfcorehdr_size",
+    ):
+        if (root / p).exists():
+            return "kernel", f"the kernel updates crash images on hotplug ({p} exists)"
+    return "file", "kexec_file_load without in-kernel crash hotplug"
+
+
+def make_backend(
+    name: str,
+    settings: Settings,
+    syscalls_factory: Callable[[], KexecSyscalls] | None = None,
+) -> Backend:
+    if name == "dry-run":
+        return DryRunBackend(settings.state_dir)
+    if syscalls_factory is None:
+        from kdumpd.system.kexec import LinuxKexec
+
+        syscalls_factory = LinuxKexec
+    k = settings.kexec
+    files = default_files(
+        settings.sysroot, kernel=k.kernel, initrd=k.initrd, cmdline=k.cmdline, append=k.append
+    )
+    loader = FileBackend(syscalls_factory(), files, settings.sysroot)
+    if name == "file":
+        return loader
+    if name == "kernel":
+        return KernelBackend(loader, settings.sysroot)
+    raise ValueError(f"unknown backend {name!r}")
