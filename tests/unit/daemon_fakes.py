@@ -1,0 +1,116 @@
+"""Fakes for the daemon tests: a mutable topology, scripted syscalls, a recording backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+from collections.abc import Callable
+from pathlib import Path
+
+from kdumpd.core.topology import Resource, Topology
+from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
+from kdumpd.system.kexec import KexecError
+from kdumpd.system.sysfs import read_topology
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "guest-6.1-before"
+BLOCK = 128 << 20
+HOTPLUG_BASE = 0x1000000000  # 64 GiB, above everything in the fixture's RAM
+
+
+def base_topology() -> Topology:
+    return read_topology(FIXTURE)
+
+
+class TopologyHolder:
+    """``read_topology`` stand-in: returns ``current``; ``add_blocks(n)`` grows RAM."""
+
+    def __init__(self, topology: Topology | None = None) -> None:
+        self.base = topology or base_topology()
+        self.current = self.base
+        self.blocks = 0
+        self.reads = 0
+
+    def __call__(self, sysroot: Path) -> Topology:
+        self.reads += 1
+        return self.current
+
+    def set_blocks(self, n: int) -> None:
+        self.blocks = n
+        if n == 0:
+            self.current = self.base
+            return
+        extra = Resource(HOTPLUG_BASE, HOTPLUG_BASE + n * BLOCK - 1, "System RAM", 0)
+        self.current = dataclasses.replace(self.current, iomem=(*self.base.iomem, extra))
+
+    def add_blocks(self, n: int = 1) -> None:
+        self.set_blocks(self.blocks + n)
+
+    @property
+    def ram_end(self) -> int:
+        return HOTPLUG_BASE + self.blocks * BLOCK - 1
+
+
+class RecordingBackend:
+    """A backend that records requests; ``on_apply`` can mutate the world mid-load and
+    ``faults`` (errno list) makes the next applies fail."""
+
+    def __init__(self, name: str = "fake") -> None:
+        self._name = name
+        self.applied: list[LoadRequest] = []
+        self.applied_ends: list[int] = []
+        self.restored = 0
+        self.unloaded = 0
+        self.loaded = False
+        self.faults: list[int] = []
+        self.restore_faults: list[int] = []
+        self.on_apply: Callable[[LoadRequest], None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def is_loaded(self) -> bool:
+        return self.loaded
+
+    async def apply(self, request: LoadRequest) -> ApplyResult:
+        if self.faults:
+            err = self.faults.pop(0)
+            if err in (errno.ENOMEM, errno.EINVAL, errno.ENOEXEC):
+                self.loaded = False  # the kernel freed the old image first
+            raise KexecError("fake_load", err)
+        self.applied.append(request)
+        layout = request.image.layout
+        assert layout is not None
+        self.applied_ends.append(max(r.end for r in layout.ranges))
+        self.loaded = True
+        if self.on_apply is not None:
+            self.on_apply(request)
+        return ApplyResult(True, 5, False, "fake")
+
+    async def restore(self, request: LoadRequest) -> ApplyResult:
+        if self.restore_faults:
+            raise KexecError("fake_restore", self.restore_faults.pop(0))
+        self.restored += 1
+        self.loaded = True
+        return ApplyResult(True, 5, False, "restored")
+
+    async def unload(self) -> None:
+        self.unloaded += 1
+        self.loaded = False
+
+
+class ScriptedKexec:
+    """A KexecSyscalls whose next calls fail with the scripted errnos, then succeed."""
+
+    def __init__(self, errnos: list[int] | None = None) -> None:
+        self.errnos = list(errnos or [])
+        self.calls: list[tuple[bytes, int]] = []
+
+    def file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes, flags: int) -> None:
+        self.calls.append((cmdline, flags))
+        if self.errnos:
+            raise KexecError("kexec_file_load", self.errnos.pop(0))
+
+
+async def no_sleep(_: float) -> None:
+    return None

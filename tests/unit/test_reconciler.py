@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kdumpd.daemon.control import Busy, Controller
+from kdumpd.daemon.reconciler import Reconciler
+from kdumpd.daemon.state import ImageState, StateStore
+from kdumpd.events.event import HotplugEvent
+from tests.unit.daemon_fakes import RecordingBackend, TopologyHolder, no_sleep
+
+EV = HotplugEvent("online", "memory", "/devices/system/memory/memory512")
+
+
+def make(
+    tmp_path: Path, holder: TopologyHolder, backend: RecordingBackend, **kw: object
+) -> Reconciler:
+    return Reconciler(
+        StateStore(),
+        backend,
+        sysroot=tmp_path,
+        state_dir=tmp_path / "state",
+        read_topology=holder,
+        quiet=kw.pop("quiet", 0.005),  # type: ignore[arg-type]
+        max_staleness=kw.pop("max_staleness", 0.05),  # type: ignore[arg-type]
+        sleep=no_sleep,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_start_loads_once_and_burst_applies_once(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend)
+    assert isinstance(r, Controller)
+    await r.start()
+    assert len(backend.applied) == 1 and r.store.current.state == ImageState.LOADED
+    for _ in range(200):
+        holder.add_blocks()
+        r.event(EV)
+    await r.settle()
+    s = r.store.current
+    assert len(backend.applied) == 2
+    assert backend.applied_ends[-1] == holder.ram_end
+    assert s.loads == 2 and s.generation == 2 and not s.stale
+    assert s.events_received == 200 and s.events_coalesced == 199
+    assert s.covered_ranges[-1][1] == holder.ram_end
+    await r.stop()
+
+
+async def test_burst_without_topology_change_loads_nothing(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend)
+    await r.start()
+    for _ in range(10):
+        r.event(EV)  # e.g. `change` uevents: nothing in the image changes
+    await r.settle()
+    assert len(backend.applied) == 1
+    assert r.store.current.regenerations == 1 and not r.store.current.stale
+    await r.stop()
+
+
+async def test_change_during_load_is_applied_again(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend)
+    await r.start()
+    calls = 0
+
+    def grow_during_first(_: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            holder.add_blocks(3)  # hotplug completes while the load syscall runs
+
+    backend.on_apply = grow_during_first
+    holder.add_blocks()
+    r.event(EV)
+    await r.settle()
+    # the burst load + one recheck load, then a third read finds nothing new
+    assert len(backend.applied) == 3
+    assert backend.applied_ends[-1] == holder.ram_end
+    assert r.store.current.last_trigger == "recheck"
+    await r.stop()
+
+
+async def test_restart_adopts_recorded_image(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend)
+    await r.start()
+    holder.add_blocks(2)
+    r.event(EV)
+    await r.settle()
+    await r.stop()
+    assert len(backend.applied) == 2
+    # a new daemon, the kernel still has the image: adopt, no load
+    r2 = make(tmp_path, holder, backend)
+    await r2.start()
+    assert len(backend.applied) == 2
+    s = r2.store.current
+    assert s.generation == 2 and s.state == ImageState.LOADED and not s.stale
+    assert s.covered_ranges[-1][1] == holder.ram_end
+    await r2.stop()
+    # topology moved while no daemon ran: adopt, then one load to reconcile
+    holder.add_blocks(1)
+    r3 = make(tmp_path, holder, backend)
+    await r3.start()
+    assert len(backend.applied) == 3 and r3.store.current.generation == 3
+    assert r3.store.current.last_trigger == "adopt"
+    await r3.stop()
+
+
+async def test_restart_without_loaded_image_loads(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend)
+    await r.start()
+    await r.stop()
+    backend.loaded = False  # e.g. someone ran `kexec -p -u`
+    r2 = make(tmp_path, holder, backend)
+    await r2.start()
+    assert len(backend.applied) == 2 and r2.store.current.last_trigger == "start"
+    await r2.stop()
+
+
+async def test_unload_while_busy_raises_busy(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend)
+    await r.start()
+    gate = asyncio.Event()
+    orig = backend.apply
+
+    async def slow_apply(req):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await orig(req)
+
+    backend.apply = slow_apply  # type: ignore[method-assign]
+    task = asyncio.create_task(r.reload())
+    await asyncio.sleep(0.01)
+    with pytest.raises(Busy):
+        await r.unload()
+    gate.set()
+    await task
+    await r.unload()
+    assert backend.unloaded == 1 and r.store.current.state == ImageState.UNLOADED
+    rep = await r.report()
+    assert rep["state"] == "unloaded" and rep["loads"] == 2
+    await r.stop()
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    schedule=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from([0.0, 0.0, 0.001, 0.004, 0.02])),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_any_schedule_ends_with_image_of_final_topology(
+    tmp_path: Path, schedule: list[tuple[int, float]]
+) -> None:
+    async def scenario() -> None:
+        holder, backend = TopologyHolder(), RecordingBackend()
+        state = tmp_path / f"s{id(schedule)}"
+        r = Reconciler(
+            StateStore(), backend, sysroot=tmp_path, state_dir=state, read_topology=holder,
+            quiet=0.003, max_staleness=0.01, sleep=no_sleep,
+        )
+        await r.start()
+        changes = 0
+        for add, wait in schedule:
+            if add:
+                holder.add_blocks(add)
+                changes += 1
+            r.event(EV)
+            if wait:
+                await asyncio.sleep(wait)
+        await r.settle()
+        assert backend.applied_ends[-1] == max(
+            e.end for e in holder.current.iomem if "System RAM" in e.name
+        )
+        assert not r.store.current.stale
+        # never more loads than topology changes (+ the initial one), never one for nothing
+        assert len(backend.applied) <= changes + 1
+        ends = backend.applied_ends
+        assert all(a != b for a, b in zip(ends, ends[1:], strict=False))
+        await r.stop()
+
+    asyncio.run(scenario())
