@@ -1,0 +1,359 @@
+"""The topology reader against captured trees (real guests, this host) and synthetic
+ones, and every malformed file reported as one InputError naming file and line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kdumpd.core.errors import InputError
+from kdumpd.core.topology import CrashNote, KernelText, MemRange, VmcoreInfo
+from kdumpd.system.sysfs import (
+    X86_64_PAGE_OFFSET,
+    parse_cpulist,
+    read_capabilities,
+    read_topology,
+)
+from tests.fixtures import make_fixture
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+CPU = "sys/devices/system/cpu"
+MEM = "sys/devices/system/memory"
+
+
+def fixture(name: str) -> Path:
+    path = FIXTURES / name
+    if not (path / "proc" / "iomem").exists():
+        pytest.skip(f"fixture {name} not captured yet (tests/e2e/fixtures.py makes it)")
+    return path
+
+
+def copy(name: str, tmp_path: Path) -> Path:
+    dest = tmp_path / name
+    shutil.copytree(fixture(name), dest)
+    return dest
+
+
+def kernel_file(root: Path, rel: str) -> str:
+    return (root / rel).read_text()
+
+
+# ----------------------------------------------------------------- real guests
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
+def test_guest_after_hotplug_has_the_added_cpus_and_ram(kernel: str) -> None:
+    before = read_topology(fixture(f"guest-{kernel}-before"))
+    after = read_topology(fixture(f"guest-{kernel}-after"))
+
+    added_cpus = set(after.present_cpus) - set(before.present_cpus)
+    assert added_cpus, "no CPU was hot-added between the snapshots"
+    noted = {n.cpu for n in after.crash_notes}
+    assert added_cpus <= noted
+    assert set(after.possible_cpus) == set(before.possible_cpus)
+
+    new_ram = set(after.system_ram) - set(before.system_ram)
+    assert MemRange(0x100000000, 0x11FFFFFFF) in new_ram  # the 512 MiB DIMM
+    assert before.memory_block_size == after.memory_block_size
+    assert after.memory_block_size is not None
+    block = after.memory_block_size
+    dimm_blocks = {b.index for b in after.memory_blocks} - {b.index for b in before.memory_blocks}
+    assert dimm_blocks == set(range(0x100000000 // block, 0x120000000 // block))
+    # A CPU's note buffer is allocated at boot: hotplug never moves it.
+    for note in before.crash_notes:
+        assert note in after.crash_notes
+
+
+@pytest.mark.parametrize("name", ["guest-6.1-before", "guest-6.1-after"])
+def test_guest_values_are_what_the_kernel_printed(name: str) -> None:
+    root = fixture(name)
+    t = read_topology(root)
+    assert t.arch == kernel_file(root, "proc/sys/kernel/arch").strip()
+    for note in t.crash_notes:
+        printed = kernel_file(root, f"{CPU}/cpu{note.cpu}/crash_notes").strip()
+        assert note.address == int(printed, 16)
+    for cpu in t.present_cpus:
+        assert (root / CPU / f"cpu{cpu}" / "crash_notes").exists() == (
+            cpu in {n.cpu for n in t.crash_notes}
+        )
+    for r in t.system_ram:
+        assert f"{r.start:08x}-{r.end:08x} : System RAM" in kernel_file(root, "proc/iomem")
+    assert t.crashkernel == (MemRange(0x2F000000, 0x3EFFFFFF),)  # "at 752MB" of 256M
+    addr, size = kernel_file(root, "sys/kernel/vmcoreinfo").split()
+    assert t.vmcoreinfo == VmcoreInfo(int(addr, 16), int(size, 16))
+
+
+def test_guest_61_exact_values() -> None:
+    t = read_topology(fixture("guest-6.1-after"))
+    assert t.possible_cpus == (0, 1, 2, 3)
+    assert t.present_cpus == (0, 1, 2)
+    notes = {n.cpu: n.address for n in t.crash_notes}
+    assert notes == {0: 0x3F83A400, 1: 0x3F8BA400, 2: 0x3F93A400}
+    assert t.kernel_code == MemRange(0x1CE00000, 0x1DC01D31)
+    assert t.vmcoreinfo == VmcoreInfo(0x13D8000, 0x1024)
+    assert t.capabilities.release is not None
+    assert t.capabilities.release.startswith("6.1.")
+    assert not t.capabilities.crash_hotplug_config  # 6.1 has no CONFIG_CRASH_HOTPLUG
+
+
+def test_guest_kernel_text_from_kcore_matches_kallsyms_fallback(tmp_path: Path) -> None:
+    root = copy("guest-6.1-after", tmp_path)
+    if not (root / "proc" / "kcore").exists():
+        pytest.skip("guest fixture has no /proc/kcore headers")
+    from_kcore = read_topology(root)
+    assert from_kcore.kernel_text is not None
+    assert from_kcore.kernel_text.source == "kcore"
+    (root / "proc" / "kcore").unlink()
+    fallback = read_topology(root)
+    assert fallback.kernel_text == replace(from_kcore.kernel_text, source="kallsyms")
+    # The captured guest runs with 5-level paging: the direct map is not the default.
+    assert from_kcore.page_offset is not None
+    assert from_kcore.page_offset & ((1 << 30) - 1) == 0
+    assert fallback.page_offset == X86_64_PAGE_OFFSET
+
+
+# ----------------------------------------------------------------- this host
+
+
+def test_host_tree() -> None:
+    t = read_topology(fixture("host-6.18"))
+    assert t.arch == "x86_64"
+    assert t.crash_notes == ()  # this host kernel has no crash_notes
+    assert t.crashkernel == ()
+    assert t.vmcoreinfo == VmcoreInfo(0x100C66000, 0x1024)
+    assert t.kernel_text is not None
+    assert t.kernel_text.source == "kallsyms-estimate"  # no _end without KALLSYMS_ALL
+    assert t.kernel_text.vaddr == 0xFFFFFFFF81000000
+    assert t.capabilities.kexec_crash_loaded is None
+    assert t.capabilities.cpu_crash_hotplug is None
+    assert t.memory_block_size == 0x8000000
+    assert len(t.memory_blocks) == sum(1 for b in t.memory_blocks if b.state == "online")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/iomem"), reason="no procfs here")
+def test_reads_the_running_host() -> None:
+    t = read_topology("/")
+    assert t.online_cpus
+    assert t.system_ram
+    assert read_capabilities("/").release == os.uname().release
+
+
+# ----------------------------------------------------------------- synthetic
+
+
+def test_synthetic_before_after() -> None:
+    before = read_topology(fixture("synthetic-x86_64-before"))
+    after = read_topology(fixture("synthetic-x86_64-after"))
+    assert [n.cpu for n in before.crash_notes] == [0, 1]
+    assert [n.cpu for n in after.crash_notes] == [0, 1, 2, 3]
+    assert after.crash_notes[3] == CrashNote(3, 0x3FCDC5C0, 368)
+    assert set(after.system_ram) - set(before.system_ram) == {MemRange(0x100000000, 0x11FFFFFFF)}
+    assert after.kernel_text == KernelText(0xFFFFFFFF94000000, 0x2200000, "kallsyms")
+    caps = after.capabilities
+    assert caps.cpu_crash_hotplug is True
+    assert caps.crash_elfcorehdr_size == 917616
+    assert caps.kexec_crash_size == 256 << 20
+    assert caps.lockdown == "none"
+
+
+def test_synthetic_virtio_mem_kcore_kaslr_and_missing_note_sizes() -> None:
+    t = read_topology(fixture("synthetic-x86_64-virtio-mem"))
+    assert t.kernel_text == KernelText(0xFFFFFFFFA8A00000, 0x21FF000, "kcore")
+    assert t.page_offset == 0xFFFF9D2C40000000
+    assert {n.size for n in t.crash_notes} == {1024}  # no crash_notes_size: MAX_NOTE_BYTES
+    assert t.online_cpus == (0, 1, 3)
+    assert MemRange(0x280000000, 0x2BFFFFFFF) in t.system_ram  # nested virtio_mem RAM
+    assert t.crashkernel == (MemRange(0x0F000000, 0x1EFFFFFF), MemRange(0x260000000, 0x27FFFFFFF))
+    assert sum(1 for b in t.memory_blocks if b.online is False) == 2
+    assert t.capabilities.lockdown == "integrity"
+    assert t.capabilities.crash_hotplug_config
+    assert t.capabilities.cpu_crash_hotplug is False
+
+
+def test_shipped_synthetic_trees_are_reproducible(tmp_path: Path) -> None:
+    for name, make in make_fixture.SHIPPED.items():
+        fresh = make_fixture.write_tree(tmp_path / name, make())
+        assert read_topology(fresh) == read_topology(fixture(name)), name
+
+
+def test_kcore_without_stext_uses_the_kernel_map_range(tmp_path: Path) -> None:
+    tree = make_fixture.virtio_mem()
+    tree.kallsyms = None
+    # KASLR put this kernel beyond [0xffffffff80000000, +512 MiB): no text found.
+    t = read_topology(make_fixture.write_tree(tmp_path / "t", tree))
+    assert t.kernel_text is None
+    assert t.page_offset == 0xFFFF9D2C40000000
+    assert tree.kcore_loads is not None
+    tree.kcore_loads = [(0xFFFFFFFF81234000, 0x1234000, 0x2000800), *tree.kcore_loads[1:]]
+    t = read_topology(make_fixture.write_tree(tmp_path / "t", tree))
+    assert t.kernel_text == KernelText(0xFFFFFFFF81200000, 0x2035000, "kcore-range")
+
+
+def test_missing_optional_files_are_none(tmp_path: Path) -> None:
+    tree = make_fixture.Tree(
+        possible=[0],
+        present=[0],
+        online=[0],
+        iomem="00001000-0009fbff : System RAM\n",
+        vmcoreinfo=None,
+        block_size=None,
+        release=None,
+        cpu_crash_hotplug=None,
+        memory_crash_hotplug=None,
+        crash_elfcorehdr_size=None,
+        kexec_crash_loaded=None,
+        kexec_crash_size=None,
+        lockdown=None,
+    )
+    t = read_topology(make_fixture.write_tree(tmp_path / "t", tree))
+    assert t.crash_notes == ()
+    assert t.vmcoreinfo is None
+    assert t.kernel_text is None
+    assert t.memory_block_size is None
+    assert t.memory_blocks == ()
+    assert t.capabilities == type(t.capabilities)()
+    assert t.page_offset == X86_64_PAGE_OFFSET
+
+
+def test_hidden_kallsyms_addresses_count_as_absent(tmp_path: Path) -> None:
+    tree = make_fixture.before()
+    tree.kallsyms = "0000000000000000 T _text\n0000000000000000 T _stext\n0000000000000000 B _end\n"
+    assert read_topology(make_fixture.write_tree(tmp_path / "t", tree)).kernel_text is None
+
+
+def test_new_kexec_sysfs_location(tmp_path: Path) -> None:
+    tree = make_fixture.before()
+    tree.kexec_crash_loaded = None
+    tree.kexec_crash_size = None
+    tree.crash_elfcorehdr_size = None
+    tree.extra = {
+        "sys/kernel/kexec/crash_loaded": "1\n",
+        "sys/kernel/kexec/crash_size": "536870912\n",
+        "sys/kernel/kexec/crash_elfcorehdr_size": "917616\n",
+    }
+    caps = read_capabilities(make_fixture.write_tree(tmp_path / "t", tree))
+    assert caps.kexec_crash_loaded is True
+    assert caps.kexec_crash_size == 512 << 20
+    assert caps.crash_elfcorehdr_size == 917616
+
+
+def test_arch_explicit_then_file_then_kcore(tmp_path: Path) -> None:
+    tree = make_fixture.virtio_mem()
+    tree.arch = None
+    root = make_fixture.write_tree(tmp_path / "t", tree)
+    assert read_topology(root).arch == "x86_64"  # from kcore e_machine
+    assert read_topology(root, arch="ppc64le").arch == "ppc64le"
+    (root / "proc" / "kcore").unlink()
+    with pytest.raises(InputError) as exc:
+        read_topology(root)
+    assert exc.value.source == "/proc/sys/kernel/arch"
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"),
+    [("0\n", (0,)), ("0-3,8\n", (0, 1, 2, 3, 8)), ("\n", ()), ("1,3-4", (1, 3, 4))],
+)
+def test_parse_cpulist(text: str, cpus: tuple[int, ...]) -> None:
+    assert parse_cpulist(text, "/x") == cpus
+
+
+# ----------------------------------------------------------------- malformed
+
+# (file relative to the sysroot, content, expected line or None, words in the problem)
+MALFORMED = [
+    (f"{CPU}/possible", "0-3,x\n", 1, "cpulist"),
+    (f"{CPU}/present", "3-1\n", 1, "not ascending"),
+    (f"{CPU}/online", "0-1\n2\n", 2, "one line"),
+    (f"{CPU}/cpu1/crash_notes", "zz\n", 1, "hexadecimal"),
+    (f"{CPU}/cpu1/crash_notes", "0x3fc5c5c0\n", 1, "without 0x"),
+    (f"{CPU}/cpu1/crash_notes", "", 1, "empty"),
+    (f"{CPU}/cpu0/crash_notes_size", "368 bytes\n", 1, "size"),
+    (f"{CPU}/cpu0/crash_notes_size", "0\n", 1, "0"),
+    ("proc/iomem", "00000000-00000fff : Reserved\nnot iomem\n", 2, "not a resource line"),
+    ("proc/iomem", "00000000-00000fff : Reserved\n\xff\n", 2, "non-ASCII"),
+    ("sys/kernel/vmcoreinfo", "0x2a8e000\n", 1, "ADDRESS SIZE"),
+    ("sys/kernel/vmcoreinfo", "0xzz 1024\n", 1, "hexadecimal"),
+    (f"{MEM}/block_size_bytes", "0x8000000\n", 1, "without 0x"),
+    (f"{MEM}/memory3/online", "2\n", 1, "0 or 1"),
+    (f"{MEM}/memory3/state", "On Line\n", 1, "state"),
+    (f"{CPU}/crash_hotplug", "yes\n", 1, "0 or 1"),
+    (f"{MEM}/crash_hotplug", "", 1, "empty"),
+    ("sys/kernel/crash_elfcorehdr_size", "-5\n", 1, "decimal"),
+    ("sys/kernel/kexec_crash_size", "256M\n", 1, "decimal"),
+    ("sys/kernel/kexec_crash_loaded", "1\n1\n", 2, "one line"),
+    ("sys/kernel/security/lockdown", "none integrity\n", 1, "bracket"),
+    ("proc/kallsyms", "this is not kallsyms\n", 1, "ADDRESS TYPE NAME"),
+    ("proc/kallsyms", "ffffffff94000000 T _text\nzz T _end\n", 2, "_end"),
+    ("proc/kcore", "not an ELF file at all" * 4, None, "not an ELF"),
+]
+
+
+def _write(root: Path, rel: str, content: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode("latin-1"))
+
+
+@pytest.mark.parametrize(("rel", "content", "line", "words"), MALFORMED)
+def test_malformed_file_is_one_input_error(
+    tmp_path: Path, rel: str, content: str, line: int | None, words: str
+) -> None:
+    root = make_fixture.write_tree(tmp_path / "t", make_fixture.after())
+    _write(root, rel, content)
+    with pytest.raises(InputError) as exc:
+        read_topology(root)
+    err = exc.value
+    assert err.source == "/" + rel
+    assert err.line == line
+    assert words in err.problem
+    assert "\n" not in str(err)
+
+
+def test_truncated_kcore_program_headers(tmp_path: Path) -> None:
+    root = make_fixture.write_tree(tmp_path / "t", make_fixture.virtio_mem())
+    data = (root / "proc" / "kcore").read_bytes()
+    (root / "proc" / "kcore").write_bytes(data[:100])
+    with pytest.raises(InputError) as exc:
+        read_topology(root)
+    assert exc.value.source == "/proc/kcore"
+    assert "program headers" in exc.value.problem
+
+
+@pytest.mark.parametrize("rel", ["proc/iomem", f"{CPU}/possible", f"{CPU}/online"])
+def test_required_file_missing(tmp_path: Path, rel: str) -> None:
+    root = make_fixture.write_tree(tmp_path / "t", make_fixture.after())
+    (root / rel).unlink()
+    with pytest.raises(InputError) as exc:
+        read_topology(root)
+    assert exc.value.source == "/" + rel
+    assert "missing" in exc.value.problem
+
+
+def test_directory_where_a_file_belongs(tmp_path: Path) -> None:
+    root = make_fixture.write_tree(tmp_path / "t", make_fixture.after())
+    (root / "sys/kernel/vmcoreinfo").unlink()
+    (root / "sys/kernel/vmcoreinfo").mkdir()
+    with pytest.raises(InputError) as exc:
+        read_topology(root)
+    assert exc.value.source == "/sys/kernel/vmcoreinfo"
+
+
+# ----------------------------------------------------------------- scale
+
+
+def test_big_tree_reads_every_cpu_and_block(tmp_path: Path) -> None:
+    """8,192 CPUs and blocks (the timing lives in bench/topology.py, not here)."""
+    root = make_fixture.write_tree(tmp_path / "big", make_fixture.big())
+    started = time.perf_counter()
+    t = read_topology(root)
+    elapsed = time.perf_counter() - started
+    assert len(t.crash_notes) == 8192
+    assert t.crash_notes[-1] == CrashNote(8191, 0x3FC1C5C0 + 8191 * 0x40000, 368)
+    assert len(t.memory_blocks) == 8192
+    assert len(t.system_ram) == 8192 - 8 + 2
+    print(f"read_topology on 8,192 CPUs/blocks: {elapsed * 1e3:.0f} ms")
