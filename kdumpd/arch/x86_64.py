@@ -23,8 +23,6 @@ in-place rebuild writes it (§4.6).
 
 from __future__ import annotations
 
-from operator import attrgetter
-
 from kdumpd.arch.base import default_digested_segments, default_elfcorehdr_capacity
 from kdumpd.core.elfcorehdr import (
     Elfcorehdr,
@@ -45,15 +43,9 @@ _REGENERATED = frozenset({SegmentKind.ELFCOREHDR})
 
 
 def present_crash_notes(topology: Topology) -> list[CrashNote]:
-    """``crash_notes`` of the present CPUs, ascending by CPU number."""
+    """``crash_notes`` of the present CPUs (ascending when the reader kept its contract)."""
     present = set(topology.present_cpus)
-    notes = [n for n in topology.crash_notes if n.cpu in present]
-    # The reader delivers ascending CPUs; sorting an already-sorted list is O(n).
-    notes.sort(key=_CPU)
-    return notes
-
-
-_CPU = attrgetter("cpu")
+    return [n for n in topology.crash_notes if n.cpu in present]  # writer orders by CPU
 
 
 class X86_64:

@@ -17,7 +17,9 @@ ascending and disjoint; adjacent RAM lines stay separate ranges (one PT_LOAD per
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
+from operator import le, lt
 
 from kdumpd.core.topology import MemRange, Topology
 
@@ -27,14 +29,17 @@ EXCLUDED_RESOURCES = frozenset({"Crash kernel", "GART"})
 
 def crash_memory_ranges(topology: Topology) -> tuple[MemRange, ...]:
     """Every System RAM* range of ``topology`` minus every crashkernel (and GART) range."""
-    ram: list[tuple[int, int]] = []
+    starts: list[int] = []
+    ends: list[int] = []
     cut: list[tuple[int, int]] = []
     for r in topology.iomem:
-        if "System RAM" in r.name:
-            ram.append((r.start, r.end))
-        elif r.name in EXCLUDED_RESOURCES:
+        name = r.name
+        if "System RAM" in name:
+            starts.append(r.start)
+            ends.append(r.end)
+        elif name in EXCLUDED_RESOURCES:
             cut.append((r.start, r.end))
-    return subtract(ram, cut)
+    return _subtract_columns(starts, ends, cut)
 
 
 def subtract(
@@ -45,31 +50,50 @@ def subtract(
     Returns ascending, disjoint :class:`MemRange` values.  Empty or inverted input
     pairs (``end < start``) are ignored.
     """
-    ram = _merge_overlapping(sorted(p for p in ranges if p[0] <= p[1]))
+    pairs = list(ranges)
+    return _subtract_columns([p[0] for p in pairs], [p[1] for p in pairs], list(exclusions))
+
+
+def _subtract_columns(
+    starts: list[int], ends: list[int], exclusions: list[tuple[int, int]]
+) -> tuple[MemRange, ...]:
+    """The work horse, on columns (``starts[i]``, ``ends[i]``).
+
+    Written for 8,192+ ranges: /proc/iomem is already ascending and disjoint, which
+    is checked at C speed; only the few ranges an exclusion touches are handled in
+    Python, located by bisection.
+    """
+    n = len(starts)
+    if n > 1 and not (all(map(le, starts, ends)) and all(map(lt, ends, starts[1:]))):
+        pairs = _merge_overlapping(
+            sorted(p for p in zip(starts, ends, strict=True) if p[0] <= p[1])
+        )
+        starts = [p[0] for p in pairs]
+        ends = [p[1] for p in pairs]
+    elif n == 1 and starts[0] > ends[0]:
+        return ()
+    else:
+        starts = starts.copy()  # the remainder of a split range is written back below
     cut = _merge_overlapping(sorted(p for p in exclusions if p[0] <= p[1]))
-    if not cut:
-        return tuple([MemRange(s, e) for s, e in ram])
 
     out: list[MemRange] = []
-    append = out.append
-    i = 0
-    n_cut = len(cut)
-    for start, end in ram:
-        # Skip exclusions that end before this range; they cannot touch later ones.
-        while i < n_cut and cut[i][1] < start:
-            i += 1
-        j = i
-        lo = start
-        while j < n_cut and cut[j][0] <= end:
-            c_start, c_end = cut[j]
-            if c_start > lo:
-                append(MemRange(lo, c_start - 1))
-            lo = max(lo, c_end + 1)
-            if c_end >= end:
-                break
-            j += 1
-        if lo <= end:
-            append(MemRange(lo, end))
+    pos = 0  # ranges before ``pos`` are emitted
+    for c_start, c_end in cut:
+        first = bisect_left(ends, c_start, pos)  # first range ending at/after the cut
+        stop = bisect_right(starts, c_end, first)  # first range starting after it
+        if first == stop:
+            continue  # the cut falls into a gap
+        out.extend(map(MemRange, starts[pos:first], ends[pos:first]))
+        if starts[first] < c_start:
+            out.append(MemRange(starts[first], c_start - 1))
+        last = stop - 1
+        if ends[last] > c_end:
+            # Keep the remainder; a later cut may still trim it.
+            starts[last] = c_end + 1
+            pos = last
+        else:
+            pos = stop
+    out.extend(map(MemRange, starts[pos:], ends[pos:]))
     return tuple(out)
 
 
