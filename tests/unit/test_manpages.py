@@ -1,0 +1,50 @@
+"""The man pages render without groff warnings and document every sub-command."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kdumpd.interfaces.cli import COMMANDS
+from kdumpd.interfaces.kdumpctl import HANDLERS
+
+MAN = Path(__file__).resolve().parents[2] / "docs" / "man"
+
+
+def _render(page: str) -> str:
+    if shutil.which("groff") is None:
+        pytest.skip("groff is not installed")
+    proc = subprocess.run(
+        ["groff", "-man", "-Tutf8", "-ww", str(MAN / page)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "GROFF_NO_SGR": "1"},
+    )
+    assert proc.returncode == 0
+    assert proc.stderr == "", proc.stderr
+    # Undo overstriking (bold/underline) and hyphenation breaks for matching.
+    text = proc.stdout
+    while "\b" in text:
+        i = text.index("\b")
+        text = text[: i - 1] + text[i + 1 :]
+    return text.replace("\u2010", "-").replace("\u2212", "-")
+
+
+def test_kdumpctl_page_lists_every_command() -> None:
+    text = _render("kdumpctl.8")
+    for cmd in HANDLERS:
+        assert cmd in text.replace("-\n", "").replace("\n", " "), cmd
+    for section in ("EXIT STATUS", "ENVIRONMENT", "FILES", "OPTIONS"):
+        assert section in text
+
+
+def test_kdumpd_page_lists_every_command() -> None:
+    text = _render("kdumpd.8")
+    for cmd in COMMANDS:
+        assert f"\n       {cmd}" in text, cmd
+    for section in ("EXIT STATUS", "ENVIRONMENT", "FILES", "CONFIGURATION"):
+        assert section in text
