@@ -228,7 +228,20 @@ def load_settings(
     finally:
         _FILE_LAYER.reset(tok_file)
         _ENV.reset(tok_env)
-    return layered
+    return _with_kdump_utils(layered)
+
+
+def _with_kdump_utils(settings: Settings) -> Settings:
+    """Fill empty ``[kexec]`` fields from kdump-utils' ``/etc/sysconfig/kdump`` and
+    ``/etc/kdump.conf`` below the sysroot, when they exist (read only; a bad line is an
+    InputError naming file:line, so a SIGHUP keeps the running configuration)."""
+    from kdumpd.system.kdumpconf import kexec_defaults
+
+    k = settings.kexec
+    extra = kexec_defaults(settings.sysroot, k.kernel, k.initrd, k.cmdline)
+    if not extra:
+        return settings
+    return settings.model_copy(update={"kexec": k.model_copy(update=extra)})
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

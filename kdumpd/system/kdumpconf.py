@@ -434,3 +434,31 @@ def loader_inputs(
         kexec_args=sysconfig.kexec_args,
         kernelver=kernelver,
     )
+
+
+def kexec_defaults(
+    sysroot: str | Path = "/",
+    kernel: str = "",
+    initrd: str = "",
+    cmdline: str = "",
+) -> dict[str, str]:
+    """``[kexec]`` values kdump-utils' files imply for the fields left empty.
+
+    Empty unless ``/etc/sysconfig/kdump`` or ``/etc/kdump.conf`` exists below
+    ``sysroot`` (kdumpd's own defaults apply then).  The kernel and initramfs are only
+    returned when the files exist, so a missing kdump initramfs falls back to kdumpd's
+    own search.  The command line is complete (``KDUMP_COMMANDLINE_APPEND`` included).
+    Raises :class:`InputError` (``file:line: reason``) on a bad line.
+    """
+    root = Path(sysroot)
+    if not any((root / p.lstrip("/")).exists() for p in (SYSCONFIG_KDUMP, KDUMP_CONF)):
+        return {}
+    li = loader_inputs(root)
+    out: dict[str, str] = {}
+    if not kernel and (root / li.kernel.lstrip("/")).is_file():
+        out["kernel"] = li.kernel
+    if not initrd and (root / li.initrd.lstrip("/")).is_file():
+        out["initrd"] = li.initrd
+    if not cmdline:
+        out["cmdline"] = li.cmdline
+    return out

@@ -244,3 +244,34 @@ def test_loader_inputs_without_files(tmp_path: Path) -> None:
     li = loader_inputs(tmp_path, release="6.9.0")
     assert li.kernel == "/boot/vmlinuz-6.9.0"
     assert li.cmdline == "rd.systemd.gpt_auto=no"
+
+
+def test_settings_take_kexec_from_kdump_utils(tmp_path: Path) -> None:
+    from kdumpd.config import load_settings
+
+    root = _sysroot(tmp_path, FEDORA_SYSCONFIG, "path /var/crash\n")
+    (root / "boot").mkdir()
+    (root / "boot/vmlinuz-6.1.0-26-amd64").write_bytes(b"k")
+    s = load_settings(None, {"sysroot": str(root)}, env={})
+    assert s.kexec.kernel == "/boot/vmlinuz-6.1.0-26-amd64"
+    assert s.kexec.initrd == ""  # no kdump initramfs: kdumpd's own search applies
+    assert s.kexec.cmdline.startswith("BOOT_IMAGE=/vmlinuz irqpoll nr_cpus=1")
+    # Explicit settings win over kdump-utils' files.
+    s = load_settings(None, {"sysroot": str(root), "kexec": {"cmdline": "console=ttyS0"}}, env={})
+    assert s.kexec.cmdline == "console=ttyS0"
+
+
+def test_settings_bad_sysconfig_line_is_input_error(tmp_path: Path) -> None:
+    from kdumpd.config import load_settings
+
+    root = _sysroot(tmp_path, "KEXEC_ARGS=-s\nKDUMP_KERNELVER=$(uname -r)\n")
+    with pytest.raises(InputError) as info:
+        load_settings(None, {"sysroot": str(root)}, env={})
+    assert str(info.value).startswith(f"{root}/etc/sysconfig/kdump:2: KDUMP_KERNELVER: ")
+
+
+def test_settings_without_kdump_utils_files_unchanged(tmp_path: Path) -> None:
+    from kdumpd.config import load_settings
+
+    s = load_settings(None, {"sysroot": str(tmp_path)}, env={})
+    assert (s.kexec.kernel, s.kexec.initrd, s.kexec.cmdline) == ("", "", "")
