@@ -139,15 +139,28 @@ def write_replay(path: str | Path, records: Iterable[ReplayRecord]) -> int:
     return n
 
 
+def _write(path: str, data: bytes) -> None:
+    # Overwrite in place and cut to length instead of O_TRUNC: truncating a file to 0
+    # makes ext4 (auto_da_alloc) flush it on close, ~10x slower for a storm's writes.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, flags, 0o644)
+    try:
+        os.write(fd, data)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
 def apply_files(sysroot: Path, files: Iterable[tuple[str, str]]) -> int:
+    """Write each ``(relative path, content)`` below ``sysroot``; returns the count."""
+    root = os.fspath(sysroot)
     n = 0
     for rel, content in files:
-        target = sysroot / rel
-        try:
-            target.write_text(content)
-        except FileNotFoundError:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(content)
+        _write(os.path.join(root, rel), content.encode())
         n += 1
     return n
 

@@ -100,7 +100,7 @@ class UdevSource:
                     dev.action,
                     dev.subsystem,
                     dev.device_path,
-                    dev.get("SEQNUM"),
+                    dev.properties.get("SEQNUM"),
                     self.clock(),
                     source=f"uevent {dev.device_path}",
                 )

@@ -112,8 +112,12 @@ async def test_ebusy_is_retried_with_backoff(sysroot: Path) -> None:
 
     holder = TopologyHolder()
     r = Reconciler(
-        StateStore(), file_backend(sysroot, kexec), sysroot=sysroot,
-        state_dir=sysroot / "run/kdumpd", read_topology=holder, sleep=sleep,
+        StateStore(),
+        file_backend(sysroot, kexec),
+        sysroot=sysroot,
+        state_dir=sysroot / "run/kdumpd",
+        read_topology=holder,
+        sleep=sleep,
     )
     await r.start()
     assert len(kexec.calls) == 3
@@ -128,7 +132,9 @@ async def test_eperm_on_kernel_backend_switches_to_file(sysroot: Path) -> None:
     kb = KernelBackend(file_backend(sysroot, kexec), sysroot, sleep=no_sleep)
     fallback_kexec = ScriptedKexec()
     r = reconciler(
-        sysroot, kb, TopologyHolder(),
+        sysroot,
+        kb,
+        TopologyHolder(),
         fallback_backend=lambda: file_backend(sysroot, fallback_kexec),
     )
     await r.start()
@@ -140,8 +146,12 @@ async def test_eperm_on_kernel_backend_switches_to_file(sysroot: Path) -> None:
 
 async def test_eperm_on_file_backend_is_a_failure_not_a_loop(sysroot: Path) -> None:
     kexec = ScriptedKexec([errno.EPERM])
-    r = reconciler(sysroot, file_backend(sysroot, kexec), TopologyHolder(),
-                   fallback_backend=lambda: file_backend(sysroot, kexec))
+    r = reconciler(
+        sysroot,
+        file_backend(sysroot, kexec),
+        TopologyHolder(),
+        fallback_backend=lambda: file_backend(sysroot, kexec),
+    )
     await r.start()
     s = r.store.current
     assert s.state == ImageState.FAILED and "EPERM" in s.last_error
@@ -249,7 +259,9 @@ async def test_dry_run_writes_segments_and_log(tmp_path: Path) -> None:
         pytest.skip("binutils readelf not installed")
     out = subprocess.run(
         ["readelf", "-lW", str(tmp_path / "loads/0002.elfcorehdr")],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert f"0x{holder.ram_end - (3 << 27) + 1:016x}" in out  # the hot-added range
     assert b.is_loaded()

@@ -61,5 +61,5 @@ def test_bad_env_names_variable() -> None:
 
 
 def test_missing_explicit_file(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="nope.toml"):
+    with pytest.raises(InputError, match=r"nope\.toml"):
         load_settings(tmp_path / "nope.toml", env={})

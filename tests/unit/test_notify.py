@@ -54,8 +54,12 @@ def test_ready_after_first_image_and_status(notify_socket: tuple[socket.socket, 
     store.update(state=ImageState.LOADING)
     first = drain(s)
     assert first and all("READY=1" not in m for m in first)
-    store.update(state=ImageState.LOADED, generation=1, covered_cpus=(0, 1),
-                 covered_ranges=((0, 10), (20, 30), (40, 50)))
+    store.update(
+        state=ImageState.LOADED,
+        generation=1,
+        covered_cpus=(0, 1),
+        covered_ranges=((0, 10), (20, 30), (40, 50)),
+    )
     msgs = drain(s)
     assert msgs[0].startswith("READY=1\nSTATUS=")
     assert "gen 1" in msgs[0] and "2 CPUs" in msgs[0] and "3 ranges" in msgs[0]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import pytest
@@ -168,8 +169,14 @@ def test_any_schedule_ends_with_image_of_final_topology(
         holder, backend = TopologyHolder(), RecordingBackend()
         state = tmp_path / f"s{id(schedule)}"
         r = Reconciler(
-            StateStore(), backend, sysroot=tmp_path, state_dir=state, read_topology=holder,
-            quiet=0.003, max_staleness=0.01, sleep=no_sleep,
+            StateStore(),
+            backend,
+            sysroot=tmp_path,
+            state_dir=state,
+            read_topology=holder,
+            quiet=0.003,
+            max_staleness=0.01,
+            sleep=no_sleep,
         )
         await r.start()
         changes = 0
@@ -188,7 +195,7 @@ def test_any_schedule_ends_with_image_of_final_topology(
         # never more loads than topology changes (+ the initial one), never one for nothing
         assert len(backend.applied) <= changes + 1
         ends = backend.applied_ends
-        assert all(a != b for a, b in zip(ends, ends[1:], strict=False))
+        assert all(a != b for a, b in itertools.pairwise(ends))
         await r.stop()
 
     asyncio.run(scenario())

@@ -14,7 +14,11 @@ def test_roundtrip_atomic(tmp_path: Path) -> None:
     got = sf.load()
     assert got is not None
     assert (got.generation, got.backend, got.loaded, got.topology_digest, got.loads) == (
-        7, "dry-run", True, "abc", 3
+        7,
+        "dry-run",
+        True,
+        "abc",
+        3,
     )
     assert [p.name for p in (tmp_path / "state").iterdir()] == ["state.json"]
 
