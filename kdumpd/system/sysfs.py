@@ -116,6 +116,9 @@ _MEMORY_NAME = re.compile(r"memory(\d+)")
 _LOCKDOWN = re.compile(r"\[(\w+)\]")
 _KALLSYMS_LINE = re.compile(r"[0-9a-fA-F]+ \S+ \S+(?:\s+\[\S+\])?")
 _HEX = re.compile(r"[0-9a-fA-F]+")
+_HEX_LINE = re.compile(rb"[0-9a-f]+\n?")
+_DEC_LINE = re.compile(rb"[0-9]+\n?")
+_STATE = re.compile(r"[a-z][a-z-]*")
 # Built-in (no "[module]" field) symbols inside the x86_64 kernel image mapping
 # [0xffffffff80000000, +1 GiB).
 _KALLSYMS_IMAGE = re.compile(r"^(ffffffff[89ab][0-9a-f]{7}) \S+ \S+$", re.MULTILINE)
@@ -274,65 +277,78 @@ def _numbered_dirs(root: _Root, abspath: str, pattern: re.Pattern[str]) -> list[
     return found
 
 
+def _open_dir(root: _Root, abspath: str) -> int:
+    try:
+        return os.open(root.path(abspath), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise InputError(abspath, f"cannot open: {err.strerror}") from None
+
+
 def _crash_notes(root: _Root, cpus: Iterable[int]) -> tuple[CrashNote, ...]:
     wanted = set(cpus)
-    notes: list[CrashNote] = []
     dirs = [(n, name) for n, name in _numbered_dirs(root, CPU_DIR, _CPU_NAME) if n in wanted]
     if not dirs:
         return ()
-    base = root.path(CPU_DIR)
-    for cpu, name in dirs:
-        try:
-            dfd = os.open(f"{base}/{name}", os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as err:
-            raise InputError(f"{CPU_DIR}/{name}", f"cannot open: {err.strerror}") from None
-        try:
+    notes: list[CrashNote] = []
+    base = _open_dir(root, CPU_DIR)
+    try:
+        for cpu, name in dirs:
             try:
-                raw = _read_at(dfd, "crash_notes")
+                raw = _read_at(base, f"{name}/crash_notes")
             except PermissionError:
                 raise InputError(
                     f"{CPU_DIR}/{name}/crash_notes", "permission denied (root-only; run as root)"
                 ) from None
             if raw is None:
                 continue
-            raw_size = _read_at(dfd, "crash_notes_size")
-        finally:
-            os.close(dfd)
-        src = f"{CPU_DIR}/{name}/crash_notes"
-        address = _hex(_decode(raw, src), src, "a hexadecimal physical address")
-        if raw_size is None:
-            size = DEFAULT_CRASH_NOTES_SIZE
-        else:
-            ssrc = f"{CPU_DIR}/{name}/crash_notes_size"
-            size = _dec(_decode(raw_size, ssrc), ssrc, "a size in bytes")
-            if size == 0:
-                raise InputError(ssrc, "note size is 0", 1)
-        notes.append(CrashNote(cpu, address, size))
+            raw_size = _read_at(base, f"{name}/crash_notes_size")
+            if _HEX_LINE.fullmatch(raw):  # fast path: what the kernel prints
+                address = int(raw, 16)
+            else:
+                src = f"{CPU_DIR}/{name}/crash_notes"
+                address = _hex(_decode(raw, src), src, "a hexadecimal physical address")
+            if raw_size is None:
+                size = DEFAULT_CRASH_NOTES_SIZE
+            elif _DEC_LINE.fullmatch(raw_size) and int(raw_size):
+                size = int(raw_size)
+            else:
+                ssrc = f"{CPU_DIR}/{name}/crash_notes_size"
+                size = _dec(_decode(raw_size, ssrc), ssrc, "a size in bytes")
+                if size == 0:
+                    raise InputError(ssrc, "note size is 0", 1)
+            notes.append(CrashNote(cpu, address, size))
+    finally:
+        os.close(base)
     return tuple(notes)
+
+
+_STATES = {b"online\n": "online", b"offline\n": "offline"}
+_ONLINE = {b"1\n": True, b"0\n": False}
 
 
 def _memory_blocks(root: _Root) -> tuple[MemoryBlock, ...]:
     dirs = _numbered_dirs(root, MEMORY_DIR, _MEMORY_NAME)
-    base = root.path(MEMORY_DIR)
+    if not dirs:
+        return ()
     blocks: list[MemoryBlock] = []
-    for index, name in dirs:
-        dfd = os.open(f"{base}/{name}", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            raw_state = _read_at(dfd, "state")
-            raw_online = _read_at(dfd, "online")
-        finally:
-            os.close(dfd)
-        state: str | None = None
-        online: bool | None = None
-        if raw_state is not None:
-            src = f"{MEMORY_DIR}/{name}/state"
-            state = _one_line(_decode(raw_state, src), src)
-            if not re.fullmatch(r"[a-z][a-z-]*", state):
-                raise InputError(src, f"unexpected state {state[:40]!r}", 1)
-        if raw_online is not None:
-            src = f"{MEMORY_DIR}/{name}/online"
-            online = _bool01(_decode(raw_online, src), src)
-        blocks.append(MemoryBlock(index, state, online))
+    base = _open_dir(root, MEMORY_DIR)
+    try:
+        for index, name in dirs:
+            raw_state = _read_at(base, f"{name}/state")
+            raw_online = _read_at(base, f"{name}/online")
+            state = None if raw_state is None else _STATES.get(raw_state)
+            if state is None and raw_state is not None:
+                src = f"{MEMORY_DIR}/{name}/state"
+                state = _one_line(_decode(raw_state, src), src)
+                if not _STATE.fullmatch(state):
+                    raise InputError(src, f"unexpected state {state[:40]!r}", 1)
+            online = None if raw_online is None else _ONLINE.get(raw_online)
+            if online is None and raw_online is not None:
+                src = f"{MEMORY_DIR}/{name}/online"
+                online = _bool01(_decode(raw_online, src), src)
+            blocks.append(MemoryBlock(index, state, online))
+    finally:
+        os.close(base)
     return tuple(blocks)
 
 
