@@ -649,3 +649,97 @@ async def test_kdumpd_status_over_bus(running: Running) -> None:
     assert "Active: loaded" in out
     assert "Generation: 7" in out
     assert "Stale: yes" in out
+
+
+# -- the real daemon on the test bus --------------------------------------------
+
+
+async def test_real_daemon_over_bus(system_bus: PrivateBus, tmp_path: Path) -> None:
+    """`kdumpd run --backend dry-run` on a captured sysroot: the reconciler is the
+    Controller, its StateStore drives the properties, Reload produces ImageUpdated."""
+    fixture = REPO / "tests" / "fixtures" / "synthetic-x86_64-before"
+    if not (fixture / "proc" / "iomem").exists():
+        pytest.skip(f"{fixture} is missing")
+    root = tmp_path / "root"
+    shutil.copytree(fixture, root)
+    env = {**_env(system_bus.address), "KDUMPD_DBUS": "true"}
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "kdumpd.interfaces.cli",
+        "run",
+        "--backend",
+        "dry-run",
+        "--sysroot",
+        str(root),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--config",
+        "/dev/null",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    client = await MessageBus(bus_address=system_bus.address).connect()
+    try:
+        values: dict[str, Any] = {}
+        for _ in range(200):
+            reply = await client.call(
+                Message(
+                    destination=BUS_NAME,
+                    path=OBJECT_PATH,
+                    interface="org.freedesktop.DBus.Properties",
+                    member="GetAll",
+                    signature="s",
+                    body=[INTERFACE],
+                )
+            )
+            if reply.message_type is MessageType.METHOD_RETURN:
+                values = {k: v.value for k, v in reply.body[0].items()}
+                if values.get("State") == "loaded":
+                    break
+            await asyncio.sleep(0.05)
+        assert values.get("State") == "loaded", values
+        assert values["Backend"] == "dry-run"
+        assert values["CoveredCPUs"] == values["PresentCPUs"] != []
+        assert values["CoveredRanges"] == values["MemoryRanges"] != []
+        assert values["Stale"] is False
+        generation = values["Generation"]
+
+        images: list[list[Any]] = []
+
+        def collect(msg: Message) -> None:
+            if msg.message_type is MessageType.SIGNAL and msg.member == "ImageUpdated":
+                images.append(msg.body)
+
+        client.add_message_handler(collect)
+        await client.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="AddMatch",
+                signature="s",
+                body=[f"type='signal',sender='{BUS_NAME}',member='ImageUpdated'"],
+            )
+        )
+        reply = await _call(client, "Reload")
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+        for _ in range(100):
+            if images:
+                break
+            await asyncio.sleep(0.05)
+        assert images and images[-1][0] > generation
+        report = json.loads((await _call(client, "GetReport")).body[0])
+        assert isinstance(report, dict) and report
+
+        code, _out, err = await _run(
+            *_kdumpctl("status", address=system_bus.address, sysroot=root),
+            env=_env(system_bus.address),
+        )
+        assert code == 0, err
+    finally:
+        client.disconnect()
+        if proc.returncode is None:
+            proc.terminate()
+        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+        assert "Traceback" not in stderr.decode(), stderr.decode()
