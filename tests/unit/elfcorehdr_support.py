@@ -62,7 +62,7 @@ def topologies(
     note_size = draw(st.sampled_from([0x150, 0x1A8, 0x400, 1024]))
     notes = tuple(CrashNote(c, note_base + c * 0x400, note_size) for c in with_notes)
 
-    ram = draw(ram_layouts(max_ranges=max_ranges))
+    ram: list[tuple[int, int]] = draw(ram_layouts(max_ranges=max_ranges))
     if high_addresses and ram:
         shift = draw(st.integers(min_value=0, max_value=(1 << 52) // PAGE)) * PAGE
         ram = [(s + shift, e + shift) for s, e in ram]
@@ -81,7 +81,8 @@ def topologies(
     for s, e in crash:
         iomem.append(Resource(s, e, "Crash kernel", 1))
     kernel_text = None
-    if ram and draw(st.booleans()):
+    with_text = draw(st.booleans())
+    if ram and with_text:
         s, e = ram[0]
         iomem.append(Resource(s, min(e, s + 0xFFFFF), "Kernel code", 1))
         kernel_text = KernelText(0xFFFFFFFF81000000, 0x2000000, "kcore")
