@@ -130,7 +130,9 @@ def run_kdumpd(base: Path, storm: Path, events: int) -> dict[str, object]:
     }
 
 
-def run_old_way(base: Path, storm: Path, events: int, every: int) -> dict[str, float]:
+def run_old_way(
+    base: Path, storm: Path, events: int, every: int, *, show_progress: bool = True
+) -> dict[str, float]:
     """One unload + full load per event with the same dry-run backend, on every
     ``every``-th event (the topology is advanced through all events)."""
     from kdumpd.daemon.backends.base import LoadRequest
@@ -144,7 +146,7 @@ def run_old_way(base: Path, storm: Path, events: int, every: int) -> dict[str, f
     backend = DryRunBackend(base / "state-old", keep=2)
     factory = default_image_factory()
     windows: list[float] = []
-    progress = Progress(events, "old way ")
+    progress = Progress(events, "old way ") if show_progress else None
 
     async def go() -> None:
         for i, rec in enumerate(read_replay(storm), 1):
@@ -156,7 +158,8 @@ def run_old_way(base: Path, storm: Path, events: int, every: int) -> dict[str, f
                 image = factory(topo)  # ... builds the headers from scratch
                 await backend.apply(LoadRequest(image, topo, i, f"event {i}"))  # ... loads
                 windows.append(time.perf_counter() - t0)
-            progress(i)
+            if progress is not None:
+                progress(i)
 
     asyncio.run(go())
     mean = statistics.fmean(windows)
