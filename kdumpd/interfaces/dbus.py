@@ -227,13 +227,20 @@ class ManagerInterface(ServiceInterface):
             self._flush_handle.cancel()
         self._flush()
 
+    def announce_all(self) -> None:
+        """Emit every property once (after a reconnect)."""
+        self._call_in_loop(lambda: self._mark(set(PROPERTY_FIELDS)))
+
     def _on_image(self, generation: int, trigger: str) -> None:
         def emit() -> None:
             # Properties first, so a client reacting to ImageUpdated reads new values
             # from its PropertiesChanged cache.
             self.flush_now()
             self.emitted_image_updated += 1
-            self.ImageUpdated(_u64(generation), str(trigger))
+            try:
+                self.ImageUpdated(_u64(generation), str(trigger))
+            except Exception:
+                log.exception("cannot emit ImageUpdated")
 
         self._call_in_loop(emit)
 
@@ -386,14 +393,37 @@ class ManagerInterface(ServiceInterface):
 
 
 class DBusService:
-    """A running ``org.kdumpd1`` service.  Use as ``async with`` or call :meth:`stop`."""
+    """A running ``org.kdumpd1`` service.  Use as ``async with`` or call :meth:`stop`.
+
+    If the connection to the bus is lost (dbus-fast closes it on some socket errors,
+    e.g. EAGAIN on a full send buffer, and the bus may restart), the service either
+    reconnects -- with a capped backoff, re-exporting the object and re-owning the
+    name -- or, with ``reconnect=False``, makes :meth:`wait_disconnected` raise
+    :class:`BusDisconnected` so the daemon can exit non-zero and let systemd
+    restart it.
+    """
 
     interface: ManagerInterface
 
-    def __init__(self, bus: MessageBus) -> None:
+    def __init__(
+        self,
+        bus: MessageBus,
+        *,
+        bus_address: str | None = None,
+        name: str = BUS_NAME,
+        reconnect: bool = True,
+        max_backoff: float = 5.0,
+    ) -> None:
         self.bus = bus
+        self.bus_address = bus_address
+        self.name = name
+        self.reconnect = reconnect
+        self.max_backoff = max_backoff
+        self.reconnects = 0
         self._stopping = False
         self._uid_cache: OrderedDict[str, int] = OrderedDict()
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._supervisor: asyncio.Task[None] | None = None
 
     async def lookup_uid(self, sender: str) -> int:
         """uid of the connection ``sender``.  Unique names are never reused on a bus,
@@ -438,6 +468,73 @@ class DBusService:
             )
         return None
 
+    # -- connection life cycle -------------------------------------------------
+
+    async def _own(self, bus: MessageBus) -> None:
+        """Export the object on ``bus`` and own the name; KdumpdError if refused."""
+        bus.add_message_handler(self.message_handler)
+        bus.export(OBJECT_PATH, self.interface)
+        try:
+            reply = await bus.request_name(self.name, NameFlag.DO_NOT_QUEUE)
+        except DBusError as err:
+            raise KdumpdError(f"cannot own D-Bus name {self.name}: {err}") from None
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise KdumpdError(f"cannot own D-Bus name {self.name}: {reply.name.lower()}")
+
+    def _drop(self, bus: MessageBus) -> None:
+        try:
+            bus.unexport(OBJECT_PATH, self.interface)
+        except Exception:  # the InterfacesRemoved signal cannot go out on a dead bus
+            log.debug("unexport failed", exc_info=True)
+        bus.remove_message_handler(self.message_handler)
+        if bus.connected:
+            bus.disconnect()
+
+    def start_supervisor(self) -> None:
+        self._supervisor = asyncio.ensure_future(self._supervise())
+
+    async def _supervise(self) -> None:
+        while True:
+            bus = self.bus
+            err: BaseException | None = None
+            try:
+                await _disconnected(bus)
+            except Exception as e:
+                err = e
+            if self._stopping:
+                return
+            why = f"{err}" if err else "closed by the bus"
+            self._drop(bus)
+            self._uid_cache.clear()
+            if not self.reconnect:
+                log.error("D-Bus connection lost (%s)", why)
+                if not self._done.done():
+                    self._done.set_exception(BusDisconnected(f"D-Bus connection lost: {why}"))
+                return
+            log.error("D-Bus connection lost (%s); reconnecting", why)
+            delay = 0.1
+            while not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+                try:
+                    new = await connect_bus(self.bus_address)
+                except KdumpdError as e:
+                    log.warning("%s; retrying in %.1f s", e, delay)
+                    continue
+                try:
+                    await self._own(new)
+                except KdumpdError as e:
+                    self._drop(new)
+                    log.warning("%s; retrying in %.1f s", e, delay)
+                    continue
+                self.bus = new
+                self.reconnects += 1
+                log.info("D-Bus service %s back on the bus", self.name)
+                # Clients lost their cache with the old connection; announce every
+                # property once so they need not poll.
+                self.interface.announce_all()
+                break
+
     async def stop(self) -> None:
         """Leave the bus.  Idempotent."""
         if self._stopping:
@@ -445,28 +542,21 @@ class DBusService:
         self._stopping = True
         self.interface.flush_now()
         self.interface.detach()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        bus = self.bus
+        self._drop(bus)
         try:
-            self.bus.unexport(OBJECT_PATH, self.interface)
-        except Exception:  # already gone with the connection
-            log.debug("unexport failed", exc_info=True)
-        if self.bus.connected:
-            self.bus.disconnect()
-        try:
-            await asyncio.wait_for(self.bus.wait_for_disconnect(), 2.0)  # type: ignore[no-untyped-call]
+            await asyncio.wait_for(_disconnected(bus), 2.0)
         except Exception:
             log.debug("disconnect wait ended with an error", exc_info=True)
+        if not self._done.done():
+            self._done.set_result(None)
 
     async def wait_disconnected(self) -> None:
-        """Return after :meth:`stop`; raise :class:`BusDisconnected` if the bus went
-        away on its own (the daemon exits non-zero so systemd restarts it)."""
-        try:
-            await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-        except Exception as err:
-            if self._stopping:
-                return
-            raise BusDisconnected(f"D-Bus connection lost: {err}") from err
-        if not self._stopping:
-            raise BusDisconnected("D-Bus connection closed by the bus")
+        """Return after :meth:`stop`; raise :class:`BusDisconnected` if the connection
+        was lost and ``reconnect`` is off (the daemon then exits non-zero)."""
+        await asyncio.shield(self._done)
 
     async def __aenter__(self) -> DBusService:
         return self
@@ -480,6 +570,25 @@ class DBusService:
         await self.stop()
 
 
+def _disconnected(bus: MessageBus) -> asyncio.Future[Any]:
+    """Resolves when ``bus`` disconnects.  Shielded: dbus-fast hands out its own
+    future, and cancelling a waiter must not cancel it for everybody else."""
+    return asyncio.shield(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+
+
+async def connect_bus(bus_address: str | None) -> MessageBus:
+    """A connected bus: ``bus_address``, else the system bus (``DBUS_SYSTEM_BUS_ADDRESS``
+    or the default socket).  KdumpdError with one line if that fails."""
+    bus_kw: dict[str, Any] = (
+        {"bus_address": bus_address} if bus_address else {"bus_type": BusType.SYSTEM}
+    )
+    try:
+        return await MessageBus(**bus_kw).connect()
+    except (OSError, DBusError, ValueError, EOFError) as err:
+        where = bus_address or "system bus"
+        raise KdumpdError(f"cannot connect to D-Bus ({where}): {err}") from None
+
+
 async def serve(
     bus_address: str | None,
     store: StateStore,
@@ -488,38 +597,28 @@ async def serve(
     name: str = BUS_NAME,
     min_interval: float = 0.01,
     uid_lookup: UidLookup | None = None,
+    reconnect: bool = True,
 ) -> DBusService:
     """Connect to the bus (``bus_address``, else the system bus, which honours
     ``DBUS_SYSTEM_BUS_ADDRESS``), export ``/org/kdumpd1`` and own ``name``.
 
     Raises :class:`KdumpdError` with one line if the bus is unreachable or the name is
-    taken or not allowed by policy.
+    taken or not allowed by policy.  See :class:`DBusService` for what happens when
+    the connection is lost later.
     """
-    bus_kw: dict[str, Any] = (
-        {"bus_address": bus_address} if bus_address else {"bus_type": BusType.SYSTEM}
-    )
-    try:
-        bus = await MessageBus(**bus_kw).connect()
-    except (OSError, DBusError, ValueError) as err:
-        where = bus_address or "system bus"
-        raise KdumpdError(f"cannot connect to D-Bus ({where}): {err}") from None
-
-    service = DBusService(bus)
+    bus = await connect_bus(bus_address)
+    service = DBusService(bus, bus_address=bus_address, name=name, reconnect=reconnect)
     iface = ManagerInterface(
         store, controller, uid_lookup or service.lookup_uid, min_interval=min_interval
     )
     service.interface = iface
-    bus.add_message_handler(service.message_handler)
-    bus.export(OBJECT_PATH, iface)
-    iface.attach(asyncio.get_running_loop())
     try:
-        reply = await bus.request_name(name, NameFlag.DO_NOT_QUEUE)
-    except DBusError as err:
+        await service._own(bus)
+    except KdumpdError:
         await service.stop()
-        raise KdumpdError(f"cannot own D-Bus name {name}: {err}") from None
-    if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
-        await service.stop()
-        raise KdumpdError(f"cannot own D-Bus name {name}: {reply.name.lower()}")
+        raise
+    iface.attach(asyncio.get_running_loop())
+    service.start_supervisor()
     log.info("D-Bus service %s on %s", name, bus_address or "the system bus")
     return service
 

@@ -66,6 +66,21 @@ class PrivateBus:
     directory: Path
     process: subprocess.Popen[bytes]
 
+    @property
+    def plain_address(self) -> str:
+        """The address without the bus's guid (stays valid across a restart)."""
+        return f"unix:path={self.socket}"
+
+    def kill(self) -> None:
+        """Crash the bus (SIGKILL), leaving its directory for :meth:`restart`."""
+        self.process.kill()
+        self.process.wait(5)
+
+    def restart(self) -> None:
+        """Start a new dbus-daemon on the same socket and configuration."""
+        self.socket.unlink(missing_ok=True)
+        self.process = _launch(self.directory / "system.conf")[0]
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -84,8 +99,7 @@ def dbus_daemon_path() -> str | None:
 def start_bus(*, permissive: bool = False) -> PrivateBus:
     """Start a private system-like bus.  ``permissive`` replaces the project policy by
     one that lets anyone call anything (to reach the service's own access check)."""
-    binary = dbus_daemon_path()
-    if binary is None:
+    if dbus_daemon_path() is None:
         raise FileNotFoundError("dbus-daemon")
     directory = Path(tempfile.mkdtemp(prefix="kdumpd-bus-"))
     directory.chmod(0o755)  # uid 65534 must reach the socket
@@ -94,6 +108,18 @@ def start_bus(*, permissive: bool = False) -> PrivateBus:
     conf = directory / "system.conf"
     conf.write_text(_SYSTEM_LIKE.format(socket=sock, extra=extra))
     conf.chmod(0o644)
+    try:
+        proc, line = _launch(conf)
+    except RuntimeError:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return PrivateBus(address=line, socket=sock, directory=directory, process=proc)
+
+
+def _launch(conf: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = dbus_daemon_path()
+    if binary is None:
+        raise FileNotFoundError("dbus-daemon")
     proc = subprocess.Popen(
         [binary, f"--config-file={conf}", "--nofork", "--print-address=1"],
         stdout=subprocess.PIPE,
@@ -105,6 +131,5 @@ def start_bus(*, permissive: bool = False) -> PrivateBus:
     if not line:
         proc.kill()
         proc.wait()
-        shutil.rmtree(directory, ignore_errors=True)
         raise RuntimeError(f"dbus-daemon did not start with {conf}")
-    return PrivateBus(address=line, socket=sock, directory=directory, process=proc)
+    return proc, line

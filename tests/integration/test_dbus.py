@@ -531,17 +531,47 @@ async def test_unreachable_bus_is_one_line_error(tmp_path: Path) -> None:
         await serve(f"unix:path={tmp_path}/nope", StateStore(), FakeController())
 
 
-async def test_bus_loss_is_reported(permissive_bus: PrivateBus) -> None:
+async def test_bus_loss_is_fatal_without_reconnect(permissive_bus: PrivateBus) -> None:
     """A private bus killed under the service: wait_disconnected raises."""
     bus = start_bus(permissive=True)
     try:
-        service = await serve(bus.address, StateStore(), FakeController())
+        service = await serve(bus.address, StateStore(), FakeController(), reconnect=False)
         waiter = asyncio.ensure_future(service.wait_disconnected())
         await asyncio.sleep(0.05)
-        bus.process.kill()
+        bus.kill()
         with pytest.raises(BusDisconnected):
             await asyncio.wait_for(waiter, 10)
         await service.stop()
+    finally:
+        bus.stop()
+
+
+async def test_reconnects_after_bus_restart(permissive_bus: PrivateBus) -> None:
+    """The bus dies and comes back: the service re-owns the name and serves the
+    current state; wait_disconnected() does not fire."""
+    bus = start_bus(permissive=True)
+    try:
+        store = StateStore(SAMPLE)
+        service = await serve(bus.plain_address, store, FakeController())
+        waiter = asyncio.ensure_future(service.wait_disconnected())
+        bus.kill()
+        await asyncio.sleep(0.3)
+        store.update(generation=99)  # changes while disconnected are not lost
+        bus.restart()
+        for _ in range(100):
+            if service.reconnects:
+                break
+            await asyncio.sleep(0.05)
+        assert service.reconnects == 1
+        client = await MessageBus(bus_address=bus.plain_address).connect()
+        try:
+            values = await _get_all(client)
+        finally:
+            client.disconnect()
+        assert values["Generation"] == 99
+        assert not waiter.done()
+        await service.stop()
+        await asyncio.wait_for(waiter, 5)
     finally:
         bus.stop()
 
