@@ -281,7 +281,14 @@ class Reconciler:
                 if self.image is None:  # adopted: build the model for the state report
                     self.image = self._regenerate(topology)
                     self._publish(topology, trigger, None, t0)
-                elif self.store.current.stale:
+                elif trigger != "recheck":
+                    log.info(
+                        "%s: topology unchanged, generation %d stays",
+                        trigger,
+                        self.generation,
+                        extra={"TRIGGER": trigger},
+                    )
+                if self.image is not None and self.store.current.stale:
                     self.store.update(stale=False)
                 return
             image = self._regenerate(topology)

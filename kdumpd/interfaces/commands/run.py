@@ -29,6 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dbus", action="store_true", help="do not publish on D-Bus")
 
 
+def _daemon_log_level() -> None:
+    """A daemon logs what it applies (INFO) unless told otherwise (-v/-vv, KDUMPD_LOG_LEVEL)."""
+    import logging
+    import os
+
+    logger = logging.getLogger("kdumpd")
+    if not os.environ.get("KDUMPD_LOG_LEVEL") and logger.level == logging.WARNING:
+        logger.setLevel(logging.INFO)
+
+
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "sysroot": getattr(args, "sysroot", None),
@@ -47,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.speed < 0:
         raise KdumpdError("--speed must be >= 0")
+    _daemon_log_level()
     overrides = overrides_from(args)
     settings = load_settings(args.config, overrides)
     daemon = Daemon(
