@@ -360,3 +360,38 @@ def test_readelf_parses_every_random_header(topology: Topology) -> None:
 
     with tempfile.TemporaryDirectory() as d:
         _check_with_readelf(topology, _build(topology), Path(d) / "elfcorehdr")
+
+
+def test_full_size_header_8192_cpus_8192_ranges_matches_the_spec_and_readelf(
+    tmp_path: Path,
+) -> None:
+    n = 8192
+    cpus = tuple(range(n))
+    iomem = tuple(
+        Resource(
+            0x100000000 + i * 0x10000000, 0x100000000 + i * 0x10000000 + 0x7FFFFFF, "System RAM"
+        )
+        for i in range(n)
+    )
+    topology = Topology(
+        arch="x86_64",
+        possible_cpus=cpus,
+        present_cpus=cpus,
+        online_cpus=cpus,
+        crash_notes=tuple(CrashNote(c, 0x7F000000 + c * 0x400, 0x1A8) for c in cpus),
+        iomem=iomem,
+        vmcoreinfo=VmcoreInfo(0x2A00000, 0x1024),
+    )
+    cap = elfcorehdr_capacity(n, n)
+    hdr = _build(topology, cap)
+    ranges = tuple((r.start, r.end) for r in topology.system_ram)
+    assert bytes(hdr.buffer) == spec_header_bytes(EM_X86_64, expected_phdrs(topology, ranges), cap)
+    assert hdr.layout is not None and hdr.layout.used == 64 + (2 * n + 1) * 56
+    if readelf_path() is None:
+        pytest.skip("binutils readelf not installed (apt-get install binutils)")
+    path = tmp_path / "big"
+    path.write_bytes(bytes(hdr.buffer))
+    res = run_readelf(path)
+    assert res.header["Number of program headers"] == str(2 * n + 1)
+    assert len(res.phdrs) == 2 * n + 1
+    assert res.phdrs == expected_phdrs(topology, ranges)

@@ -214,3 +214,22 @@ def test_random_regenerations_never_move_or_resize_the_segment(
         fresh = Elfcorehdr(64 * 1024, EM_X86_64)
         ARCH.build_elfcorehdr(t, fresh)
         assert seg.buf == fresh.buffer
+
+
+def test_core_and_arch_import_no_edge_libraries() -> None:
+    """The pure core (and the arch back-ends) must not pull in I/O edges."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import kdumpd.core.elfcorehdr, kdumpd.core.ranges, kdumpd.core.image\n"
+        "import kdumpd.arch, kdumpd.arch.x86_64\n"
+        "bad = {'pyudev', 'dbus_fast', 'systemd', 'ctypes', 'asyncio', 'kdumpd.system',"
+        " 'kdumpd.daemon', 'kdumpd.interfaces', 'kdumpd.events'}\n"
+        "print(sorted(m for m in sys.modules if m in bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
