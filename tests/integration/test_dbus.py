@@ -782,3 +782,22 @@ async def test_real_daemon_over_bus(system_bus: PrivateBus, tmp_path: Path) -> N
             proc.terminate()
         _, stderr = await asyncio.wait_for(proc.communicate(), 15)
         assert "Traceback" not in stderr.decode(), stderr.decode()
+
+
+async def test_nobody_may_introspect_and_ping_but_not_set(running: Running) -> None:
+    _need_root()
+    if shutil.which("busctl") is None:
+        pytest.skip("busctl (systemd) is not installed")
+    base = [*NOBODY, "busctl", f"--address={running.address}"]
+    code, out, err = await _run(*base, "introspect", BUS_NAME, OBJECT_PATH, INTERFACE)
+    assert code == 0, err
+    assert ".Generation" in out and "emits-change" in out
+    code, _out, err = await _run(
+        *base, "call", BUS_NAME, OBJECT_PATH, "org.freedesktop.DBus.Peer", "Ping"
+    )
+    assert code == 0, err
+    code, _out, err = await _run(
+        *base, "set-property", BUS_NAME, OBJECT_PATH, INTERFACE, "Generation", "t", "3"
+    )
+    assert code != 0 and "Access denied" in err
+    assert running.store.current.generation == 7
