@@ -56,6 +56,7 @@ demo: venv
 bench: venv
 	$(PY) bench/elfcorehdr.py
 	$(PY) bench/dbus_latency.py
+	$(PY) bench/storm.py
 
 e2e: venv
 	$(PY) -m tests.e2e.run $(if $(KERNELS),--kernels "$(KERNELS)") $(if $(SCENARIOS),--scenarios "$(SCENARIOS)")
