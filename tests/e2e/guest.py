@@ -1,0 +1,295 @@
+"""One QEMU (TCG, q35) guest with CPU/DIMM hotplug slots, a QMP socket, the console
+on a file and a command channel on the second serial port.
+
+The guest's ``/init`` (see initramfs.py) mounts the host root read-only over 9p at
+``/host`` and a writable per-run directory at ``/out`` (``/host/mnt`` inside the
+chroot), so the guest runs the host's ``/usr/sbin/kexec`` and the project's own
+``.venv/bin/kdumpd`` with ``chroot /host``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.e2e.kernels import Kernel
+from tests.e2e.qmp import QMP
+
+QEMU = "qemu-system-x86_64"
+CAPTURE_APPEND = "console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=-1 quiet"
+
+
+class GuestError(RuntimeError):
+    """The guest did not boot, answer or crash; carries the console tail."""
+
+    def __init__(self, message: str, console_tail: str = "") -> None:
+        super().__init__(message)
+        self.console_tail = console_tail
+
+    def __str__(self) -> str:
+        tail = f"\n--- serial console tail ---\n{self.console_tail}" if self.console_tail else ""
+        return f"{self.args[0]}{tail}"
+
+
+def qemu_available() -> str | None:
+    """None if QEMU can run here, else the reason it cannot."""
+    if shutil.which(QEMU) is None:
+        return f"no {QEMU} binary (apt-get install qemu-system-x86)"
+    return None
+
+
+class Guest:
+    def __init__(
+        self,
+        kernel: Kernel,
+        initramfs: Path,
+        workdir: Path,
+        *,
+        mem: str = "1G",
+        slots: int = 32,
+        maxmem: str = "16G",
+        maxcpus: int = 4,
+        crashkernel: str = "256M",
+        extra_append: str = "",
+        cpu_hotplug: str = "acpi",
+    ) -> None:
+        self.kernel = kernel
+        self.initramfs = initramfs
+        self.workdir = workdir
+        self.outdir = workdir / "out"
+        self.console_path = workdir / "console.log"
+        self.qmp_path = workdir / "qmp.sock"
+        self.cmd_path = workdir / "cmd.sock"
+        self.mem, self.slots, self.maxmem, self.maxcpus = mem, slots, maxmem, maxcpus
+        # "acpi": CPUs are hot-added with QMP device_add (the guest starts with one).
+        # "logical": all maxcpus CPUs are present at boot, the kernel brings up one
+        # (maxcpus=1) and "adding" a CPU means onlining a present, offline one.  Used
+        # on 6.12, whose x86 topology code under QEMU 7.2 registers no hotpluggable
+        # APIC IDs ("Allowing 1 present CPUs plus 0 hotplug CPUs").
+        self.cpu_hotplug = cpu_hotplug
+        if cpu_hotplug == "logical":
+            extra_append = f"maxcpus=1 {extra_append}"
+        self.append = (
+            f"console=ttyS0 crashkernel={crashkernel} panic=-1 "
+            f"memhp_default_state=online_movable loglevel=6 {extra_append}"
+        ).strip()
+        self.cpu_model = os.environ.get("KDUMPD_E2E_CPU", "max")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.qmp: QMP | None = None
+        self._cmd: socket.socket | None = None
+        self._buf = b""
+        self._ids = itertools.count(1)
+        self.boot_s = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self, timeout: float = 180.0) -> None:
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.outdir.mkdir(parents=True)
+        argv = [
+            QEMU, "-accel", "tcg", "-cpu", self.cpu_model, "-M", "q35",
+            "-m", f"{self.mem},slots={self.slots},maxmem={self.maxmem}",
+            "-smp", self._smp(),
+            "-kernel", str(self.kernel.vmlinuz), "-initrd", str(self.initramfs),
+            "-append", self.append,
+            "-display", "none", "-no-reboot", "-nodefaults",
+            "-serial", f"file:{self.console_path}",
+            "-chardev", f"socket,id=cmd,path={self.cmd_path},server=on,wait=off",
+            "-device", "isa-serial,chardev=cmd",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs", f"local,path={self.outdir},mount_tag=out,security_model=none",
+        ]  # fmt: skip
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.qmp = QMP(str(self.qmp_path))
+        self.wait_console("@@READY", timeout=timeout)
+        for line in self.console().splitlines():
+            if line.startswith("@@ERROR"):
+                raise GuestError(f"guest setup failed: {line}", self.tail())
+        self._connect_cmd()
+        self.boot_s = time.monotonic() - t0
+
+    def _smp(self) -> str:
+        first = self.maxcpus if self.cpu_hotplug == "logical" else 1
+        return f"{first},sockets={self.maxcpus},cores=1,threads=1,maxcpus={self.maxcpus}"
+
+    def _connect_cmd(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(self.cmd_path))
+        self._cmd = s
+        # The guest may not have opened ttyS1 yet: ping until it answers.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                rc, out = self.run("echo pong", timeout=3)
+            except TimeoutError:
+                continue
+            if rc == 0 and out.strip() == "pong":
+                return
+        raise GuestError("command channel never answered", self.tail())
+
+    def stop(self) -> None:
+        if self.qmp is not None:
+            try:
+                self.qmp.execute("quit")
+            except Exception:
+                pass
+            self.qmp.close()
+            self.qmp = None
+        if self._cmd is not None:
+            self._cmd.close()
+            self._cmd = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    # -- console ----------------------------------------------------------------------
+
+    def console(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.console().splitlines()[-lines:])
+
+    def wait_console(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while True:
+            m = rx.search(self.console(), start)
+            if m:
+                return m
+            if self.proc is not None and self.proc.poll() is not None:
+                m = rx.search(self.console(), start)
+                if m:
+                    return m
+                raise GuestError(f"QEMU exited ({self.proc.returncode}) before {pattern!r}", self.tail())
+            if time.monotonic() > deadline:
+                raise GuestError(f"timed out after {timeout:.0f}s waiting for {pattern!r}", self.tail())
+            time.sleep(0.2)
+
+    # -- command channel --------------------------------------------------------------
+
+    def run(self, cmd: str, timeout: float = 120.0) -> tuple[int, str]:
+        """Run ``cmd`` with the guest's busybox sh; returns (exit status, output)."""
+        assert self._cmd is not None
+        if "\n" in cmd:
+            raise ValueError("one line per command")
+        cid = f"c{next(self._ids)}"
+        self._cmd.sendall(f"{cid} {cmd}\n".encode())
+        end = re.compile(rf"@@END {cid} (\d+)\n".encode())
+        deadline = time.monotonic() + timeout
+        while True:
+            m = end.search(self._buf)
+            if m:
+                begin = self._buf.find(f"@@BEGIN {cid}\n".encode())
+                body = self._buf[begin + len(f"@@BEGIN {cid}\n") : m.start()]
+                self._buf = self._buf[m.end() :]
+                return int(m.group(1)), body.decode(errors="replace").removesuffix("\n")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"guest command timed out: {cmd}")
+            if self.proc is not None and self.proc.poll() is not None:
+                raise GuestError(f"QEMU exited while running {cmd!r}", self.tail())
+            self._cmd.settimeout(min(left, 1.0))
+            try:
+                chunk = self._cmd.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise GuestError("command channel closed", self.tail())
+            self._buf += chunk
+
+    def check(self, cmd: str, timeout: float = 120.0) -> str:
+        rc, out = self.run(cmd, timeout)
+        if rc != 0:
+            raise GuestError(f"guest command failed ({rc}): {cmd}\n{out}", self.tail(15))
+        return out
+
+    def spawn(self, cmd: str) -> None:
+        """Start ``cmd`` in the background in the guest (no answer)."""
+        assert self._cmd is not None
+        self._cmd.sendall(f"! {cmd}\n".encode())
+
+    def host(self, cmd: str, timeout: float = 120.0) -> str:
+        """Run ``cmd`` inside ``chroot /host`` (the host's root, read-only)."""
+        return self.check(f"chroot /host /bin/sh -c {shquote(cmd)}", timeout)
+
+    # -- guest state ------------------------------------------------------------------
+
+    def read(self, path: str) -> str:
+        return self.check(f"cat {path}").strip()
+
+    def online_cpus(self) -> list[int]:
+        return parse_cpulist(self.read("/sys/devices/system/cpu/online"))
+
+    def system_ram(self) -> list[tuple[int, int]]:
+        out = self.read("/proc/iomem")
+        ranges = []
+        for line in out.splitlines():
+            if not line.startswith(" ") and line.rstrip().endswith(": System RAM"):
+                a, b = line.split(":")[0].strip().split("-")
+                ranges.append((int(a, 16), int(b, 16)))
+        return ranges
+
+    def crashkernel(self) -> list[tuple[int, int]]:
+        out = self.read("/proc/iomem")
+        res = []
+        for line in out.splitlines():
+            if line.rstrip().endswith(": Crash kernel"):
+                a, b = line.split(":")[0].strip().split("-")
+                res.append((int(a, 16), int(b, 16)))
+        return res
+
+    def crash(self, timeout: float = 240.0) -> str:
+        """Panic the guest; wait for the capture kernel's report; return it."""
+        start = len(self.console())
+        assert self._cmd is not None
+        self.spawn("echo c > /proc/sysrq-trigger")
+        m = self.wait_console(r"(?s)@@VMCORE-BEGIN\n(.*?)@@VMCORE-END", timeout, start)
+        return m.group(1)
+
+
+def cpu_hotplug_mode(kernel_key: str) -> str:
+    """How CPUs are "hot-added" on this kernel (see Guest)."""
+    env = os.environ.get("KDUMPD_E2E_CPU_HOTPLUG")
+    if env:
+        return env
+    return "logical" if kernel_key.startswith("6.12") else "acpi"
+
+
+def shquote(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+def parse_cpulist(text: str) -> list[int]:
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-")
+            cpus.extend(range(int(a), int(b) + 1))
+        else:
+            cpus.append(int(part))
+    return cpus
+
+
+def cwd_env() -> dict[str, str]:
+    return dict(os.environ)
