@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kdumpd.core.errors import InputError
 from kdumpd.core.topology import CrashNote, KernelText, MemRange, VmcoreInfo
+from kdumpd.interfaces.commands.inspect import cpulist as inspect_cpulist
 from kdumpd.system.sysfs import (
     X86_64_PAGE_OFFSET,
     parse_cpulist,
@@ -361,3 +365,50 @@ def test_big_tree_reads_every_cpu_and_block(tmp_path: Path) -> None:
     assert len(t.memory_blocks) == 8192
     assert len(t.system_ram) == 8192 - 8 + 2
     print(f"read_topology on 8,192 CPUs/blocks: {elapsed * 1e3:.0f} ms")
+
+
+# ----------------------------------------------------------------- properties
+
+cpu_sets = st.sets(st.integers(0, 8191), max_size=64)
+
+
+@given(cpu_sets)
+def test_cpulist_round_trip(cpus: set[int]) -> None:
+    text = make_fixture.cpulist(cpus)
+    assert parse_cpulist(text, "/x") == tuple(sorted(cpus))
+    assert inspect_cpulist(tuple(sorted(cpus))) + "\n" == (text if cpus else "none\n")
+
+
+@given(
+    possible=st.sets(st.integers(0, 63), min_size=1, max_size=16),
+    data=st.data(),
+)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_random_trees_read_back(possible: set[int], data: st.DataObject) -> None:
+    present = data.draw(st.sets(st.sampled_from(sorted(possible))))
+    online = data.draw(st.sets(st.sampled_from(sorted(present)))) if present else set()
+    with_notes = data.draw(st.sets(st.sampled_from(sorted(present)))) if present else set()
+    addrs = {c: data.draw(st.integers(0, (1 << 52) - 1)) for c in with_notes}
+    size = data.draw(st.one_of(st.none(), st.integers(1, 4096)))
+    blocks = data.draw(
+        st.dictionaries(st.integers(0, 4095), st.sampled_from(["online", "offline"]), max_size=8)
+    )
+    tree = make_fixture.Tree(
+        possible=sorted(possible),
+        present=sorted(present),
+        online=sorted(online),
+        iomem="00001000-0009fbff : System RAM\n",
+        crash_notes=addrs,
+        crash_notes_size=size,
+        blocks=blocks,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t = read_topology(make_fixture.write_tree(Path(tmp) / "t", tree))
+    assert t.possible_cpus == tuple(sorted(possible))
+    assert t.present_cpus == tuple(sorted(present))
+    assert t.online_cpus == tuple(sorted(online))
+    expected_size = 1024 if size is None else size
+    assert t.crash_notes == tuple(CrashNote(c, addrs[c], expected_size) for c in sorted(addrs))
+    assert [(b.index, b.state, b.online) for b in t.memory_blocks] == [
+        (i, s, s == "online") for i, s in sorted(blocks.items())
+    ]
