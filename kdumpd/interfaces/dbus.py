@@ -57,7 +57,6 @@ INTERFACE: Final = "org.kdumpd1.Manager"
 ERROR_ACCESS_DENIED: Final = "org.kdumpd1.Error.AccessDenied"
 ERROR_BUSY: Final = "org.kdumpd1.Error.Busy"
 ERROR_FAILED: Final = "org.kdumpd1.Error.Failed"
-ERROR_INVALID_ARGS: Final = "org.kdumpd1.Error.InvalidArgs"
 
 DBusUIntArray = Annotated[list[int], DBusSignature("au")]
 DBusRangeArray = Annotated[list[tuple[int, int]], DBusSignature("a(tt)")]
