@@ -55,10 +55,16 @@ def test_guest_after_hotplug_has_the_added_cpus_and_ram(kernel: str) -> None:
     before = read_topology(fixture(f"guest-{kernel}-before"))
     after = read_topology(fixture(f"guest-{kernel}-after"))
 
-    added_cpus = set(after.present_cpus) - set(before.present_cpus)
+    # 6.1 registers a hot-added CPU on the ACPI event (present grows); 6.12 under
+    # QEMU already lists every possible CPU as present at boot (with crash_notes) and
+    # the hot-add shows as the CPU coming online.
+    added_cpus = (set(after.present_cpus) - set(before.present_cpus)) | (
+        set(after.online_cpus) - set(before.online_cpus)
+    )
     assert added_cpus, "no CPU was hot-added between the snapshots"
     noted = {n.cpu for n in after.crash_notes}
     assert added_cpus <= noted
+    assert added_cpus <= set(after.present_cpus)
     assert set(after.possible_cpus) == set(before.possible_cpus)
 
     new_ram = set(after.system_ram) - set(before.system_ram)
@@ -73,7 +79,9 @@ def test_guest_after_hotplug_has_the_added_cpus_and_ram(kernel: str) -> None:
         assert note in after.crash_notes
 
 
-@pytest.mark.parametrize("name", ["guest-6.1-before", "guest-6.1-after"])
+@pytest.mark.parametrize(
+    "name", ["guest-6.1-before", "guest-6.1-after", "guest-6.12-before", "guest-6.12-after"]
+)
 def test_guest_values_are_what_the_kernel_printed(name: str) -> None:
     root = fixture(name)
     t = read_topology(root)
@@ -412,3 +420,18 @@ def test_random_trees_read_back(possible: set[int], data: st.DataObject) -> None
     assert [(b.index, b.state, b.online) for b in t.memory_blocks] == [
         (i, s, s == "online") for i, s in sorted(blocks.items())
     ]
+
+
+def test_guest_612_shape() -> None:
+    """Debian 6.12: CONFIG_CRASH_HOTPLUG files present, all possible CPUs present."""
+    root = fixture("guest-6.12-after")
+    t = read_topology(root)
+    caps = t.capabilities
+    assert caps.crash_hotplug_config
+    assert caps.crash_elfcorehdr_size == int(kernel_file(root, "sys/kernel/crash_elfcorehdr_size"))
+    assert caps.crash_elfcorehdr_size == (2 + 8192 + 8192) * 56  # NR_CPUS 8192, 8192 ranges
+    assert caps.release is not None
+    assert caps.release.startswith("6.12.")
+    assert [n.cpu for n in t.crash_notes] == list(t.present_cpus)
+    sizes = {int(kernel_file(root, f"{CPU}/cpu{n.cpu}/crash_notes_size")) for n in t.crash_notes}
+    assert {n.size for n in t.crash_notes} == sizes
