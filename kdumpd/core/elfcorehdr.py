@@ -289,10 +289,11 @@ class Elfcorehdr:
         # Everything is validated and assembled: only now touch the buffer.
         view = self._view
         view[0:EHDR_SIZE] = ehdr
+        if _BYTESWAP:  # swap each distinct array once (some feed two columns)
+            for column in {id(c): c for _, c in columns}.values():
+                column.byteswap()
         words = self._words
         for where, column in columns:
-            if _BYTESWAP:
-                column.byteswap()
             words[where] = column
         # Zero the whole tail, not just what the previous header used: nothing stale
         # may survive even if someone scribbled on ``buffer`` (a ~1 MiB memcpy, ~50 us).

@@ -125,7 +125,7 @@ def test_capacity_is_the_smallest_1024_multiple_that_fits(cpus: int, ranges: int
 
 
 @given(topologies(high_addresses=True))
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_header_parses_with_pyelftools_and_matches_the_input(topology: Topology) -> None:
     hdr = _build(topology)
     ranges = tuple((r.start, r.end) for r in crash_memory_ranges(topology))
@@ -171,7 +171,7 @@ def test_header_parses_with_pyelftools_and_matches_the_input(topology: Topology)
 
 
 @given(st.lists(topologies(), min_size=2, max_size=6))
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_rebuilds_reuse_the_same_buffer_and_equal_a_fresh_build(
     sequence: list[Topology],
 ) -> None:
@@ -186,7 +186,7 @@ def test_rebuilds_reuse_the_same_buffer_and_equal_a_fresh_build(
 
 
 @given(topologies(max_cpus=40, max_ranges=30), topologies(max_cpus=4, max_ranges=3))
-@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_overflow_raises_and_leaves_the_previous_header_intact(
     big: Topology, small: Topology
 ) -> None:

@@ -197,7 +197,7 @@ def test_regenerate_overflow_keeps_the_previous_header_and_layout() -> None:
 
 
 @given(st.lists(topologies(), min_size=1, max_size=5))
-@settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_regenerations_never_move_or_resize_the_segment(
     sequence: list[Topology],
 ) -> None:

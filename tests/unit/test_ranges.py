@@ -116,7 +116,7 @@ _pairs = st.lists(
 
 
 @given(ram=_pairs, cut=_pairs)
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 def test_subtract_matches_byte_brute_force(
     ram: list[tuple[int, int]], cut: list[tuple[int, int]]
 ) -> None:
@@ -138,6 +138,7 @@ def test_subtract_matches_byte_brute_force(
 
 
 @given(topologies(high_addresses=True))
+@settings(deadline=None)
 def test_random_topologies_no_range_overlaps_a_crashkernel(topology: Topology) -> None:
     out = crash_memory_ranges(topology)
     for r in out:
