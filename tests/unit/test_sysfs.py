@@ -117,8 +117,9 @@ def test_guest_61_shape() -> None:
     assert not t.capabilities.crash_hotplug_config  # 6.1 has no CONFIG_CRASH_HOTPLUG
 
 
-def test_guest_kernel_text_from_kcore_matches_kallsyms_fallback(tmp_path: Path) -> None:
-    root = copy("guest-6.1-after", tmp_path)
+@pytest.mark.parametrize("name", ["guest-6.1-after", "guest-6.12-after"])
+def test_guest_kernel_text_from_kcore_matches_kallsyms_fallback(tmp_path: Path, name: str) -> None:
+    root = copy(name, tmp_path)
     if not (root / "proc" / "kcore").exists():
         pytest.skip("guest fixture has no /proc/kcore headers")
     from_kcore = read_topology(root)
