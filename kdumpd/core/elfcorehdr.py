@@ -146,21 +146,31 @@ class HeaderLayout:
 class Elfcorehdr:
     """An ELF64 core header living in one preallocated, fixed-length ``bytearray``."""
 
-    __slots__ = ("_machine", "_view", "_words", "_zeros", "buffer", "layout")
+    __slots__ = ("_buffer", "_layout", "_machine", "_view", "_words", "_zeros")
 
     def __init__(self, capacity: int, machine: int) -> None:
         if capacity < EHDR_SIZE or capacity % 8:
             raise ValueError(f"elfcorehdr capacity {capacity} must be >= 64 and a multiple of 8")
         if not 0 <= machine <= 0xFFFF:
             raise ValueError(f"e_machine {machine} out of range")
-        self.buffer = bytearray(capacity)
+        self._buffer = bytearray(capacity)
         # An exported buffer cannot be resized: any accidental length change of
         # ``buffer`` raises BufferError instead of silently reallocating it.
-        self._view = memoryview(self.buffer)
+        self._view = memoryview(self._buffer)
         self._words = self._view.cast("Q")  # native order; columns are swapped if needed
         self._zeros = memoryview(bytes(capacity))  # source for zero-filling the tail
         self._machine = machine
-        self.layout: HeaderLayout | None = None
+        self._layout: HeaderLayout | None = None
+
+    @property
+    def buffer(self) -> bytearray:
+        """The header bytes: always this object, always ``capacity`` long."""
+        return self._buffer
+
+    @property
+    def layout(self) -> HeaderLayout | None:
+        """What the last successful :meth:`write` wrote (``None`` before the first)."""
+        return self._layout
 
     @property
     def capacity(self) -> int:
@@ -309,5 +319,5 @@ class Elfcorehdr:
             vmcoreinfo=has_vmci,
             kernel_text=text is not None,
         )
-        self.layout = layout
+        self._layout = layout
         return layout

@@ -287,6 +287,8 @@ def test_constructor_validates_and_buffer_cannot_be_resized() -> None:
     assert hdr.capacity == 1024 and hdr.machine == EM_X86_64
     with pytest.raises(BufferError):
         hdr.buffer.extend(b"x")
+    with pytest.raises(AttributeError):
+        hdr.buffer = bytearray(1024)  # type: ignore[misc]
 
 
 def test_empty_header_is_still_valid_elf() -> None:
