@@ -9,6 +9,7 @@ chroot), so the guest runs the host's ``/usr/sbin/kexec`` and the project's own
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -104,7 +105,8 @@ class Guest:
             "-chardev", f"socket,id=cmd,path={self.cmd_path},server=on,wait=off",
             "-device", "isa-serial,chardev=cmd",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
+            "multidevs=remap",
             "-virtfs", f"local,path={self.outdir},mount_tag=out,security_model=none",
         ]  # fmt: skip
         t0 = time.monotonic()
@@ -140,10 +142,8 @@ class Guest:
 
     def stop(self) -> None:
         if self.qmp is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.qmp.execute("quit")
-            except Exception:
-                pass
             self.qmp.close()
             self.qmp = None
         if self._cmd is not None:
@@ -179,9 +179,13 @@ class Guest:
                 m = rx.search(self.console(), start)
                 if m:
                     return m
-                raise GuestError(f"QEMU exited ({self.proc.returncode}) before {pattern!r}", self.tail())
+                raise GuestError(
+                    f"QEMU exited ({self.proc.returncode}) before {pattern!r}", self.tail()
+                )
             if time.monotonic() > deadline:
-                raise GuestError(f"timed out after {timeout:.0f}s waiting for {pattern!r}", self.tail())
+                raise GuestError(
+                    f"timed out after {timeout:.0f}s waiting for {pattern!r}", self.tail()
+                )
             time.sleep(0.2)
 
     # -- command channel --------------------------------------------------------------

@@ -54,7 +54,9 @@ def remove_cpu(g: Guest, dev_id: str, cpu: int, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def add_dimm(g: Guest, dev_id: str, size: int, *, wait: bool = True, timeout: float = 120.0) -> None:
+def add_dimm(
+    g: Guest, dev_id: str, size: int, *, wait: bool = True, timeout: float = 120.0
+) -> None:
     assert g.qmp is not None
     before = len(g.system_ram()) if wait else 0
     total_before = sum(b - a + 1 for a, b in g.system_ram()) if wait else 0

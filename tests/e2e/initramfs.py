@@ -43,14 +43,25 @@ if [ -e /proc/vmcore ]; then
   echo "@@VMCORE-BEGIN"
   echo "size $(stat -c %s /proc/vmcore)"
   echo "cmdline $(cat /proc/cmdline)"
-  readelf -W -l -n /proc/vmcore 2>&1 | grep -E '^  (LOAD|NOTE) |NT_PRSTATUS|program headers|Owner|readelf'
+  readelf -W -l /proc/vmcore 2>&1 | grep -E '^  (LOAD|NOTE) |program headers|readelf'
+  set -- $(readelf -W -l /proc/vmcore | awk '$1=="NOTE" {print $2, $5; exit}')
+  if [ -n "${1:-}" ]; then
+    off=$(($1)); sz=$(($2))
+    echo "notes $off $sz"
+    printf 'noteshex '
+    n=$(((off % 4096 + sz + 4095) / 4096))
+    dd if=/proc/vmcore bs=4096 skip=$((off / 4096)) count=$n 2>/dev/null \
+      | od -An -v -tx1 | tr -d ' \n'
+    echo
+  fi
   echo "@@VMCORE-END"
   sync
   poweroff -f
 fi
 
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose hostroot /host || echo "@@ERROR 9p hostroot"
-mount -t 9p -o trans=virtio,version=9p2000.L,rw out /out || echo "@@ERROR 9p out"
+o=trans=virtio,version=9p2000.L
+mount -t 9p -o $o,ro,cache=loose hostroot /host || echo "@@ERROR 9p hostroot"
+mount -t 9p -o $o,rw out /out || echo "@@ERROR 9p out"
 for d in proc sys dev; do mount --bind /$d /host/$d; done
 mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
@@ -157,7 +168,9 @@ def build(kernel: Kernel, dest: Path | None = None) -> Path:
             check=True,
         ).stdout
         part = dest.with_suffix(".part")
-        part.write_bytes(subprocess.run(["gzip", "-1"], input=cpio, capture_output=True, check=True).stdout)
+        part.write_bytes(
+            subprocess.run(["gzip", "-1"], input=cpio, capture_output=True, check=True).stdout
+        )
         part.rename(dest)
     return dest
 

@@ -94,7 +94,11 @@ def resolve_package(key: str) -> str:
         check=False,
     )
     names = sorted(
-        {n for n in (line.split(" ", 1)[0] for line in r.stdout.splitlines()) if re.match(pattern, n)}
+        {
+            n
+            for n in (line.split(" ", 1)[0] for line in r.stdout.splitlines())
+            if re.match(pattern, n)
+        }
     )
     if not names:
         raise KernelUnavailable(f"no package matching {pattern} in {suite}")

@@ -71,7 +71,9 @@ class QMP:
         return slot
 
     def add_dimm(self, dev_id: str, size: int) -> None:
-        self.execute("object-add", **{"qom-type": "memory-backend-ram", "id": f"mem-{dev_id}", "size": size})
+        self.execute(
+            "object-add", **{"qom-type": "memory-backend-ram", "id": f"mem-{dev_id}", "size": size}
+        )
         self.execute("device_add", driver="pc-dimm", id=dev_id, memdev=f"mem-{dev_id}")
 
     def device_del(self, dev_id: str) -> None:

@@ -1,0 +1,408 @@
+"""The e2e scenarios: each boots a guest, loads a crash kernel (kexec-tools, the
+udev-style reloader or ``kdumpd run``), hot-plugs, crashes, and compares what was
+online at the crash with what the vmcore contains."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.e2e import hotplug, initramfs, kernels, vmcore
+from tests.e2e.guest import CAPTURE_APPEND, Guest, GuestError, cpu_hotplug_mode
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT = REPO / "tests" / "e2e" / "guest_agent.py"
+KDUMPD = REPO / ".venv" / "bin" / "kdumpd"
+PY = "/usr/bin/python3"
+MiB = 1 << 20
+
+BURST_DIMMS = int(os.environ.get("KDUMPD_E2E_BURST_DIMMS", "24"))
+BURST_DIMM_MB = int(os.environ.get("KDUMPD_E2E_BURST_DIMM_MB", "256"))
+
+
+@dataclass
+class Result:
+    kernel: str
+    scenario: str
+    backend: str
+    release: str = ""
+    expect: str = "complete"  # "complete", "stale" or "dump"
+    cpus_online: list[int] = field(default_factory=list)
+    prstatus_cpus: list[int] = field(default_factory=list)  # note order indices
+    prstatus_pids: list[int] = field(default_factory=list)
+    ram_ranges: list[list[str]] = field(default_factory=list)  # System RAM - crashkernel
+    vmcore_ranges: list[list[str]] = field(default_factory=list)
+    missing_ranges: list[list[str]] = field(default_factory=list)
+    missing_mb: float = 0.0
+    vmcore_size: int = 0
+    complete: bool = False
+    passed: bool = False
+    events: int | None = None  # hotplug events the loader saw (daemon) / acted on (udev)
+    uevents: int | None = None  # cpu+memory uevents the guest kernel sent (sampler)
+    loads: int | None = None
+    settle_ms: float | None = None
+    no_image_ms: float | None = None
+    no_image_gaps: int | None = None
+    boot_s: float = 0.0
+    duration_s: float = 0.0
+    error: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _hex(r: tuple[int, int]) -> list[str]:
+    return [f"{r[0]:#x}", f"{r[1]:#x}"]
+
+
+# -- guest-side helpers -------------------------------------------------------------------
+
+
+def _chroot(cmd: str) -> str:
+    """A busybox command line running ``cmd`` with sh inside chroot /host."""
+    q = cmd.replace("'", "'\\''")
+    return f"chroot /host /bin/sh -c '{q}'"
+
+
+def start_sampler(g: Guest) -> None:
+    g.spawn(_chroot(f"{PY} {AGENT} sample /mnt/sampler.jsonl & echo $! > /run/sampler.pid; wait"))
+    _wait_file_line(g, g.outdir / "sampler.jsonl", "start")
+
+
+def stop_sampler(g: Guest) -> list[dict[str, Any]]:
+    g.check("kill -TERM $(cat /host/run/sampler.pid)")
+    _wait_file_line(g, g.outdir / "sampler.jsonl", "summary")
+    return _jsonl(g.outdir / "sampler.jsonl")
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _wait_file_line(g: Guest, path: Path, kind: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(r.get("kind") == kind for r in _jsonl(path)):
+            return
+        time.sleep(0.2)
+    raise GuestError(f"no {kind!r} record in {path.name} after {timeout:.0f}s", g.tail(15))
+
+
+def kexec_tools_load(g: Guest, kern: kernels.Kernel, ird: Path) -> None:
+    g.host(f"kexec -p {kern.vmlinuz} --initrd={ird} --append='{CAPTURE_APPEND}'")
+
+
+def start_udev_reloader(g: Guest, kern: kernels.Kernel, ird: Path) -> None:
+    g.spawn(
+        _chroot(f"{PY} {AGENT} udev-reload /mnt/udev.jsonl {kern.vmlinuz} {ird} '{CAPTURE_APPEND}'")
+    )
+    _wait_file_line(g, g.outdir / "udev.jsonl", "start")
+
+
+def wait_udev_quiet(g: Guest, quiet_s: float = 4.0, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        n = len(_jsonl(g.outdir / "udev.jsonl"))
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.3)
+    raise GuestError("udev-style reloader never went quiet", g.tail(15))
+
+
+def start_daemon(g: Guest, kern: kernels.Kernel, ird: Path) -> None:
+    config = (
+        'backend = "auto"\n'
+        'state_dir = "/run/kdumpd"\n'
+        'event_source = "kernel"\n'
+        "dbus = false\n"
+        "[debounce]\nquiet_ms = 100\nmax_ms = 1000\n"
+        "[elfcorehdr]\nmax_cpus = 16\nmax_ranges = 1024\n"
+        f'[kexec]\nkernel = "{kern.vmlinuz}"\ninitrd = "{ird}"\n'
+        f'cmdline = "{CAPTURE_APPEND}"\nappend = ""\n'
+    )
+    (g.outdir / "kdumpd.toml").write_text(config)
+    g.spawn(
+        _chroot(
+            "PYTHONDONTWRITEBYTECODE=1 "
+            f"{KDUMPD} -v run --config /mnt/kdumpd.toml > /mnt/kdumpd.log 2>&1"
+        )
+    )
+    wait_daemon(g, lambda s: s.get("state") == "loaded" and s.get("generation", 0) >= 1, 180)
+
+
+def daemon_state(g: Guest) -> dict[str, Any]:
+    rc, out = g.run("cat /host/run/kdumpd/state.json")
+    if rc != 0:
+        return {}
+    try:
+        data: dict[str, Any] = json.loads(out)
+    except json.JSONDecodeError:
+        return {}
+    return data
+
+
+def wait_daemon(
+    g: Guest, pred: Callable[[dict[str, Any]], bool], timeout: float = 300.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    st: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        st = daemon_state(g)
+        if st and pred(st):
+            return st
+        time.sleep(0.5)
+    log = g.outdir / "kdumpd.log"
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.exists() else ""
+    raise GuestError(
+        f"kdumpd never reached the expected state; last state {st}\n{tail}", g.tail(10)
+    )
+
+
+def wait_daemon_settled(g: Guest, quiet_s: float = 3.0, timeout: float = 600.0) -> dict[str, Any]:
+    """Until the daemon has no pending events and its counters stop moving."""
+    deadline = time.monotonic() + timeout
+    last: tuple[Any, ...] = ()
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        st = daemon_state(g)
+        key = (st.get("events_received"), st.get("generation"), st.get("pending_events"))
+        if key != last:
+            last, since = key, time.monotonic()
+        elif (
+            time.monotonic() - since >= quiet_s
+            and st.get("pending_events", 1) == 0
+            and st.get("state") in ("loaded", "degraded")
+        ):
+            return st
+        time.sleep(0.3)
+    raise GuestError(f"kdumpd never settled (last {last})", g.tail(10))
+
+
+# -- the scenarios ---------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    g: Guest
+    kern: kernels.Kernel
+    ird: Path
+    res: Result
+
+
+def _add_cpus(c: Ctx, n: int) -> list[tuple[str, int]]:
+    out = []
+    for i in range(n):
+        dev = f"cpu{i + 1}"
+        out.append((dev, hotplug.add_cpu(c.g, dev)))
+    return out
+
+
+def sc_baseline(c: Ctx) -> None:
+    c.res.backend = "kexec-tools (kexec_load)"
+    c.res.expect = "stale" if c.kern.key == "6.1" else "report"
+    kexec_tools_load(c.g, c.kern, c.ird)
+    c.res.loads = 1
+    _add_cpus(c, 2)
+    hotplug.add_dimm(c.g, "dimm1", 512 * MiB)
+    time.sleep(2)
+
+
+def sc_hotplug_add(c: Ctx) -> None:
+    c.res.backend = "kdumpd"
+    start_daemon(c.g, c.kern, c.ird)
+    _add_cpus(c, 2)
+    hotplug.add_dimm(c.g, "dimm1", 256 * MiB)
+    hotplug.add_dimm(c.g, "dimm2", 256 * MiB)
+    wait_daemon_settled(c.g)
+
+
+def sc_hotplug_remove(c: Ctx) -> None:
+    c.res.backend = "kdumpd"
+    start_daemon(c.g, c.kern, c.ird)
+    cpus = _add_cpus(c, 2)
+    hotplug.add_dimm(c.g, "dimm1", 256 * MiB)
+    hotplug.add_dimm(c.g, "dimm2", 256 * MiB)
+    wait_daemon_settled(c.g)
+    hotplug.remove_dimm(c.g, "dimm2", 256 * MiB)
+    dev, cpu = cpus[-1]
+    hotplug.remove_cpu(c.g, dev, cpu)
+    wait_daemon_settled(c.g)
+
+
+def _burst(c: Ctx, n: int) -> None:
+    for i in range(n):
+        hotplug.add_dimm(c.g, f"b{i}", BURST_DIMM_MB * MiB, wait=False)
+
+
+def sc_burst(c: Ctx) -> None:
+    c.res.backend = "kdumpd"
+    start_daemon(c.g, c.kern, c.ird)
+    _burst(c, BURST_DIMMS)
+    _wait_ram(c, BURST_DIMMS * BURST_DIMM_MB * MiB)
+    wait_daemon_settled(c.g)
+
+
+def sc_burst_udev(c: Ctx) -> None:
+    c.res.backend = "udev-style reload (kexec -p -u; kexec -p)"
+    kexec_tools_load(c.g, c.kern, c.ird)
+    start_udev_reloader(c.g, c.kern, c.ird)
+    _burst(c, BURST_DIMMS)
+    _wait_ram(c, BURST_DIMMS * BURST_DIMM_MB * MiB)
+    wait_udev_quiet(c.g)
+
+
+def sc_crash_during_burst(c: Ctx) -> None:
+    c.res.backend = "kdumpd"
+    c.res.expect = "dump"
+    start_daemon(c.g, c.kern, c.ird)
+    _burst(c, BURST_DIMMS)
+    # crash while the guest is still onlining blocks and the daemon is debouncing
+    time.sleep(1.0)
+
+
+def _wait_ram(c: Ctx, added: int, timeout: float = 600.0) -> None:
+    base = c.res.detail.setdefault("ram_at_start", sum(b - a + 1 for a, b in c.g.system_ram()))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        total = sum(b - a + 1 for a, b in c.g.system_ram())
+        if total >= base + added:
+            return
+        time.sleep(0.5)
+    raise GuestError("burst DIMMs never all came online", c.g.tail(10))
+
+
+SCENARIOS: dict[str, Callable[[Ctx], None]] = {
+    "baseline": sc_baseline,
+    "hotplug-add": sc_hotplug_add,
+    "hotplug-remove": sc_hotplug_remove,
+    "burst": sc_burst,
+    "burst-udev": sc_burst_udev,
+    "crash-during-burst": sc_crash_during_burst,
+}
+# "burst" on the command line runs both the daemon and the udev-style reload.
+ALIASES = {"burst": ["burst", "burst-udev"]}
+
+
+def run(kernel_key: str, scenario: str, build: Path) -> Result:
+    res = Result(kernel=kernel_key, scenario=scenario, backend="")
+    t0 = time.monotonic()
+    g: Guest | None = None
+    try:
+        kern = kernels.fetch(kernel_key)
+        res.release = kern.release
+        ird = initramfs.build(kern)
+        slots = 32 if scenario.startswith(("burst", "crash-during")) else 8
+        g = Guest(
+            kern,
+            ird,
+            build / f"{kern.key.replace('/', '_')}-{scenario}",
+            slots=max(slots, BURST_DIMMS + 2) if slots == 32 else slots,
+            maxmem=f"{1 + (BURST_DIMMS * BURST_DIMM_MB + 1023) // 1024 + 2}G",
+            cpu_hotplug=cpu_hotplug_mode(kern.key),
+        )
+        g.start()
+        res.boot_s = round(g.boot_s, 2)
+        start_sampler(g)
+        c = Ctx(g, kern, ird, res)
+        SCENARIOS[scenario](c)
+        # what is there at the crash
+        res.cpus_online = g.online_cpus()
+        ram = g.system_ram()
+        ck = g.crashkernel()
+        need = vmcore.subtract(ram, ck)
+        res.ram_ranges = [_hex(r) for r in need]
+        if res.backend == "kdumpd":
+            st = daemon_state(g)
+            res.detail["daemon"] = {
+                k: st.get(k)
+                for k in (
+                    "state",
+                    "backend",
+                    "generation",
+                    "events_received",
+                    "events_coalesced",
+                    "loads",
+                    "regenerations",
+                    "last_load_gap_usec",
+                    "last_update_usec",
+                    "last_update_duration_usec",
+                    "stale",
+                    "kernel_hotplug_support",
+                    "last_error",
+                )
+            }
+            res.backend = f"kdumpd/{st.get('backend', '?')}"
+            res.events = st.get("events_received")
+            res.loads = st.get("loads")
+        samples = stop_sampler(g)
+        _fill_timing(res, samples, g)
+        body = g.crash()
+        rep = vmcore.parse(body)
+        res.vmcore_size = rep.size
+        res.prstatus_cpus = [p.index for p in rep.prstatus if p.has_regs]
+        res.prstatus_pids = [p.pid for p in rep.prstatus]
+        res.vmcore_ranges = [_hex(r) for r in vmcore.merge(rep.loads)]
+        missing = vmcore.uncovered(need, rep.loads)
+        res.missing_ranges = [_hex(r) for r in missing]
+        res.missing_mb = round(sum(b - a + 1 for a, b in missing) / MiB, 1)
+        res.complete = not missing and len(res.prstatus_cpus) >= len(res.cpus_online)
+        if rep.size == 0 or not rep.loads:
+            raise GuestError("capture kernel reported no vmcore", g.tail(30))
+        if res.expect == "complete":
+            res.passed = res.complete
+        elif res.expect == "stale":
+            res.passed = not res.complete
+        else:
+            res.passed = True
+    except Exception as exc:
+        res.error = str(exc) if isinstance(exc, GuestError) else f"{type(exc).__name__}: {exc}"
+        if g is not None and not isinstance(exc, GuestError):
+            res.error += "\n--- serial console tail ---\n" + g.tail(30)
+    finally:
+        if g is not None:
+            g.stop()
+            log = g.outdir / "kdumpd.log"
+            if log.exists():
+                res.detail["kdumpd_log_tail"] = log.read_text(errors="replace").splitlines()[-15:]
+    res.duration_s = round(time.monotonic() - t0, 1)
+    return res
+
+
+def _fill_timing(res: Result, samples: list[dict[str, Any]], g: Guest) -> None:
+    summary = next((s for s in samples if s.get("kind") == "summary"), {})
+    uevents = [s for s in samples if s.get("kind") == "uevent"]
+    res.uevents = len(uevents)
+    res.no_image_ms = summary.get("no_image_ms")
+    res.no_image_gaps = summary.get("gaps")
+    res.detail["sampler_samples"] = summary.get("samples")
+    if res.events is None and res.backend.startswith("kexec-tools"):
+        res.events = 0
+    last_event = max((s["t"] for s in uevents), default=None)
+    if res.backend.startswith("kdumpd"):
+        upd = (res.detail.get("daemon") or {}).get("last_update_usec") or 0
+        if last_event is not None and upd:
+            res.settle_ms = round(upd / 1000 - last_event * 1000, 1)
+    elif res.backend.startswith("udev"):
+        reloads = [r for r in _jsonl(g.outdir / "udev.jsonl") if r.get("kind") == "reload"]
+        res.events = len(reloads)
+        res.loads = len(reloads) + 1  # + the initial kexec -p
+        res.detail["udev_failed_loads"] = sum(1 for r in reloads if r.get("load_rc"))
+        if last_event is not None and reloads:
+            res.settle_ms = round((reloads[-1]["t"] - last_event) * 1000, 1)
