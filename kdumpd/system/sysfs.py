@@ -98,6 +98,9 @@ MEMORY_DIR = "/sys/devices/system/memory"
 KCORE = "/proc/kcore"
 KALLSYMS = "/proc/kallsyms"
 
+#: Highest CPU number accepted in a cpulist (the kernel's NR_CPUS limit is 8192 on
+#: x86_64; this bound only stops a corrupt file from allocating gigabytes).
+MAX_CPU = (1 << 16) - 1
 #: kexec-tools' MAX_NOTE_BYTES, used when ``crash_notes_size`` is absent (pre-4.10).
 DEFAULT_CRASH_NOTES_SIZE = 1024
 #: kexec-tools' default x86_64 PAGE_OFFSET (direct map base without KASLR).
@@ -171,26 +174,35 @@ def _decode(data: bytes, source: str) -> str:
         raise InputError(source, f"non-ASCII byte {data[err.start]:#04x}", line) from None
 
 
-def _read_at(dir_fd: int, name: str) -> bytes | None:
-    """Read a small file relative to a directory fd; ``None`` if it does not exist."""
+def _read_at(dir_fd: int, name: str, base: str) -> bytes | None:
+    """Read a small file ``name`` relative to the directory fd of ``base`` (its usual
+    absolute path, for errors); ``None`` if it does not exist."""
     try:
         fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except PermissionError:
+        raise InputError(f"{base}/{name}", "permission denied (root-only; run as root)") from None
+    except OSError as err:
+        raise InputError(f"{base}/{name}", f"cannot open: {err.strerror or err}") from None
     try:
         return os.read(fd, 4096)
+    except OSError as err:
+        if err.errno == errno.EBUSY:
+            log.info("%s/%s: busy; treated as absent", base, name)
+            return None
+        raise InputError(f"{base}/{name}", f"cannot read: {err.strerror or err}") from None
     finally:
         os.close(fd)
 
 
 def _one_line(text: str, source: str) -> str:
     """The single line of a one-value sysfs file, without its newline."""
-    line, sep, rest = text.partition("\n")
+    line, _, rest = text.partition("\n")
     if rest.strip():
         raise InputError(source, "expected one line, found more", 2)
     if not line.strip():
         raise InputError(source, "empty", 1)
-    del sep
     return line.strip()
 
 
@@ -245,6 +257,8 @@ def parse_cpulist(text: str, source: str) -> tuple[int, ...]:
             raise InputError(source, f"bad cpulist element {part[:40]!r}", 1)
         lo = int(lo_s)
         hi = int(hi_s) if dash else lo
+        if hi > MAX_CPU:
+            raise InputError(source, f"CPU number {hi} is above {MAX_CPU}", 1)
         if hi < lo or lo <= last:
             raise InputError(source, f"cpulist is not ascending at {part[:40]!r}", 1)
         cpus.extend(range(lo, hi + 1))
@@ -293,15 +307,10 @@ def _crash_notes(root: _Root, cpus: Iterable[int]) -> tuple[CrashNote, ...]:
     base = _open_dir(root, CPU_DIR)
     try:
         for cpu, name in dirs:
-            try:
-                raw = _read_at(base, f"{name}/crash_notes")
-            except PermissionError:
-                raise InputError(
-                    f"{CPU_DIR}/{name}/crash_notes", "permission denied (root-only; run as root)"
-                ) from None
+            raw = _read_at(base, f"{name}/crash_notes", CPU_DIR)
             if raw is None:
                 continue
-            raw_size = _read_at(base, f"{name}/crash_notes_size")
+            raw_size = _read_at(base, f"{name}/crash_notes_size", CPU_DIR)
             if _HEX_LINE.fullmatch(raw):  # fast path: what the kernel prints
                 address = int(raw, 16)
             else:
@@ -334,8 +343,8 @@ def _memory_blocks(root: _Root) -> tuple[MemoryBlock, ...]:
     base = _open_dir(root, MEMORY_DIR)
     try:
         for index, name in dirs:
-            raw_state = _read_at(base, f"{name}/state")
-            raw_online = _read_at(base, f"{name}/online")
+            raw_state = _read_at(base, f"{name}/state", MEMORY_DIR)
+            raw_online = _read_at(base, f"{name}/online", MEMORY_DIR)
             state = None if raw_state is None else _STATES.get(raw_state)
             if state is None and raw_state is not None:
                 src = f"{MEMORY_DIR}/{name}/state"
