@@ -94,7 +94,7 @@ def test_ready_watchdog_sighup_sigterm_and_adoption(
         p.send_signal(signal.SIGHUP)
         recv_until(sock, "gen 2")
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=20)
+        _out, err = p.communicate(timeout=20)
     finally:
         if p.poll() is None:
             p.kill()
