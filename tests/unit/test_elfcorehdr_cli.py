@@ -28,6 +28,8 @@ SUMMARY = re.compile(
 TREES = [
     "guest-6.1-before",
     "guest-6.1-after",
+    "guest-6.12-before",
+    "guest-6.12-after",
     "host-6.18",
     "synthetic-x86_64-before",
     "synthetic-x86_64-after",
@@ -185,9 +187,14 @@ def test_readelf_parses_what_the_command_writes(
     assert len(res.past_eof_note_sizes) == sum(1 for p in res.phdrs if p.p_type == 4)
 
 
+@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
 def test_after_hotplug_the_guest_header_lists_the_new_cpus_and_ram(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    kernel: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Captured before/after a real hot-add (6.1: ACPI CPU hot-add makes CPUs 1-2
+    present; 6.12: CPUs were present and only go online; both: a 512 MiB DIMM at
+    4 GiB).  The header for "after" must have a note for every present CPU's
+    crash_notes and a load for the new RAM."""
     import io
 
     def header(name: str) -> list[dict[str, Any]]:
@@ -196,22 +203,31 @@ def test_after_hotplug_the_guest_header_lists_the_new_cpus_and_ram(
         elf = ELFFile(io.BytesIO(f.read_bytes()))
         return [dict(elf.get_segment(i).header) for i in range(elf.num_segments())]
 
-    before = header("guest-6.1-before")
-    after = header("guest-6.1-after")
-
     def notes(h: list[dict[str, Any]]) -> set[int]:
         return {s["p_paddr"] for s in h if s["p_type"] == "PT_NOTE"}
 
     def loads(h: list[dict[str, Any]]) -> set[tuple[int, int]]:
         return {(s["p_paddr"], s["p_memsz"]) for s in h if s["p_type"] == "PT_LOAD"}
 
-    root = tree("guest-6.1-after")
-    hot_cpus = {int((root / CPU / f"cpu{c}/crash_notes").read_text(), 16) for c in (1, 2)}
-    assert hot_cpus <= notes(after)
-    assert not hot_cpus & notes(before)
-    assert (0x100000000, 0x20000000) in loads(after)
-    assert (0x100000000, 0x20000000) not in loads(before)
-    assert len(after) == len(before) + 3
+    before_root = tree(f"guest-{kernel}-before")
+    after_root = tree(f"guest-{kernel}-after")
+    before = header(f"guest-{kernel}-before")
+    after = header(f"guest-{kernel}-after")
+
+    def present_notes(root: Path) -> set[int]:
+        facts = kernel_facts(root)["notes"]
+        assert isinstance(facts, list)
+        return {addr for _, addr, _ in facts}
+
+    hot_cpus = present_notes(after_root) - present_notes(before_root)
+    assert notes(after) - notes(before) == hot_cpus
+    assert present_notes(after_root) <= notes(after)
+    if kernel == "6.1":
+        assert len(hot_cpus) == 2  # CPUs 1 and 2 were hot-added
+    dimm = (0x100000000, 0x20000000)
+    assert dimm in loads(after)
+    assert dimm not in loads(before)
+    assert len(after) == len(before) + len(hot_cpus) + 1
 
 
 # --- options, stdout, capacity ------------------------------------------------------
