@@ -176,7 +176,9 @@ class Daemon:
             rec.debouncer.max_staleness = new.debounce.max_ms / 1000
             if rec.backend.name in ("file", "kernel"):
                 try:
-                    rec.backend = make_backend(rec.backend.name, new, self.syscalls_factory)
+                    fresh = make_backend(rec.backend.name, new, self.syscalls_factory)
+                    _carry_last_good(rec.backend, fresh)
+                    rec.backend = fresh
                 except KdumpdError as err:
                     log.error("SIGHUP: keeping the running backend: %s", err)
             log.info("configuration reloaded; reloading the crash image")
@@ -186,6 +188,16 @@ class Daemon:
                 log.error("SIGHUP reload: %s", err)
         if self.notifier is not None:
             self.notifier.send("READY=1")
+
+
+def _carry_last_good(old: Backend, new: Backend) -> None:
+    """Keep the inputs that last loaded, so a bad new kernel can fall back to them."""
+    from kdumpd.daemon.backends.file import FileBackend
+
+    src = getattr(old, "loader", old)
+    dst = getattr(new, "loader", new)
+    if isinstance(src, FileBackend) and isinstance(dst, FileBackend):
+        dst.last_good = src.last_good
 
 
 def state_ok(state: dict[str, Any]) -> bool:
