@@ -289,6 +289,7 @@ def test_parse_cpulist(text: str, cpus: tuple[int, ...]) -> None:
 MALFORMED = [
     (f"{CPU}/possible", "0-3,x\n", 1, "cpulist"),
     (f"{CPU}/present", "3-1\n", 1, "not ascending"),
+    (f"{CPU}/possible", "0-4000000000\n", 1, "above"),
     (f"{CPU}/online", "0-1\n2\n", 2, "one line"),
     (f"{CPU}/cpu1/crash_notes", "zz\n", 1, "hexadecimal"),
     (f"{CPU}/cpu1/crash_notes", "0x3fc5c5c0\n", 1, "without 0x"),
