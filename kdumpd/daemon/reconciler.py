@@ -141,6 +141,8 @@ class Reconciler:
             self._idle.clear()
         if first:
             self.store.update(pending_events=1, stale=True)
+        elif self.debouncer.pending & 0x3FF == 0:  # keep STATUS/D-Bus roughly current
+            self.store.update(pending_events=self.debouncer.pending)
 
     def _on_burst(self, burst: Burst) -> None:
         self.store.update(
@@ -291,7 +293,14 @@ class Reconciler:
                 if self.image is not None and self.store.current.stale:
                     self.store.update(stale=False)
                 return
-            image = self._regenerate(topology)
+            try:
+                image = self._regenerate(topology)
+            except KdumpdError as err:  # e.g. an unsupported arch, a header beyond any capacity
+                log.error("cannot build the crash image: %s", err)
+                state = ImageState.DEGRADED if self.last_good else ImageState.FAILED
+                self.store.update(state=state, last_error=str(err), stale=True)
+                self._schedule_retry()
+                return
             self.regenerations += 1
             self.generation += 1
             request = LoadRequest(

@@ -199,3 +199,43 @@ def test_any_schedule_ends_with_image_of_final_topology(
         await r.stop()
 
     asyncio.run(scenario())
+
+
+async def test_image_build_failure_is_a_state_not_a_crash(tmp_path: Path) -> None:
+    from kdumpd.core.errors import UnsupportedError
+    from kdumpd.daemon.reconciler import default_image_factory
+
+    holder, backend = TopologyHolder(), RecordingBackend()
+    real = default_image_factory()
+    broken = True
+
+    def factory(topology):  # type: ignore[no-untyped-def]
+        if broken:
+            raise UnsupportedError("arch 'm68k' is not supported")
+        return real(topology)
+
+    r = make(tmp_path, holder, backend, image_factory=factory, retry_interval=3600)
+    await r.start()
+    s = r.store.current
+    assert s.state == ImageState.FAILED and "m68k" in s.last_error
+    assert backend.applied == []
+    broken = False
+    r.request("retry")
+    await r.settle()
+    assert r.store.current.state == ImageState.LOADED and len(backend.applied) == 1
+    await r.stop()
+
+
+async def test_pending_events_published_during_a_storm(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend, quiet=10.0, max_staleness=20.0)
+    await r.start()
+    seen: list[int] = []
+    r.store.subscribe(
+        lambda st, ch: seen.append(ch["pending_events"]) if "pending_events" in ch else None
+    )
+    for _ in range(3000):
+        r.event(EV)
+    assert seen == [1, 1024, 2048]
+    assert r.store.current.stale
+    await r.stop()
