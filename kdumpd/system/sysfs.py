@@ -69,8 +69,9 @@ import os
 import platform
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from kdumpd.core.errors import InputError
 from kdumpd.core.iomem import parse_iomem
@@ -129,11 +130,20 @@ _KALLSYMS_IMAGE = re.compile(r"^(ffffffff[89ab][0-9a-f]{7}) \S+ \S+$", re.MULTIL
 # --------------------------------------------------------------------------- files
 
 
+#: Opens a file for binary reading; replaceable in tests (e.g. to raise EBUSY).
+Opener = Callable[[str], BinaryIO]
+
+
+def _open_binary(path: str) -> BinaryIO:
+    return open(path, "rb")
+
+
 class _Root:
     """Read files below one sysroot; errors name the usual absolute path."""
 
-    def __init__(self, sysroot: str | Path) -> None:
+    def __init__(self, sysroot: str | Path, opener: Opener | None = None) -> None:
         root = os.fspath(sysroot)
+        self.open: Opener = opener if opener is not None else _open_binary
         self.is_host = os.path.realpath(root) == "/"
         self.prefix = "" if self.is_host else root.rstrip("/")
 
@@ -149,7 +159,7 @@ class _Root:
 
     def read_bytes(self, abspath: str, *, required: bool = False, limit: int = -1) -> bytes | None:
         try:
-            with open(self.path(abspath), "rb") as f:
+            with self.open(self.path(abspath)) as f:
                 return f.read(limit)
         except (FileNotFoundError, NotADirectoryError):
             if required:
@@ -511,9 +521,15 @@ def _first(root: _Root, *paths: str) -> tuple[str, str] | None:
     return None
 
 
-def read_capabilities(sysroot: str | Path = "/") -> KernelCapabilities:
-    """What the kernel below ``sysroot`` can do; absent files are ``None``."""
-    root = _Root(sysroot)
+def read_capabilities(
+    sysroot: str | Path = "/", *, opener: Opener | None = None
+) -> KernelCapabilities:
+    """What the kernel below ``sysroot`` can do; absent files are ``None``.
+
+    ``opener`` replaces ``open(path, "rb")`` (tests use it to make a read fail the way
+    ``kexec_crash_size`` fails during a load).
+    """
+    root = _Root(sysroot, opener)
     return _capabilities(root)
 
 

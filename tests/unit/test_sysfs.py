@@ -3,12 +3,15 @@ ones, and every malformed file reported as one InputError naming file and line."
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -441,3 +444,34 @@ def test_guest_612_shape() -> None:
     assert [n.cpu for n in t.crash_notes] == list(t.present_cpus)
     sizes = {int(kernel_file(root, f"{CPU}/cpu{n.cpu}/crash_notes_size")) for n in t.crash_notes}
     assert {n.size for n in t.crash_notes} == sizes
+
+
+def test_kexec_crash_size_busy_during_a_load_is_none_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = make_fixture.write_tree(tmp_path / "t", make_fixture.after())
+
+    def busy_crash_size(path: str) -> BinaryIO:
+        if path.endswith("/kexec_crash_size"):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        return open(path, "rb")
+
+    with caplog.at_level(logging.INFO, logger="kdumpd.system.sysfs"):
+        caps = read_capabilities(root, opener=busy_crash_size)
+    assert caps.kexec_crash_size is None
+    assert caps.kexec_crash_loaded is True
+    assert "/sys/kernel/kexec_crash_size: busy" in caplog.text
+    assert read_capabilities(root).kexec_crash_size == 256 << 20
+
+
+def test_other_read_errors_are_one_input_error(tmp_path: Path) -> None:
+    root = make_fixture.write_tree(tmp_path / "t", make_fixture.after())
+
+    def eio(path: str) -> BinaryIO:
+        if path.endswith("/osrelease"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        return open(path, "rb")
+
+    with pytest.raises(InputError) as exc:
+        read_capabilities(root, opener=eio)
+    assert str(exc.value) == "/proc/sys/kernel/osrelease: cannot read: Input/output error"
