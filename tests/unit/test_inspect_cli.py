@@ -4,9 +4,11 @@ tracebacks (in-process for every malformed case, as a real subprocess for some).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,35 @@ def test_copy_of_guest_tree_without_kcore_or_kallsyms(
     code, out, _ = run_cli(capsys, "--sysroot", str(root), "--json")
     assert code == 0
     assert json.loads(out)["kernel_text"] is None
+
+
+def test_non_root_reading_root_only_crash_notes_exits_1() -> None:
+    """crash_notes is mode 0400 (DEVICE_ATTR_ADMIN_RO): uid 65534 gets one clear line."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to drop to uid 65534")
+    base = Path(tempfile.mkdtemp(prefix="kdumpd-perm-"))
+    try:
+        base.chmod(0o755)
+        root = make_fixture.write_tree(base / "t", make_fixture.after())
+        for dirpath, dirnames, _ in os.walk(root):
+            for d in dirnames:
+                (Path(dirpath) / d).chmod(0o755)
+        (root / "sys/devices/system/cpu/cpu0/crash_notes").chmod(0o400)
+        proc = subprocess.run(
+            [
+                *(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"),
+                *kdumpd_argv(),
+                *("inspect", "--sysroot", str(root)),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(base)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "kdumpd inspect: /sys/devices/system/cpu/cpu0/crash_notes: "
+        "permission denied (root-only; run as root)"
+    ]
