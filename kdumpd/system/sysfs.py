@@ -143,6 +143,8 @@ class _Root:
 
     def __init__(self, sysroot: str | Path, opener: Opener | None = None) -> None:
         root = os.fspath(sysroot)
+        if not root:
+            raise InputError("sysroot", "empty path (use / for the running system)")
         self.open: Opener = opener if opener is not None else _open_binary
         self.is_host = os.path.realpath(root) == "/"
         self.prefix = "" if self.is_host else root.rstrip("/")
