@@ -256,6 +256,7 @@ class Reconciler:
         except KdumpdError as err:
             log.error("cannot read the topology: %s", err)
             self.store.update(last_error=str(err), stale=True)
+            self._schedule_retry()
             return None
 
     def _regenerate(self, topology: Topology) -> CrashImage:

@@ -239,3 +239,36 @@ async def test_pending_events_published_during_a_storm(tmp_path: Path) -> None:
     assert seen == [1, 1024, 2048]
     assert r.store.current.stale
     await r.stop()
+
+
+async def test_unreadable_topology_keeps_running_and_retries(tmp_path: Path) -> None:
+    from kdumpd.core.errors import InputError
+
+    holder, backend = TopologyHolder(), RecordingBackend()
+    fail = True
+
+    def reader(sysroot: Path):  # type: ignore[no-untyped-def]
+        if fail:
+            raise InputError("/proc/iomem", "line 3: not 'start-end : name'", 3)
+        return holder(sysroot)
+
+    r = Reconciler(
+        StateStore(),
+        backend,
+        sysroot=tmp_path,
+        state_dir=tmp_path / "s",
+        read_topology=reader,
+        quiet=0.001,
+        max_staleness=0.01,
+        retry_interval=0.01,
+    )
+    await r.start()
+    assert "/proc/iomem:3" in r.store.current.last_error and backend.applied == []
+    fail = False
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if backend.applied:
+            break
+    await r.settle()
+    assert len(backend.applied) == 1 and r.store.current.state == ImageState.LOADED
+    await r.stop()
