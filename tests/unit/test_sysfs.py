@@ -475,3 +475,28 @@ def test_other_read_errors_are_one_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError) as exc:
         read_capabilities(root, opener=eio)
     assert str(exc.value) == "/proc/sys/kernel/osrelease: cannot read: Input/output error"
+
+
+@pytest.mark.parametrize(
+    "name", ["guest-6.1-after", "guest-6.12-after", "synthetic-x86_64-virtio-mem"]
+)
+def test_kcore_program_headers_agree_with_pyelftools(name: str) -> None:
+    from elftools.elf.elffile import ELFFile
+
+    from kdumpd.system import sysfs
+
+    root = fixture(name)
+    if not (root / "proc/kcore").exists():
+        pytest.skip(f"{name} has no /proc/kcore headers")
+    parsed = sysfs._kcore_loads(sysfs._Root(root))
+    assert parsed is not None
+    with (root / "proc/kcore").open("rb") as f:
+        elf = ELFFile(f)
+        expected = [
+            (seg["p_vaddr"], seg["p_memsz"])
+            for seg in elf.iter_segments()
+            if seg["p_type"] == "PT_LOAD"
+        ]
+        machine = elf["e_machine"]
+    assert parsed == (expected, 62)
+    assert machine == "EM_X86_64"
