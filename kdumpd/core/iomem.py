@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import gc
 import re
-from itertools import repeat
-from operator import and_, gt, rshift
+from itertools import compress, repeat
+from operator import and_, gt, itemgetter, rshift
 
 from kdumpd.core.errors import InputError
 from kdumpd.core.topology import Resource
@@ -38,6 +38,7 @@ __all__ = ["parse_iomem", "render_iomem"]
 _LINE = re.compile(r"^( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$", re.MULTILINE)
 
 _U64_MAX = (1 << 64) - 1
+_G0, _G1, _G2, _G3 = (itemgetter(k) for k in range(4))
 _SHAPE = "not a resource line ('START-END : NAME')"
 
 
@@ -71,10 +72,9 @@ def _parse(text: str, source: str) -> tuple[Resource, ...]:
     if not matches:
         return ()
 
-    indents, s_hex, e_hex, names = zip(*matches, strict=True)
-    widths = list(map(len, indents))
-    starts = list(map(int, s_hex, repeat(16)))
-    ends = list(map(int, e_hex, repeat(16)))
+    widths = list(map(len, map(_G0, matches)))
+    starts = list(map(int, map(_G1, matches), repeat(16)))
+    ends = list(map(int, map(_G2, matches), repeat(16)))
     depths = list(map(rshift, widths, repeat(1)))
 
     if any(map(and_, widths, repeat(1))):
@@ -96,7 +96,7 @@ def _parse(text: str, source: str) -> tuple[Resource, ...]:
         raise InputError(source, "address does not fit 64 bits", _lineno(linenos, i))
     if max(depths):
         _check_nesting(starts, ends, depths, source, linenos)
-    return tuple(map(Resource, starts, ends, names, depths))
+    return tuple(map(Resource, starts, ends, map(_G3, matches), depths))
 
 
 def _lineno(linenos: list[int] | None, index: int) -> int:
@@ -122,31 +122,29 @@ def _check_nesting(
     source: str,
     linenos: list[int] | None,
 ) -> None:
-    """Each line is at most one level deeper than the previous one and inside its parent."""
-    open_starts: list[int] = []
-    open_ends: list[int] = []
-    for i, (s, e, d) in enumerate(zip(starts, ends, depths, strict=True)):
-        if d:
-            if d > len(open_ends):
-                problem = (
-                    f"nesting depth {d} under no parent"
-                    if not open_ends
-                    else f"nesting jumps from depth {len(open_ends) - 1} to {d}"
-                )
-                raise InputError(source, problem, _lineno(linenos, i))
-            del open_starts[d:], open_ends[d:]
-            if e > open_ends[d - 1] or s < open_starts[d - 1]:
-                raise InputError(
-                    source,
-                    f"range {s:#x}-{e:#x} is not inside its parent "
-                    f"{open_starts[d - 1]:#x}-{open_ends[d - 1]:#x}",
-                    _lineno(linenos, i),
-                )
-        else:
-            open_starts.clear()
-            open_ends.clear()
-        open_starts.append(s)
-        open_ends.append(e)
+    """Each nested line is at most one level deeper than its predecessor's chain and
+    inside its parent.  Only nested lines are visited; a line's parent is found by
+    walking up from the previous line through already-known parents (amortised O(1))."""
+    parent: dict[int, int] = {}
+    for i in compress(range(len(depths)), depths):
+        d = depths[i]
+        if i == 0:
+            raise InputError(source, f"nesting depth {d} under no parent", _lineno(linenos, i))
+        j = i - 1
+        while depths[j] >= d:
+            j = parent[j]  # depths[j] >= 1: an already-checked nested line
+        if depths[j] != d - 1:
+            raise InputError(
+                source, f"nesting jumps from depth {depths[j]} to {d}", _lineno(linenos, i)
+            )
+        parent[i] = j
+        if ends[i] > ends[j] or starts[i] < starts[j]:
+            raise InputError(
+                source,
+                f"range {starts[i]:#x}-{ends[i]:#x} is not inside its parent "
+                f"{starts[j]:#x}-{ends[j]:#x}",
+                _lineno(linenos, i),
+            )
 
 
 def _shorten(line: str, limit: int = 60) -> str:
