@@ -63,10 +63,13 @@ def default_image_factory(max_cpus: int = 0, max_ranges: int = 0) -> ImageFactor
     return make
 
 
-def default_topology_reader(sysroot: Path) -> Topology:
-    from kdumpd.system.sysfs import read_topology
+def default_topology_reader(sysroot: Path) -> TopologyReader:
+    """Reads ``sysroot`` through one :class:`kdumpd.system.sysfs.TopologyReader`, which
+    keeps the boot-constant kernel facts (kallsyms, kcore) between bursts."""
+    from kdumpd.system.sysfs import TopologyReader as SysfsReader
 
-    return read_topology(sysroot)
+    reader = SysfsReader(sysroot)
+    return lambda _sysroot: reader()
 
 
 def _crash_ranges(topology: Topology) -> tuple[tuple[int, int], ...]:
@@ -85,7 +88,7 @@ class Reconciler:
         *,
         sysroot: str | Path = "/",
         state_dir: str | Path | None = None,
-        read_topology: TopologyReader = default_topology_reader,
+        read_topology: TopologyReader | None = None,
         image_factory: ImageFactory | None = None,
         quiet: float = 0.1,
         max_staleness: float = 1.0,
@@ -101,7 +104,7 @@ class Reconciler:
         self.backend = backend
         self.sysroot = Path(sysroot)
         self.statefile = StateFile(state_dir) if state_dir is not None else None
-        self.read_topology = read_topology
+        self.read_topology = read_topology or default_topology_reader(self.sysroot)
         self.image_factory = image_factory or default_image_factory()
         self.clock = clock
         self.sleep = sleep

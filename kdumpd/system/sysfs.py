@@ -70,6 +70,7 @@ import platform
 import re
 import struct
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -87,6 +88,8 @@ from kdumpd.core.topology import (
 __all__ = [
     "DEFAULT_CRASH_NOTES_SIZE",
     "X86_64_PAGE_OFFSET",
+    "KernelFacts",
+    "TopologyReader",
     "parse_cpulist",
     "read_capabilities",
     "read_topology",
@@ -589,9 +592,52 @@ def _arch(root: _Root, explicit: str | None, kcore_machine: int | None) -> str:
 # ------------------------------------------------------------------------ topology
 
 
+@dataclass(frozen=True, slots=True)
+class KernelFacts:
+    """What cannot change while the kernel runs: its architecture and where its text
+    and direct map sit (from ``/proc/kcore`` and ``/proc/kallsyms``).
+
+    Reading kallsyms costs ~60 ms on a distribution kernel, ~95 % of a snapshot, so
+    :class:`TopologyReader` reads these once and reuses them for every burst.
+    """
+
+    arch: str
+    kernel_text: KernelText | None
+    page_offset: int | None
+
+
+def _kernel_facts(root: _Root, arch: str | None) -> KernelFacts:
+    kcore = _kcore_loads(root)
+    syms, highest = _kallsyms(root)
+    kernel_text, page_offset = _kernel_text(kcore, syms, highest)
+    the_arch = _arch(root, arch, kcore[1] if kcore else None)
+    if page_offset is None and the_arch == "x86_64":
+        page_offset = X86_64_PAGE_OFFSET
+    return KernelFacts(the_arch, kernel_text, page_offset)
+
+
+class TopologyReader:
+    """Reads snapshots of one sysroot; the :class:`KernelFacts` are read on the first
+    call and kept (they are fixed until the next boot)."""
+
+    def __init__(self, sysroot: str | Path = "/", *, arch: str | None = None) -> None:
+        self.sysroot = sysroot
+        self.arch = arch
+        self._facts: KernelFacts | None = None
+
+    def __call__(self) -> Topology:
+        root = _Root(self.sysroot)
+        if self._facts is None:
+            self._facts = _kernel_facts(root, self.arch)
+        return _read_topology(root, self._facts)
+
+
 def read_topology(sysroot: str | Path = "/", *, arch: str | None = None) -> Topology:
     """Read one consistent :class:`Topology` snapshot from ``sysroot``."""
-    root = _Root(sysroot)
+    return TopologyReader(sysroot, arch=arch)()
+
+
+def _read_topology(root: _Root, facts: KernelFacts) -> Topology:
     possible = _cpulist(root, "possible")
     present = _cpulist(root, "present")
     online = _cpulist(root, "online")
@@ -603,13 +649,6 @@ def read_topology(sysroot: str | Path = "/", *, arch: str | None = None) -> Topo
     crash_notes = _crash_notes(root, set(possible) | set(present))
     vmcoreinfo = _vmcoreinfo(root)
 
-    kcore = _kcore_loads(root)
-    syms, highest = _kallsyms(root)
-    kernel_text, page_offset = _kernel_text(kcore, syms, highest)
-    the_arch = _arch(root, arch, kcore[1] if kcore else None)
-    if page_offset is None and the_arch == "x86_64":
-        page_offset = X86_64_PAGE_OFFSET
-
     block_size: int | None = None
     bs_path = f"{MEMORY_DIR}/block_size_bytes"
     bs_text = root.read(bs_path)
@@ -619,15 +658,15 @@ def read_topology(sysroot: str | Path = "/", *, arch: str | None = None) -> Topo
             raise InputError(bs_path, "block size is 0", 1)
 
     return Topology(
-        arch=the_arch,
+        arch=facts.arch,
         possible_cpus=possible,
         present_cpus=present,
         online_cpus=online,
         crash_notes=crash_notes,
         iomem=iomem,
         vmcoreinfo=vmcoreinfo,
-        kernel_text=kernel_text,
-        page_offset=page_offset,
+        kernel_text=facts.kernel_text,
+        page_offset=facts.page_offset,
         memory_block_size=block_size,
         memory_blocks=_memory_blocks(root),
         capabilities=_capabilities(root),

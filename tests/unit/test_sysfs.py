@@ -500,3 +500,26 @@ def test_kcore_program_headers_agree_with_pyelftools(name: str) -> None:
         machine = elf["e_machine"]
     assert parsed == (expected, 62)
     assert machine == "EM_X86_64"
+
+
+def test_topology_reader_keeps_kernel_facts_and_rereads_the_rest(tmp_path: Path) -> None:
+    """kallsyms/kcore are read once (fixed until reboot); iomem is re-read every time."""
+    import shutil
+
+    from kdumpd.system.sysfs import TopologyReader
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "guest-6.12-before", root)
+    reader = TopologyReader(root)
+    first = reader()
+    assert first.kernel_text is not None
+
+    (root / "proc/kallsyms").write_text("garbage that would not parse\n")
+    iomem = root / "proc/iomem"
+    iomem.write_text(iomem.read_text() + "200000000-21fffffff : System RAM\n")
+    second = reader()
+
+    assert second.kernel_text == first.kernel_text
+    assert second.page_offset == first.page_offset
+    assert second.system_ram[-1].start == 0x200000000
+    assert len(second.system_ram) == len(first.system_ram) + 1
