@@ -471,9 +471,11 @@ class Reconciler:
             )
             if result.loaded:
                 changes["last_load_gap_usec"] = result.gap_usec
+        # Record first, then publish: whoever sees the new generation (D-Bus, STATUS)
+        # may restart us, and the restarted daemon must find it in state.json.
+        self._save(loaded=True)
         self.store.update(**changes)
         self.last_applied_at = self.clock()
-        self._save(loaded=True)
         if result is not None:
             log.info(
                 "generation %d applied (%s): %d CPUs, %d ranges, %s",
