@@ -1,5 +1,7 @@
 """``make demo``: the 32 → 512 GiB memory resize storm, handled by kdumpd and the old way.
 
+0. Shows ``kdumpd inspect`` and ``kdumpd elfcorehdr`` on it (and the header again
+   after the storm).
 1. Unpacks the shipped sysroot (``kdumpd/data/demo-sysroot.tar.gz``: /proc and /sys
    files captured from a Debian 6.1 guest in QEMU) into a temporary directory
    (tmpfs when available, like the real /proc and /sys).
@@ -172,6 +174,17 @@ def run_old_way(
     }
 
 
+def show_machine(root: Path, when: str, *, inspect: bool = True) -> None:
+    """What ``kdumpd inspect`` and ``kdumpd elfcorehdr`` say about the sysroot."""
+    from kdumpd.interfaces import cli
+
+    print(f"--- {when}: kdumpd {'inspect + ' if inspect else ''}elfcorehdr --sysroot SYSROOT")
+    if inspect:
+        cli.main(["inspect", "--sysroot", str(root)])
+    cli.main(["elfcorehdr", "--sysroot", str(root), "-o", str(root.parent / "elfcorehdr.bin")])
+    print(flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kdumpd.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--blocks", type=int, default=3840, help="memory blocks (default 3840)")
@@ -196,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             f"kdumpd demo: hot-adding {gib} GiB as {n} memory-block online events "
             f"(128 MiB each) to a Debian 6.1 guest's sysroot, dry-run backend\n"
         )
+        show_machine(base / "sysroot-pristine", "before the storm")
         new = run_kdumpd(base, storm, n)
+        show_machine(base / "sysroot", "after the storm", inspect=False)
         old = run_old_way(base, storm, n, max(1, args.old_every))
 
     print()
