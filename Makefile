@@ -13,7 +13,7 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config libsystemd-dev libudev1 
 	binutils device-tree-compiler dbus dbus-daemon systemd util-linux \
 	qemu-system-x86 kexec-tools busybox-static cpio xz-utils zstd kmod
 
-.PHONY: all bootstrap apt venv test lint typecheck pytest demo bench e2e clean
+.PHONY: all bootstrap apt venv test lint typecheck pytest demo bench e2e install clean
 
 all: test
 
@@ -60,6 +60,31 @@ bench: venv
 
 e2e: venv
 	$(PY) -m tests.e2e.run $(if $(KERNELS),--kernels "$(KERNELS)") $(if $(SCENARIOS),--scenarios "$(SCENARIOS)")
+
+# System install: the package in its own venv under $(PREFIX)/lib/kdumpd, commands
+# linked into $(PREFIX)/sbin, and the unit, udev overrides, bus policy, bus activation,
+# example configuration and man pages where systemd, udev and dbus look for them.
+PREFIX ?= /usr/local
+DESTDIR ?=
+install: apt
+	$(PYTHON_SYS) -m venv $(DESTDIR)$(PREFIX)/lib/kdumpd
+	$(DESTDIR)$(PREFIX)/lib/kdumpd/bin/pip install -q .
+	install -d $(DESTDIR)$(PREFIX)/sbin
+	ln -sf $(PREFIX)/lib/kdumpd/bin/kdumpd $(DESTDIR)$(PREFIX)/sbin/kdumpd
+	ln -sf $(PREFIX)/lib/kdumpd/bin/kdumpctl $(DESTDIR)$(PREFIX)/sbin/kdumpd-kdumpctl
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's|^ExecStart=/usr/bin/kdumpd|ExecStart=$(PREFIX)/sbin/kdumpd|' systemd/kdumpd.service \
+		> $(DESTDIR)/etc/systemd/system/kdumpd.service
+	install -D -m 0644 udev/98-kexec.rules $(DESTDIR)/etc/udev/rules.d/98-kexec.rules
+	install -D -m 0644 udev/50-kdump-tools.rules $(DESTDIR)/etc/udev/rules.d/50-kdump-tools.rules
+	install -D -m 0644 dbus/org.kdumpd1.conf $(DESTDIR)/usr/share/dbus-1/system.d/org.kdumpd1.conf
+	install -D -m 0644 dbus/org.kdumpd1.service \
+		$(DESTDIR)/usr/share/dbus-1/system-services/org.kdumpd1.service
+	test -e $(DESTDIR)/etc/kdumpd/kdumpd.toml || \
+		install -D -m 0644 docs/kdumpd.toml $(DESTDIR)/etc/kdumpd/kdumpd.toml
+	install -D -m 0644 docs/man/kdumpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/kdumpd.8
+	install -D -m 0644 docs/man/kdumpctl.8 $(DESTDIR)$(PREFIX)/share/man/man8/kdumpctl.8
+	@echo "installed; kdumpctl shim is $(PREFIX)/sbin/kdumpd-kdumpctl (link it to kdumpctl where kdump-utils is absent)"
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis

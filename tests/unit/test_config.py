@@ -63,3 +63,16 @@ def test_bad_env_names_variable() -> None:
 def test_missing_explicit_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"nope\.toml"):
         load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_shipped_example_config_is_valid_and_documents_the_defaults() -> None:
+    """docs/kdumpd.toml is installed as /etc/kdumpd/kdumpd.toml: it must load, and
+    every value it shows must be the real default (so the file cannot drift)."""
+    from kdumpd.config import Settings, load_settings
+
+    example = Path(__file__).resolve().parents[2] / "docs/kdumpd.toml"
+    assert load_settings(example, env={}).model_dump() == Settings().model_dump()
+    # and it is not an empty file that trivially equals the defaults
+    text = example.read_text()
+    for key in ("backend", "quiet_ms", "max_ms", "max_cpus", "max_ranges", "append"):
+        assert f"{key} =" in text
