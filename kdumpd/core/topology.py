@@ -95,6 +95,56 @@ class MemoryBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class DtNode:
+    """One flattened-device-tree node below ``/cpus``, as the running kernel exposes it
+    in ``/sys/firmware/devicetree/base/cpus/<name>/`` (ppc64; one file per property,
+    raw big-endian bytes, one sub-directory per child node).
+
+    ``name`` is the node name with its unit address (``"PowerPC,POWER9@8"``);
+    ``properties`` are ``(name, value)`` pairs sorted by name, exactly the bytes of the
+    property files.  On ppc64 a ``cpu`` node describes one core; its threads are the
+    cells of ``ibm,ppc-interrupt-server#s``.
+    """
+
+    name: str
+    properties: tuple[tuple[str, bytes], ...]
+    children: tuple[DtNode, ...] = ()
+
+    def prop(self, name: str) -> bytes | None:
+        for key, value in self.properties:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def device_type(self) -> str | None:
+        value = self.prop("device_type")
+        if value is None:
+            return None
+        return value.split(b"\0", 1)[0].decode("ascii", "replace")
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device_type == "cpu"
+
+    @property
+    def reg(self) -> int | None:
+        """The first 32-bit cell of ``reg`` (the core's first hardware thread id)."""
+        value = self.prop("reg")
+        if value is None or len(value) < 4:
+            return None
+        return int.from_bytes(value[:4], "big")
+
+    @property
+    def interrupt_servers(self) -> tuple[int, ...]:
+        """``ibm,ppc-interrupt-server#s``: the hardware thread ids of this core."""
+        value = self.prop("ibm,ppc-interrupt-server#s") or b""
+        return tuple(
+            int.from_bytes(value[i : i + 4], "big") for i in range(0, len(value) - 3, 4)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class KernelCapabilities:
     """What the running kernel can do for us.  ``None`` means the file is absent.
 
@@ -137,6 +187,9 @@ class Topology:
     memory_block_size: int | None = None
     memory_blocks: tuple[MemoryBlock, ...] = ()
     capabilities: KernelCapabilities = field(default_factory=KernelCapabilities)
+    #: Children of the device tree's ``/cpus`` node (ppc64; empty where the sysroot has
+    #: no ``/sys/firmware/devicetree/base/cpus``), sorted by node name.
+    dt_cpus: tuple[DtNode, ...] = ()
 
     @property
     def system_ram(self) -> tuple[MemRange, ...]:
@@ -162,7 +215,7 @@ class Topology:
         compares keys to decide whether a regeneration is needed at all.
         """
         present = set(self.present_cpus)
-        return (
+        key: tuple[object, ...] = (
             tuple(n for n in self.crash_notes if n.cpu in present),
             self.system_ram,
             self.crashkernel,
@@ -171,3 +224,6 @@ class Topology:
             self.kernel_text,
             self.page_offset,
         )
+        if self.dt_cpus:  # ppc64: the crash FDT's /cpus node depends on them
+            key += (self.dt_cpus,)
+        return key

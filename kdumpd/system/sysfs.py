@@ -21,6 +21,9 @@ online}``
 ``/sys/devices/system/memory/block_size_bytes``  hex without ``0x``
 ``.../memory/memoryN/{state,online}``          ``"online\\n"``, ``"1\\n"``
 ``/proc/sys/kernel/arch``                      e.g. ``"x86_64\\n"``
+``/sys/firmware/devicetree/base/cpus/*``       ppc64 only: every child node of ``/cpus``
+(or ``/proc/device-tree/cpus``)                 (one file per property, raw bytes;
+                                               ``Topology.dt_cpus``)
 =============================================  =========================================
 
 Capabilities (:func:`read_capabilities`, cheap enough to re-probe after every event):
@@ -78,6 +81,7 @@ from kdumpd.core.errors import InputError
 from kdumpd.core.iomem import parse_iomem
 from kdumpd.core.topology import (
     CrashNote,
+    DtNode,
     KernelCapabilities,
     KernelText,
     MemoryBlock,
@@ -572,6 +576,70 @@ def _capabilities(root: _Root) -> KernelCapabilities:
     )
 
 
+# ------------------------------------------------------------------- device tree
+
+DT_CPUS = "/sys/firmware/devicetree/base/cpus"
+PROC_DEVICE_TREE = "/proc/device-tree"
+#: Deepest node nesting below /cpus we follow (cpu and cache nodes are 1-2 deep).
+_DT_MAX_DEPTH = 8
+
+
+def _dt_cpus_dir(root: _Root) -> tuple[str, str] | None:
+    """``(path below the sysroot, usual absolute path)`` of the live tree's ``/cpus``."""
+    path = root.path(DT_CPUS)
+    if os.path.isdir(path):
+        return path, DT_CPUS
+    # /proc/device-tree is a symlink to /sys/firmware/devicetree/base; in a captured
+    # tree an absolute target must be resolved below the sysroot, not on the host.
+    proc = root.path(PROC_DEVICE_TREE)
+    try:
+        target = os.readlink(proc)
+    except OSError:
+        target = None
+    if target is not None and os.path.isabs(target):
+        candidate = root.path(target.rstrip("/")) + "/cpus"
+    else:
+        candidate = proc + "/cpus"
+    if os.path.isdir(candidate):
+        return candidate, PROC_DEVICE_TREE + "/cpus"
+    return None
+
+
+def _dt_node(path: str, abspath: str, name: str, depth: int) -> DtNode:
+    """One device-tree node directory: files are properties, directories children."""
+    props: list[tuple[str, bytes]] = []
+    children: list[DtNode] = []
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as err:
+        raise InputError(abspath, f"cannot list: {err.strerror or err}") from None
+    for entry in entries:
+        where = f"{abspath}/{entry.name}"
+        if entry.is_dir(follow_symlinks=False):
+            if depth >= _DT_MAX_DEPTH:
+                raise InputError(where, f"device tree nested deeper than {_DT_MAX_DEPTH}")
+            children.append(_dt_node(entry.path, where, entry.name, depth + 1))
+            continue
+        try:
+            with open(entry.path, "rb") as f:
+                props.append((entry.name, f.read()))
+        except PermissionError:
+            raise InputError(where, "permission denied") from None
+        except OSError as err:
+            raise InputError(where, f"cannot read: {err.strerror or err}") from None
+    return DtNode(name, tuple(props), tuple(children))
+
+
+def _dt_cpus(root: _Root) -> tuple[DtNode, ...]:
+    """Children of the live device tree's ``/cpus`` (``()`` without a device tree)."""
+    found = _dt_cpus_dir(root)
+    if found is None:
+        return ()
+    path, abspath = found
+    return _dt_node(path, abspath, "cpus", 0).children
+
+
 # --------------------------------------------------------------------------- arch
 
 
@@ -670,4 +738,7 @@ def _read_topology(root: _Root, facts: KernelFacts) -> Topology:
         memory_block_size=block_size,
         memory_blocks=_memory_blocks(root),
         capabilities=_capabilities(root),
+        # Only ppc64 puts CPU nodes into the crash image (its FDT); other
+        # architectures pay nothing for this.
+        dt_cpus=_dt_cpus(root) if facts.arch.startswith("ppc64") else (),
     )
