@@ -22,7 +22,8 @@ Capacity policy (kexec-internals.md §1.9, §3.1, §4.4):
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from kdumpd.core.elfcorehdr import (
     ELF_CORE_HEADER_ALIGN,
@@ -32,7 +33,10 @@ from kdumpd.core.elfcorehdr import (
     round_up,
 )
 from kdumpd.core.image import SegmentKind
-from kdumpd.core.topology import Topology
+from kdumpd.core.topology import DtNode, Topology
+
+if TYPE_CHECKING:
+    from kdumpd.core.fdt import CrashFdt, FdtLayout
 
 #: Default number of memory ranges to size for (kernel CONFIG_CRASH_MAX_MEMORY_RANGES).
 DEFAULT_MAX_RANGES = 8192
@@ -72,6 +76,26 @@ class Arch(Protocol):
 
     def build_elfcorehdr(self, topology: Topology, hdr: Elfcorehdr) -> HeaderLayout:
         """Rewrite ``hdr`` in place for ``topology``."""
+        ...
+
+
+@runtime_checkable
+class FdtArch(Arch, Protocol):
+    """An architecture whose capture kernel learns its CPUs from an FDT segment that
+    hotplug regenerates (ppc64le; ``SegmentKind.FDT in regenerated_segments``)."""
+
+    def fdt_nodes(self, topology: Topology) -> Sequence[DtNode] | None:
+        """The ``/cpus`` children to describe (``None``: keep the base blob's)."""
+        ...
+
+    def new_fdt(
+        self, topology: Topology, base: bytes | bytearray | None = None, capacity: int | None = None
+    ) -> CrashFdt:
+        """A fixed-capacity crash FDT buffer for ``topology`` (not written yet)."""
+        ...
+
+    def build_fdt(self, topology: Topology, fdt: CrashFdt) -> FdtLayout:
+        """Rewrite ``fdt``'s ``/cpus`` node in place for ``topology``."""
         ...
 
 

@@ -433,7 +433,11 @@ def _layout_of(blob: bytes | bytearray, used: int, capacity: int) -> FdtLayout:
 
 
 def required_capacity(
-    fdt: CrashFdt, nodes: Sequence[DtNode], *, possible_threads: int, align: int = FDT_ALIGN
+    fdt: CrashFdt,
+    nodes: Sequence[DtNode] | None,
+    *,
+    possible_threads: int,
+    align: int = FDT_ALIGN,
 ) -> int:
     """Capacity for ``nodes`` plus every possible core not present yet.
 
@@ -442,7 +446,7 @@ def required_capacity(
     the size of the largest present cpu node (plus its name/property strings).
     Rounded up to ``align``; never less than the current capacity.
     """
-    cpu_nodes = [n for n in nodes if n.is_cpu]
+    cpu_nodes = [n for n in nodes or () if n.is_cpu]
     tpc = max((len(n.interrupt_servers) for n in cpu_nodes), default=1) or 1
     missing = max(0, -(-possible_threads // tpc) - len(cpu_nodes))
     per_node = max((encoded_size(n) + 16 for n in cpu_nodes), default=0)

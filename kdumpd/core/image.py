@@ -12,6 +12,13 @@ but segment addresses must be page aligned, so we place it top-down at a 4 KiB
 boundary with ``memsz`` rounded up to whole pages.  The address never changes
 afterwards: the capture kernel's ``elfcorehdr=`` argument points at it.
 
+ppc64le adds the **crash FDT** segment (:mod:`kdumpd.core.fdt`): its own fixed
+buffer, placed top-down right below the elfcorehdr, whose ``/cpus`` node
+:meth:`CrashImage.regenerate` rewrites in place together with the elfcorehdr (the
+FDT's size is checked first, so a too-small FDT leaves both segments as they were).
+Architectures without ``SegmentKind.FDT`` in ``regenerated_segments`` (x86_64) get
+no FDT segment and never import libfdt.
+
 On a machine without a crashkernel reservation (no ``Crash kernel`` line in
 ``/proc/iomem``) the image can still be built and written to a file (``kdumpd
 elfcorehdr``) but not loaded: ``mem`` is 0 and :attr:`CrashImage.placed` is False.
@@ -28,7 +35,8 @@ from kdumpd.core.errors import CapacityError, UnsupportedError
 from kdumpd.core.topology import MemRange, Topology
 
 if TYPE_CHECKING:
-    from kdumpd.arch.base import Arch
+    from kdumpd.arch.base import Arch, FdtArch
+    from kdumpd.core.fdt import CrashFdt, FdtLayout
 
 PAGE_SIZE = 4096
 
@@ -78,12 +86,43 @@ def place_top_down(reservations: tuple[MemRange, ...], memsz: int) -> int | None
     return mem
 
 
+def place_below(reservations: tuple[MemRange, ...], top: int, memsz: int) -> int:
+    """Highest page-aligned address for ``memsz`` bytes ending at or below ``top``,
+    inside the highest reservation (the one :func:`place_top_down` used)."""
+    window = max(reservations, key=lambda r: r.end)
+    mem = (top - memsz) // PAGE_SIZE * PAGE_SIZE
+    if mem < window.start:
+        raise CapacityError(
+            f"crash FDT placement in Crash kernel {window.start:#x}-{window.end:#x}",
+            memsz,
+            max(0, top - window.start),
+        )
+    return mem
+
+
 class CrashImage:
-    """The segments of one crash image; today only the regenerated elfcorehdr."""
+    """The segments of one crash image: the regenerated elfcorehdr (and, on ppc64le,
+    the regenerated crash FDT)."""
 
-    __slots__ = ("_elfcorehdr", "_hdr", "_layout", "arch", "placed")
+    __slots__ = (
+        "_elfcorehdr",
+        "_fdt",
+        "_fdt_layout",
+        "_fdt_segment",
+        "_hdr",
+        "_layout",
+        "arch",
+        "placed",
+    )
 
-    def __init__(self, arch: Arch, hdr: Elfcorehdr, mem: int | None) -> None:
+    def __init__(
+        self,
+        arch: Arch,
+        hdr: Elfcorehdr,
+        mem: int | None,
+        fdt: CrashFdt | None = None,
+        fdt_mem: int | None = None,
+    ) -> None:
         self.arch = arch
         self._hdr = hdr
         self.placed = mem is not None
@@ -94,16 +133,44 @@ class CrashImage:
             buf=hdr.buffer,
         )
         self._layout: HeaderLayout | None = hdr.layout
+        self._fdt = fdt
+        self._fdt_segment: Segment | None = None
+        self._fdt_layout: FdtLayout | None = None
+        if fdt is not None:
+            self._fdt_segment = Segment(
+                kind=SegmentKind.FDT,
+                mem=fdt_mem if fdt_mem is not None else 0,
+                memsz=round_up(fdt.capacity, PAGE_SIZE),
+                buf=fdt.buffer,
+            )
+            self._fdt_layout = fdt.layout
 
     @classmethod
-    def for_topology(cls, arch: Arch, topology: Topology, capacity: int) -> CrashImage:
+    def for_topology(
+        cls,
+        arch: Arch,
+        topology: Topology,
+        capacity: int,
+        *,
+        fdt_base: bytes | bytearray | None = None,
+        fdt_capacity: int | None = None,
+    ) -> CrashImage:
         """Allocate the elfcorehdr at ``capacity``, place it and build it for ``topology``.
 
-        Raises :class:`CapacityError` when the header or the segment does not fit.
+        For an architecture that regenerates an FDT (ppc64le) the crash FDT is
+        allocated too, from ``fdt_base`` (the blob the image is loaded with; default a
+        skeleton tree) at ``fdt_capacity`` (default: room for every possible core).
+        Raises :class:`CapacityError` when a header or a segment does not fit.
         """
         hdr = Elfcorehdr(capacity, arch.elf_machine)
         mem = place_top_down(topology.crashkernel, round_up(capacity, PAGE_SIZE))
-        image = cls(arch, hdr, mem)
+        fdt: CrashFdt | None = None
+        fdt_mem: int | None = None
+        if SegmentKind.FDT in arch.regenerated_segments:
+            fdt = _fdt_arch(arch).new_fdt(topology, fdt_base, fdt_capacity)
+            if mem is not None:
+                fdt_mem = place_below(topology.crashkernel, mem, round_up(fdt.capacity, PAGE_SIZE))
+        image = cls(arch, hdr, mem, fdt, fdt_mem)
         image.regenerate(topology)
         return image
 
@@ -116,7 +183,22 @@ class CrashImage:
         return self._hdr
 
     @property
+    def fdt(self) -> Segment | None:
+        """The crash FDT segment (ppc64le), ``None`` on architectures without one."""
+        return self._fdt_segment
+
+    @property
+    def crash_fdt(self) -> CrashFdt | None:
+        return self._fdt
+
+    @property
+    def fdt_layout(self) -> FdtLayout | None:
+        return self._fdt_layout
+
+    @property
     def segments(self) -> tuple[Segment, ...]:
+        if self._fdt_segment is not None:
+            return (self._elfcorehdr, self._fdt_segment)
         return (self._elfcorehdr,)
 
     @property
@@ -131,12 +213,28 @@ class CrashImage:
         outgrew its capacity; in both cases the previous header stays intact.
         """
         if self.placed:
-            seg = self._elfcorehdr.range
-            if not any(r.start <= seg.start and seg.end <= r.end for r in topology.crashkernel):
-                raise UnsupportedError(
-                    f"elfcorehdr segment {seg.start:#x}-{seg.end:#x} is no longer inside "
-                    "a Crash kernel reservation; the crash image must be reloaded"
-                )
+            for segment in self.segments:
+                seg = segment.range
+                if not any(r.start <= seg.start and seg.end <= r.end for r in topology.crashkernel):
+                    raise UnsupportedError(
+                        f"{segment.kind} segment {seg.start:#x}-{seg.end:#x} is no longer "
+                        "inside a Crash kernel reservation; the crash image must be reloaded"
+                    )
+        fdt = self._fdt
+        if fdt is not None:  # check the FDT fits before the elfcorehdr changes
+            needed = fdt.size_for(_fdt_arch(self.arch).fdt_nodes(topology))
+            if needed > fdt.capacity:
+                raise CapacityError("crash FDT /cpus", needed, fdt.capacity)
         layout = self.arch.build_elfcorehdr(topology, self._hdr)
         self._layout = layout
+        if fdt is not None:
+            self._fdt_layout = _fdt_arch(self.arch).build_fdt(topology, fdt)
         return layout
+
+
+def _fdt_arch(arch: Arch) -> FdtArch:
+    from kdumpd.arch.base import FdtArch
+
+    if not isinstance(arch, FdtArch):
+        raise UnsupportedError(f"{arch.name} regenerates an FDT but has no FDT builder")
+    return arch
