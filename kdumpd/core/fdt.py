@@ -272,7 +272,7 @@ class CrashFdt:
             cpus_node = self._encode(DtNode("cpus", _CPUS_PROPS))
             self._before = struct_block[:root_end] + cpus_node[:-4]
             self._base_children = b""
-            self._after = struct_block[root_end:]
+            self._after = _END_NODE + struct_block[root_end:]
 
         if capacity is None:
             capacity = totalsize
