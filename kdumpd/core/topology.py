@@ -139,9 +139,7 @@ class DtNode:
     def interrupt_servers(self) -> tuple[int, ...]:
         """``ibm,ppc-interrupt-server#s``: the hardware thread ids of this core."""
         value = self.prop("ibm,ppc-interrupt-server#s") or b""
-        return tuple(
-            int.from_bytes(value[i : i + 4], "big") for i in range(0, len(value) - 3, 4)
-        )
+        return tuple(int.from_bytes(value[i : i + 4], "big") for i in range(0, len(value) - 3, 4))
 
 
 @dataclass(frozen=True, slots=True)
