@@ -85,6 +85,7 @@ from kdumpd.core.topology import (
     KernelCapabilities,
     KernelText,
     MemoryBlock,
+    Resource,
     Topology,
     VmcoreInfo,
 )
@@ -607,27 +608,53 @@ def _dt_cpus_dir(root: _Root) -> tuple[str, str] | None:
 
 def _dt_node(path: str, abspath: str, name: str, depth: int) -> DtNode:
     """One device-tree node directory: files are properties, directories children."""
-    props: list[tuple[str, bytes]] = []
-    children: list[DtNode] = []
     try:
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise InputError(abspath, f"cannot open: {err.strerror or err}") from None
+    try:
+        return _dt_node_at(fd, abspath, name, depth)
+    finally:
+        os.close(fd)
+
+
+def _dt_node_at(fd: int, abspath: str, name: str, depth: int) -> DtNode:
+    # Every property is one small file: open/read/close relative to the node's
+    # directory descriptor (no path walks; ~2,000 nodes x 30 properties on big LPARs).
+    try:
+        with os.scandir(fd) as it:
+            entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
     except OSError as err:
         raise InputError(abspath, f"cannot list: {err.strerror or err}") from None
-    for entry in entries:
-        where = f"{abspath}/{entry.name}"
-        if entry.is_dir(follow_symlinks=False):
+    props: list[tuple[str, bytes]] = []
+    children: list[DtNode] = []
+    for entry, is_dir in entries:
+        where = f"{abspath}/{entry}"
+        if is_dir:
             if depth >= _DT_MAX_DEPTH:
                 raise InputError(where, f"device tree nested deeper than {_DT_MAX_DEPTH}")
-            children.append(_dt_node(entry.path, where, entry.name, depth + 1))
+            try:
+                sub = os.open(entry, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            except OSError as err:
+                raise InputError(where, f"cannot open: {err.strerror or err}") from None
+            try:
+                children.append(_dt_node_at(sub, where, entry, depth + 1))
+            finally:
+                os.close(sub)
             continue
         try:
-            with open(entry.path, "rb") as f:
-                props.append((entry.name, f.read()))
+            pfd = os.open(entry, os.O_RDONLY, dir_fd=fd)
+            try:
+                chunks = [os.read(pfd, 65536)]
+                while len(chunks[-1]) == 65536:
+                    chunks.append(os.read(pfd, 65536))
+            finally:
+                os.close(pfd)
         except PermissionError:
             raise InputError(where, "permission denied") from None
         except OSError as err:
             raise InputError(where, f"cannot read: {err.strerror or err}") from None
+        props.append((entry, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
     return DtNode(name, tuple(props), tuple(children))
 
 
@@ -685,19 +712,37 @@ def _kernel_facts(root: _Root, arch: str | None) -> KernelFacts:
 
 
 class TopologyReader:
-    """Reads snapshots of one sysroot; the :class:`KernelFacts` are read on the first
-    call and kept (they are fixed until the next boot)."""
+    """Reads snapshots of one sysroot for a long-running caller (the daemon).
+
+    Two things are read on the first call only and then reused:
+
+    - the :class:`KernelFacts` (kcore, kallsyms): fixed until the next boot, and
+      ~95 % of the cost of a snapshot;
+    - the :class:`KernelCapabilities`: reading ``crash_hotplug`` and
+      ``kexec_crash_size`` takes the kernel's kexec lock, and a hotplug update that
+      finds the lock taken is *skipped* by the kernel (kexec-internals §4.5), so a
+      reader in the burst path must not touch them.  Callers that need current
+      values (a back-end verifying an update) use :func:`read_capabilities`.
+    """
 
     def __init__(self, sysroot: str | Path = "/", *, arch: str | None = None) -> None:
         self.sysroot = sysroot
         self.arch = arch
         self._facts: KernelFacts | None = None
+        self._capabilities: KernelCapabilities | None = None
 
     def __call__(self) -> Topology:
-        root = _Root(self.sysroot)
+        return _read_topology(_Root(self.sysroot), self._kernel_facts, self._caps)
+
+    def _kernel_facts(self, root: _Root) -> KernelFacts:
         if self._facts is None:
             self._facts = _kernel_facts(root, self.arch)
-        return _read_topology(root, self._facts)
+        return self._facts
+
+    def _caps(self, root: _Root) -> KernelCapabilities:
+        if self._capabilities is None:
+            self._capabilities = _capabilities(root)
+        return self._capabilities
 
 
 def read_topology(sysroot: str | Path = "/", *, arch: str | None = None) -> Topology:
@@ -705,7 +750,20 @@ def read_topology(sysroot: str | Path = "/", *, arch: str | None = None) -> Topo
     return TopologyReader(sysroot, arch=arch)()
 
 
-def _read_topology(root: _Root, facts: KernelFacts) -> Topology:
+def _check_addresses_visible(iomem: tuple[Resource, ...]) -> None:
+    """Without CAP_SYS_ADMIN the kernel prints every /proc/iomem range as 0-0
+    (kernel/resource.c ``r_show``); a header built from that would describe nothing."""
+    if iomem and all(r.start == 0 and r.end == 0 for r in iomem):
+        raise InputError(
+            "/proc/iomem", "every address reads 0: the kernel hides them without CAP_SYS_ADMIN"
+        )
+
+
+def _read_topology(
+    root: _Root,
+    kernel_facts: Callable[[_Root], KernelFacts],
+    capabilities: Callable[[_Root], KernelCapabilities],
+) -> Topology:
     possible = _cpulist(root, "possible")
     present = _cpulist(root, "present")
     online = _cpulist(root, "online")
@@ -713,6 +771,8 @@ def _read_topology(root: _Root, facts: KernelFacts) -> Topology:
     iomem_text = root.read("/proc/iomem", required=True)
     assert iomem_text is not None
     iomem = parse_iomem(iomem_text, "/proc/iomem")
+    _check_addresses_visible(iomem)
+    facts = kernel_facts(root)
 
     crash_notes = _crash_notes(root, set(possible) | set(present))
     vmcoreinfo = _vmcoreinfo(root)
@@ -737,7 +797,7 @@ def _read_topology(root: _Root, facts: KernelFacts) -> Topology:
         page_offset=facts.page_offset,
         memory_block_size=block_size,
         memory_blocks=_memory_blocks(root),
-        capabilities=_capabilities(root),
+        capabilities=capabilities(root),
         # Only ppc64 puts CPU nodes into the crash image (its FDT); other
         # architectures pay nothing for this.
         dt_cpus=_dt_cpus(root) if facts.arch.startswith("ppc64") else (),

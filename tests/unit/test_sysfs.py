@@ -523,3 +523,42 @@ def test_topology_reader_keeps_kernel_facts_and_rereads_the_rest(tmp_path: Path)
     assert second.page_offset == first.page_offset
     assert second.system_ram[-1].start == 0x200000000
     assert len(second.system_ram) == len(first.system_ram) + 1
+
+
+def test_topology_reader_does_not_reread_lock_taking_capability_files(tmp_path: Path) -> None:
+    """crash_hotplug and kexec_crash_size take the kexec lock when read; the burst path
+    must not read them again (a kernel hotplug update finding the lock taken is skipped)."""
+    import shutil
+
+    from kdumpd.system.sysfs import TopologyReader, read_capabilities
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "guest-6.12-after", root)
+    reader = TopologyReader(root)
+    first = reader().capabilities
+    assert first.kexec_crash_size == 256 << 20
+
+    (root / "sys/kernel/kexec_crash_size").write_text("1\n")
+    (root / "sys/devices/system/cpu/crash_hotplug").write_text("1\n")
+    assert reader().capabilities == first
+    fresh = read_capabilities(root)
+    assert fresh.kexec_crash_size == 1
+    assert fresh.cpu_crash_hotplug is True
+
+
+def test_iomem_with_hidden_addresses_is_an_input_error(tmp_path: Path) -> None:
+    """Without CAP_SYS_ADMIN every /proc/iomem range reads 00000000-00000000."""
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURES / "guest-6.12-after", root)
+    iomem = root / "proc/iomem"
+    lines = []
+    for line in iomem.read_text().splitlines():
+        indent = line[: len(line) - len(line.lstrip())]
+        name = line.split(" : ", 1)[1]
+        lines.append(f"{indent}00000000-00000000 : {name}")
+    assert len(lines) > 10  # the fixture's real iomem, names kept
+    iomem.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"^/proc/iomem: every address reads 0"):
+        read_topology(root)
