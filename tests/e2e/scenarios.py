@@ -435,7 +435,11 @@ def _fill_timing(res: Result, samples: list[dict[str, Any]], g: Guest) -> None:
     if res.backend.startswith("kdumpd"):
         upd = (res.detail.get("daemon") or {}).get("last_update_usec") or 0
         if last_event is not None and upd:
-            res.settle_ms = round(upd / 1000 - last_event * 1000, 1)
+            # <= 0: the image applied before the last uevent already described the
+            # final topology (that event changed nothing, e.g. a block's "online"
+            # after its "add" had been handled); reported as 0.
+            res.detail["settle_raw_ms"] = round(upd / 1000 - last_event * 1000, 1)
+            res.settle_ms = max(0.0, res.detail["settle_raw_ms"])
     elif res.backend.startswith("udev"):
         reloads = [r for r in _jsonl(g.outdir / "udev.jsonl") if r.get("kind") == "reload"]
         res.events = len(reloads)
