@@ -47,6 +47,7 @@ import itertools
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import libfdt
 
@@ -187,6 +188,16 @@ class _Strings:
         return off
 
 
+class _Entry(NamedTuple):
+    """One encoded ``/cpus`` child; tuples order by ``key`` (names are unique)."""
+
+    key: tuple[int, int, str]
+    name: str
+    encoded: bytes
+    threads: tuple[int, ...]
+    cpu: bool
+
+
 def _validate_name(name: str, what: str) -> None:
     if not name or "\0" in name or "/" in name or not name.isascii():
         raise InputError("device tree /cpus", f"invalid {what} name {name[:40]!r}")
@@ -258,7 +269,7 @@ class CrashFdt:
         self._boot_cpuid = hdr[7]
         struct_block = blob[off_struct : off_struct + hdr[9]]
         self._strings = _Strings(blob[off_strings : off_strings + hdr[8]])
-        self._cache: dict[DtNode, bytes] = {}
+        self._cache: dict[DtNode, _Entry] = {}
 
         cpus = fdt.path_offset("/cpus", libfdt.QUIET_NOTFOUND)
         if cpus >= 0:
@@ -301,10 +312,22 @@ class CrashFdt:
 
     # -------------------------------------------------------------------- encoding
 
+    def _entry(self, node: DtNode) -> _Entry:
+        """The cached encoding and ordering facts of one ``/cpus`` child."""
+        entry = self._cache.get(node)
+        if entry is None:
+            cpu = node.is_cpu
+            entry = _Entry(
+                _sort_key(node),
+                node.name,
+                self._encode(node),
+                node.interrupt_servers if cpu else (),
+                cpu,
+            )
+            self._cache[node] = entry
+        return entry
+
     def _encode(self, node: DtNode) -> bytes:
-        cached = self._cache.get(node)
-        if cached is not None:
-            return cached
         _validate_name(node.name, "node")
         name = node.name.encode("ascii") + b"\0"
         parts = [_BEGIN, name, _PAD[len(name) % 4]]
@@ -320,51 +343,45 @@ class CrashFdt:
             parts += (pack(FDT_PROP, len(value), offset(key)), value, _PAD[len(value) % 4])
         parts += [self._encode(child) for child in node.children]
         parts.append(_END_NODE)
-        encoded = b"".join(parts)
-        self._cache[node] = encoded
-        return encoded
+        return b"".join(parts)
 
-    def _assemble(self, children: bytes) -> tuple[bytes, bytes]:
-        """(header-less tail: rsvmap + struct + strings, header) of a complete blob."""
-        struct_block = b"".join((self._before, children, self._after))
-        strings = bytes(self._strings.blob)
-        off_struct = HEADER_SIZE + len(self._rsvmap)
-        off_strings = off_struct + len(struct_block)
-        used = off_strings + len(strings)
-        body = b"".join((self._rsvmap, struct_block, strings))
-        header = _HEADER.pack(
-            FDT_MAGIC,
-            used,
-            off_struct,
-            off_strings,
-            HEADER_SIZE,
-            FDT_VERSION,
-            FDT_LAST_COMP_VERSION,
-            self._boot_cpuid,
-            len(strings),
-            len(struct_block),
-        )
-        return body, header
-
-    def size_for(self, nodes: Sequence[DtNode] | None) -> int:
-        """Bytes (without padding) the tree takes with ``nodes`` as ``/cpus`` children."""
-        children, _ = self._children_bytes(nodes)
-        return (
-            HEADER_SIZE
-            + len(self._rsvmap)
-            + len(self._before)
-            + len(children)
-            + len(self._after)
-            + len(self._strings.blob)
-        )
-
-    def _children_bytes(self, nodes: Sequence[DtNode] | None) -> tuple[bytes, list[DtNode] | None]:
+    def _entries(self, nodes: Sequence[DtNode] | None) -> list[_Entry] | None:
+        """``/cpus`` children in output order (``None``: the base blob's)."""
         if nodes is None:
-            return self._base_children, None
+            return None
         if len(self._cache) > 2 * len(nodes) + _CACHE_SLACK:
             self._cache.clear()  # hot-removed nodes' encodings
-        ordered = order_nodes(nodes)
-        return b"".join([self._encode(n) for n in ordered]), ordered
+        cache = self._cache
+        missing = [n for n in nodes if n not in cache]
+        if missing:  # encode new nodes in output order: new property names then land
+            for node in sorted(missing, key=_sort_key):  # in the strings block in a
+                self._entry(node)  # deterministic order whatever the input order
+        entries = sorted(map(self._entry, nodes))  # _Entry sorts by its sort key first
+        if len({e.name for e in entries}) != len(entries):
+            seen: set[str] = set()
+            for e in entries:
+                if e.name in seen:
+                    raise InputError("device tree /cpus", f"node {e.name!r} appears twice")
+                seen.add(e.name)
+        return entries
+
+    def _pieces(self, entries: list[_Entry] | None) -> tuple[list[bytes | bytearray], int, int]:
+        """Blob pieces after the header, the struct block size and the total size."""
+        children: list[bytes | bytearray] = (
+            [self._base_children] if entries is None else [e.encoded for e in entries]
+        )
+        strings = self._strings.blob
+        size_struct = len(self._before) + sum(map(len, children)) + len(self._after)
+        used = HEADER_SIZE + len(self._rsvmap) + size_struct + len(strings)
+        return [self._rsvmap, self._before, *children, self._after, strings], size_struct, used
+
+    def size_for(self, nodes: Sequence[DtNode] | None) -> int:
+        """Bytes (without padding) the tree takes with ``nodes`` as ``/cpus`` children.
+
+        Also validates ``nodes`` like :meth:`write` (same :class:`InputError`), so a
+        successful call means :meth:`write` succeeds when the size fits.
+        """
+        return self._pieces(self._entries(nodes))[2]
 
     # ----------------------------------------------------------------------- write
 
@@ -376,34 +393,44 @@ class CrashFdt:
         not fit, :class:`InputError` (buffer untouched) for invalid names or a node
         given twice.
         """
-        children, ordered = self._children_bytes(nodes)
-        body, header = self._assemble(children)
-        used = HEADER_SIZE + len(body)
+        entries = self._entries(nodes)
+        pieces, size_struct, used = self._pieces(entries)
         capacity = len(self._view)
         if used > capacity:
             n = "base" if nodes is None else str(len(nodes))
             raise CapacityError(f"crash FDT ({n} /cpus nodes)", used, capacity)
-        blob = bytearray(header)
-        blob += body
+        off_struct = HEADER_SIZE + len(self._rsvmap)
+        off_strings = off_struct + size_struct
+        header = _HEADER.pack(
+            FDT_MAGIC,
+            used,  # checked at this size, written with totalsize = capacity
+            off_struct,
+            off_strings,
+            HEADER_SIZE,
+            FDT_VERSION,
+            FDT_LAST_COMP_VERSION,
+            self._boot_cpuid,
+            used - off_strings,
+            size_struct,
+        )
+        blob = bytearray().join([header, *pieces])
         err = libfdt.fdt_check_full(blob, used)
         if err:  # our encoder produced something libfdt rejects: never write it
             raise _fdt_error("crash FDT (assembled)", err)
-        if ordered is None:
+        if entries is None:
             layout = _layout_of(blob, used, capacity)
         else:
-            cpu_nodes = [n for n in ordered if n.is_cpu]
             layout = FdtLayout(
-                nodes=tuple(n.name for n in ordered),
-                cpu_nodes=tuple(n.name for n in cpu_nodes),
-                threads=tuple(sorted(t for n in cpu_nodes for t in n.interrupt_servers)),
+                nodes=tuple(e.name for e in entries),
+                cpu_nodes=tuple(e.name for e in entries if e.cpu),
+                threads=tuple(sorted(t for e in entries for t in e.threads)),
                 used=used,
                 capacity=capacity,
             )
 
         view = self._view
-        view[:HEADER_SIZE] = header
+        view[:used] = blob
         struct.pack_into(">I", self._buffer, 4, capacity)  # totalsize = the whole buffer
-        view[HEADER_SIZE:used] = body
         view[used:] = self._zeros[used:]
         self._layout = layout
         return layout
