@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from dbus_fast import BusType, DBusError, Message, MessageType
+from dbus_fast import BusType, DBusError, Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
 from kdumpd.core.errors import KdumpdError
@@ -63,8 +63,17 @@ def _check(reply: Message) -> Message:
 
 
 async def _call_async(
-    bus_address: str | None, member: str, interface: str, signature: str, body: list[Any]
+    bus_address: str | None,
+    member: str,
+    interface: str,
+    signature: str,
+    body: list[Any],
+    *,
+    auto_start: bool = False,
 ) -> list[Any]:
+    """One method call.  Without ``auto_start`` the call carries NO_AUTO_START, so a
+    query never bus-activates kdumpd.service (whose Conflicts= would stop kdump.service
+    and unload its crash kernel)."""
     bus = await _connect(bus_address)
     try:
         reply = await bus.call(
@@ -75,6 +84,7 @@ async def _call_async(
                 member=member,
                 signature=signature,
                 body=body,
+                flags=MessageFlag.NONE if auto_start else MessageFlag.NO_AUTOSTART,
             )
         )
         return list(_check(reply).body)
@@ -92,9 +102,16 @@ def _run(coro: Any, timeout: float) -> Any:
     return asyncio.run(bounded())
 
 
-def call(member: str, *, bus_address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """Call ``org.kdumpd1.Manager.<member>()``; returns the first reply value or None."""
-    body = _run(_call_async(bus_address, member, INTERFACE, "", []), timeout)
+def call(
+    member: str,
+    *,
+    bus_address: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    auto_start: bool = False,
+) -> Any:
+    """Call ``org.kdumpd1.Manager.<member>()``; returns the first reply value or None.
+    ``auto_start`` lets the bus activate the daemon (only ``kdumpctl start`` wants it)."""
+    body = _run(_call_async(bus_address, member, INTERFACE, "", [], auto_start=auto_start), timeout)
     return body[0] if body else None
 
 

@@ -268,7 +268,9 @@ def is_operational(ctx: Context) -> bool:
         warn(f"kdumpd reports a degraded image: {state.get('last_error') or 'see kdumpd status'}")
     if state.get("stale"):
         warn("the loaded image does not match the current CPUs/memory yet")
-    return state.get("state") in OPERATIONAL_STATES and kernel is not False
+    # kdumpctl's own test: a crash kernel is loaded (kexec_crash_loaded reads 1).  A
+    # daemon in dry-run, or a kernel without the file, is not operational.
+    return state.get("state") in OPERATIONAL_STATES and kernel is True
 
 
 def cmd_status(ctx: Context, args: list[str]) -> int:
@@ -279,9 +281,9 @@ def cmd_status(ctx: Context, args: list[str]) -> int:
     return EXIT_NOT_OPERATIONAL
 
 
-def _daemon_call(ctx: Context, member: str) -> None:
+def _daemon_call(ctx: Context, member: str, *, auto_start: bool = False) -> None:
     try:
-        call(member, bus_address=ctx.bus_address)
+        call(member, bus_address=ctx.bus_address, auto_start=auto_start)
     except DaemonUnreachable as err:
         raise KdumpdError(f"{err}; start kdumpd.service") from None
 
@@ -292,7 +294,7 @@ def cmd_start(ctx: Context, args: list[str]) -> int:
         info("Kdump already running: [WARNING]")
         return EXIT_OK
     try:
-        _daemon_call(ctx, "Load")
+        _daemon_call(ctx, "Load", auto_start=True)
     except KdumpdError:
         info("Starting kdump: [FAILED]")
         raise

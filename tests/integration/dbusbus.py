@@ -96,15 +96,18 @@ def dbus_daemon_path() -> str | None:
     return shutil.which("dbus-daemon")
 
 
-def start_bus(*, permissive: bool = False) -> PrivateBus:
+def start_bus(*, permissive: bool = False, servicedir: Path | None = None) -> PrivateBus:
     """Start a private system-like bus.  ``permissive`` replaces the project policy by
-    one that lets anyone call anything (to reach the service's own access check)."""
+    one that lets anyone call anything (to reach the service's own access check).
+    ``servicedir`` holds activation files (no <servicehelper>: Exec= runs directly)."""
     if dbus_daemon_path() is None:
         raise FileNotFoundError("dbus-daemon")
     directory = Path(tempfile.mkdtemp(prefix="kdumpd-bus-"))
     directory.chmod(0o755)  # uid 65534 must reach the socket
     sock = directory / "system_bus_socket"
     extra = _PERMISSIVE_POLICY if permissive else f"<include>{POLICY}</include>"
+    if servicedir is not None:
+        extra += f"\n  <servicedir>{servicedir}</servicedir>"
     conf = directory / "system.conf"
     conf.write_text(_SYSTEM_LIKE.format(socket=sock, extra=extra))
     conf.chmod(0o644)

@@ -626,6 +626,54 @@ async def test_kdumpctl_status_not_operational(running: Running, tmp_path: Path)
     assert "kdump: Kdump is not operational" in err.splitlines()
 
 
+async def test_kdumpctl_status_daemon_loaded_but_no_crash_kernel(
+    running: Running, tmp_path: Path
+) -> None:
+    """A daemon reporting "loaded" (e.g. in dry-run) is not enough: kdumpctl's test is
+    that the kernel has a crash image, and a missing sysfs node means it has none."""
+    running.store.update(state=ImageState.LOADED)
+    for value in ("0", None):
+        root = _sysroot(tmp_path / str(value), value)
+        code, _out, err = await _run(
+            *_kdumpctl("status", address=running.address, sysroot=root),
+            env=_env(running.address),
+        )
+        assert code == 3, (value, err)
+        assert "kdump: Kdump is not operational" in err.splitlines()
+
+
+async def test_queries_never_bus_activate_the_daemon(tmp_path: Path) -> None:
+    """Bus activation would start kdumpd.service, whose Conflicts= stops kdump.service
+    (and unloads its crash kernel): status/stop/reload carry NO_AUTO_START; only
+    `kdumpctl start` may activate."""
+    services = tmp_path / "services"
+    services.mkdir()
+    marker = tmp_path / "activated"
+    (services / "org.kdumpd1.service").write_text(
+        "[D-BUS Service]\nName=org.kdumpd1\n"
+        f"Exec=/bin/sh -c 'echo activated >> {marker}'\nUser=root\n"
+    )
+    bus = start_bus(servicedir=services)
+    try:
+        root = _sysroot(tmp_path / "root", "1")
+        for command in ("status", "stop", "reload"):
+            await _run(
+                *_kdumpctl(command, address=bus.address, sysroot=root), env=_env(bus.address)
+            )
+            assert not marker.exists(), f"kdumpctl {command} bus-activated kdumpd"
+        code, _out, _err = await _run(
+            *_kdumpctl("start", address=bus.address, sysroot=root), env=_env(bus.address)
+        )
+        assert code != 0  # the stand-in never owns the name
+        for _ in range(50):
+            if marker.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert marker.read_text() == "activated\n"
+    finally:
+        bus.stop()
+
+
 async def test_kdumpctl_status_daemon_failed_state(running: Running, tmp_path: Path) -> None:
     """The daemon's state decides when it is reachable."""
     running.store.update(state=ImageState.FAILED, last_error="load: EBUSY")
