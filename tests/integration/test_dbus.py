@@ -34,6 +34,7 @@ from kdumpd.interfaces.dbus import (
     serve,
 )
 from tests.integration.dbusbus import REPO, PrivateBus, dbus_daemon_path, start_bus
+from tests.nobody import setpriv_nobody
 
 pytestmark = pytest.mark.dbus
 
@@ -221,9 +222,7 @@ def _need_root() -> None:
 
 
 def _nobody_can_run_venv() -> None:
-    for p in (REPO, REPO / ".venv", REPO / ".venv" / "bin"):
-        if os.stat(p).st_mode & 0o005 != 0o005:
-            pytest.skip(f"{p} is not world-traversable; uid 65534 cannot run the venv")
+    setpriv_nobody()  # skips, with the reason, when uid 65534 cannot run the venv
 
 
 # -- introspection ------------------------------------------------------------

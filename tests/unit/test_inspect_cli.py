@@ -15,6 +15,7 @@ import pytest
 
 from kdumpd.interfaces import cli
 from tests.fixtures import make_fixture
+from tests.nobody import setpriv_nobody
 from tests.unit.test_sysfs import MALFORMED, fixture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,9 +196,7 @@ def test_copy_of_guest_tree_without_kcore_or_kallsyms(
 
 def test_non_root_reading_root_only_crash_notes_exits_1() -> None:
     """crash_notes is mode 0400 (DEVICE_ATTR_ADMIN_RO): uid 65534 gets one clear line."""
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() != 0 or setpriv is None:
-        pytest.skip("needs root and setpriv to drop to uid 65534")
+    nobody = setpriv_nobody()
     base = Path(tempfile.mkdtemp(prefix="kdumpd-perm-"))
     try:
         base.chmod(0o755)
@@ -208,7 +207,7 @@ def test_non_root_reading_root_only_crash_notes_exits_1() -> None:
         (root / "sys/devices/system/cpu/cpu0/crash_notes").chmod(0o400)
         proc = subprocess.run(
             [
-                *(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"),
+                *nobody,
                 *kdumpd_argv(),
                 *("inspect", "--sysroot", str(root)),
             ],
