@@ -11,8 +11,11 @@ Capacity policy (kexec-internals.md §1.9, §3.1, §4.4):
 
 * the kernel advertises the elfcorehdr segment size it will rewrite in place in
   ``/sys/kernel/crash_elfcorehdr_size`` (CONFIG_CRASH_HOTPLUG); kexec-tools
-  ``--hotplug`` uses ``ALIGN(size, 1024)`` as the segment's ``memsz``, and so do we,
-  but never less than the current topology needs;
+  ``--hotplug`` uses ``ALIGN(size, 1024)`` as the segment's ``memsz``.  The x86
+  value is ``(2 + NR_CPUS + CRASH_MAX_MEMORY_RANGES) * sizeof(Elf64_Phdr)`` with no
+  ``Elf64_Ehdr`` term (§3.1), although the kernel writes the 64-byte Ehdr too, so we
+  use ``ALIGN(size + 64, 1024)``: a full-size header always fits.  Never less than
+  the current topology needs;
 * otherwise: possible CPUs + 8192 ranges (the kernel's default
   CONFIG_CRASH_MAX_MEMORY_RANGES), at least what the current topology needs, and at
   least 16 KiB (kexec-tools' ``max(bufsz, 16 KiB)`` without ``--hotplug``);
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from kdumpd.core.elfcorehdr import (
+    EHDR_SIZE,
     ELF_CORE_HEADER_ALIGN,
     Elfcorehdr,
     HeaderLayout,
@@ -126,7 +130,7 @@ def default_elfcorehdr_capacity(
     needed = elfcorehdr_capacity(needed_cpus, needed_ranges)
     kernel_size = topology.capabilities.crash_elfcorehdr_size
     if kernel_size:
-        return max(round_up(kernel_size, ELF_CORE_HEADER_ALIGN), needed)
+        return max(round_up(kernel_size + EHDR_SIZE, ELF_CORE_HEADER_ALIGN), needed)
     cpus = max(len(topology.possible_cpus), needed_cpus)
     ranges = max(DEFAULT_MAX_RANGES, needed_ranges)
     return max(elfcorehdr_capacity(cpus, ranges), MIN_ELFCOREHDR_SIZE)

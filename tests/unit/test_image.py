@@ -233,3 +233,22 @@ def test_core_and_arch_import_no_edge_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_kernel_advertised_size_leaves_room_for_the_ehdr() -> None:
+    """x86 crash_elfcorehdr_size counts only phdrs ((2 + CPUs + ranges) * 56, §3.1).
+    With 128 phdrs that is 7168 bytes, already 1 KiB aligned: the buffer must still
+    hold the 64-byte Ehdr in front of a full set of phdrs."""
+    import dataclasses
+    from pathlib import Path
+
+    from kdumpd.arch import get_arch
+    from kdumpd.system.sysfs import read_topology
+
+    root = Path(__file__).resolve().parents[1] / "fixtures/guest-6.12-after"
+    topo = read_topology(root)
+    caps = dataclasses.replace(topo.capabilities, crash_elfcorehdr_size=128 * 56)
+    topo = dataclasses.replace(topo, capabilities=caps)
+    capacity = get_arch("x86_64").elfcorehdr_capacity(topo)
+    assert capacity >= 64 + 128 * 56
+    assert capacity % 1024 == 0
