@@ -78,6 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"kdumpd {args.command}: {where}{err.strerror or err}", file=sys.stderr)
         return EXIT_FAILURE
+    except Exception as err:  # a bug: one line for the user, the traceback in the log
+        log.debug("internal error", exc_info=True)
+        print(
+            f"kdumpd {args.command}: internal error: {type(err).__name__}: {err}"
+            " (run with -vv for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return code
 
 

@@ -21,8 +21,10 @@ def _under_journal() -> bool:
 def setup_logging(verbosity: int = 0, *, force_stderr: bool = False) -> str:
     """Configure the root ``kdumpd`` logger; returns ``"journal"`` or ``"stderr"``."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    if os.environ.get("KDUMPD_LOG_LEVEL"):
-        level = logging.getLevelName(os.environ["KDUMPD_LOG_LEVEL"].upper())
+    named = os.environ.get("KDUMPD_LOG_LEVEL", "").upper()
+    bad_level = bool(named) and not isinstance(logging.getLevelName(named), int)
+    if named and not bad_level:
+        level = logging.getLevelName(named)
     logger = logging.getLogger("kdumpd")
     logger.setLevel(level)
     for h in list(logger.handlers):
@@ -42,4 +44,6 @@ def setup_logging(verbosity: int = 0, *, force_stderr: bool = False) -> str:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("kdumpd: %(levelname)s: %(message)s"))
     logger.addHandler(handler)
+    if bad_level:
+        logger.warning("KDUMPD_LOG_LEVEL=%s is not a log level; ignored", named)
     return kind

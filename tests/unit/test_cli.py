@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +31,42 @@ def test_every_command_has_help() -> None:
     text = parser.format_help()
     for name in cli.COMMANDS:
         assert name in text
+
+
+FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures/guest-6.1-after")
+
+
+def test_absurd_buffer_size_is_a_usage_error_not_memoryerror(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["elfcorehdr", "--sysroot", FIXTURE, "--max-cpus", "99999999999", "-o", "x"]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--max-cpus: more than" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bogus_log_level_is_a_warning(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KDUMPD_LOG_LEVEL", "chatty")
+    assert cli.main(["inspect", "--sysroot", FIXTURE]) == cli.EXIT_OK
+    assert "KDUMPD_LOG_LEVEL=CHATTY is not a log level" in capsys.readouterr().err
+
+
+def test_a_bug_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdumpd.interfaces.commands import inspect
+
+    def boom(_args: object) -> int:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(inspect, "run", boom)
+    assert cli.main(["inspect", "--sysroot", FIXTURE]) == cli.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "kdumpd inspect: internal error: ZeroDivisionError: division by zero"
+        " (run with -vv for the traceback)"
+    )

@@ -32,6 +32,11 @@ NAME = "elfcorehdr"
 HELP = "write the elfcorehdr (full preallocated buffer) for a topology to a file"
 
 
+#: Bound for --max-cpus/--max-ranges (the same as kdumpd.toml's): 2^20 entries is a
+#: 56 MiB header, far above any kernel's NR_CPUS or CRASH_MAX_MEMORY_RANGES.
+MAX_COUNT = 1 << 20
+
+
 def _count(text: str) -> int:
     try:
         value = int(text, 0)
@@ -39,6 +44,8 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"more than {MAX_COUNT}: {text!r}")
     return value
 
 
