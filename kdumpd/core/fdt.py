@@ -236,8 +236,11 @@ class CrashFdt:
     """A crash FDT living in one preallocated, fixed-length ``bytearray``.
 
     ``base`` is the blob the image was (or will be) loaded with; ``capacity``
-    defaults to its ``totalsize``.  The base's ``/cpus`` children are what
-    :meth:`write` puts back when it is given ``None``.
+    defaults to its ``totalsize``.  The buffer starts out holding the base tree
+    (``totalsize`` = capacity); its ``/cpus`` children are also what :meth:`write`
+    puts back when it is given ``None``.  Raises :class:`InputError` for a base that
+    is not a valid version-17 FDT and :class:`CapacityError` when it does not fit
+    ``capacity``.
     """
 
     __slots__ = (
@@ -261,8 +264,10 @@ class CrashFdt:
         blob = bytes(base[: struct.unpack_from(">I", base, 4)[0]])
         hdr = _HEADER.unpack_from(blob)
         _, totalsize, off_struct, off_strings, off_rsv, version = hdr[:6]
-        if version < FDT_LAST_COMP_VERSION:
-            raise InputError(source, f"FDT version {version} is older than 16")
+        if version < FDT_VERSION:
+            raise InputError(
+                source, f"FDT version {version} (need 17; convert it with dtc -I dtb -O dtb)"
+            )
         fdt = libfdt.FdtRo(blob)
         n_rsv = fdt.num_mem_rsv()
         self._rsvmap = blob[off_rsv : off_rsv + (n_rsv + 1) * 16]
@@ -293,6 +298,7 @@ class CrashFdt:
         self._view = memoryview(self._buffer)  # exported: the length can never change
         self._zeros = memoryview(bytes(capacity))
         self._layout: FdtLayout | None = None
+        self.write(None)  # the loaded tree, padded to the capacity (CapacityError if not)
 
     # ------------------------------------------------------------------ properties
 
@@ -307,7 +313,7 @@ class CrashFdt:
 
     @property
     def layout(self) -> FdtLayout | None:
-        """What the last successful :meth:`write` wrote (``None`` before the first)."""
+        """What the last successful :meth:`write` wrote (the base tree at first)."""
         return self._layout
 
     # -------------------------------------------------------------------- encoding

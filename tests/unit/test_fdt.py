@@ -303,3 +303,26 @@ def test_random_cpu_sets_decompile_with_dtc(picks: list[DtNode]) -> None:
     assert list(nodes) == [n.name for n in order_nodes(picks)]
     for n in picks:
         assert sorted(nodes[n.name]) == sorted(k for k, _ in n.properties)
+
+
+def test_the_buffer_holds_the_loaded_tree_from_the_start(base: bytes) -> None:
+    fdt = CrashFdt(base, 8192)
+    assert fdt.layout is not None and fdt.layout.cpu_nodes == (
+        "PowerPC,POWER9@0",
+        "PowerPC,POWER9@2",
+    )
+    assert totalsize(fdt.buffer) == 8192 == len(fdt.buffer)
+    assert decompile(fdt.buffer) == decompile(base)
+
+
+def test_a_base_larger_than_the_capacity_is_a_capacity_error(base: bytes) -> None:
+    with pytest.raises(CapacityError):
+        CrashFdt(base, 1024)
+
+
+def test_version_16_blobs_are_refused_with_a_hint() -> None:
+    blob = compile_dts("/dts-v1/;\n/ { cpus { }; };\n", pad=0)
+    v16 = bytearray(blob)
+    struct.pack_into(">I", v16, 20, 16)  # claim version 16
+    with pytest.raises(InputError, match="need 17"):
+        CrashFdt(bytes(v16), source="old.dtb")
