@@ -326,3 +326,31 @@ def test_version_16_blobs_are_refused_with_a_hint() -> None:
     struct.pack_into(">I", v16, 20, 16)  # claim version 16
     with pytest.raises(InputError, match="need 17"):
         CrashFdt(bytes(v16), source="old.dtb")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.lists(st.sampled_from(POOL), unique_by=lambda n: n.name, max_size=30),
+        min_size=1,
+        max_size=8,
+    ),
+    capacity=st.integers(min_value=4096, max_value=12288),
+)
+def test_hotplug_sequences_on_one_buffer(steps: list[list[DtNode]], capacity: int) -> None:
+    """Add/remove cores in random bursts: every write either describes exactly its
+    nodes or fails with CapacityError and leaves the previous tree byte for byte."""
+    fdt = CrashFdt(minimal_fdt(), capacity)
+    buf = fdt.buffer
+    current: list[DtNode] = []
+    for nodes in steps:
+        previous = bytes(buf)
+        try:
+            layout = fdt.write(nodes)
+        except CapacityError:
+            assert bytes(buf) == previous
+        else:
+            current = nodes
+            assert layout.used <= capacity
+        assert fdt.buffer is buf and len(buf) == capacity == totalsize(buf)
+        assert libfdt_children(buf) == [(n.name, dict(n.properties)) for n in order_nodes(current)]
