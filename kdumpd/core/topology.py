@@ -8,7 +8,23 @@ kernel's ``struct resource``: ``end`` is **inclusive**.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+
+def format_cpulist(cpus: Iterable[int]) -> str:
+    """``{0, 1, 2, 3, 8}`` → ``"0-3,8"``: the kernel's cpulist notation (as in
+    ``/sys/devices/system/cpu/present``); ``""`` for no CPUs."""
+    out: list[str] = []
+    ordered = sorted(set(cpus))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(out)
 
 
 @dataclass(frozen=True, slots=True, order=True)

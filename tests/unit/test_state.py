@@ -37,3 +37,21 @@ def test_to_json_is_plain_data() -> None:
     assert out["state"] == "loaded"
     assert out["present_cpus"] == [0, 1]
     assert out["memory_ranges"] == [[0x1000, 0x9FFFF]]
+
+
+def test_format_cpulist_round_trips_through_the_kernel_parser() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from kdumpd.core.topology import format_cpulist
+    from kdumpd.system.sysfs import parse_cpulist
+
+    assert format_cpulist([8, 0, 1, 2, 3]) == "0-3,8"
+    assert format_cpulist([]) == ""
+
+    @given(st.sets(st.integers(0, 300)))
+    def round_trip(cpus: set[int]) -> None:
+        text = format_cpulist(cpus)
+        assert (parse_cpulist(text + "\n", "cpulist") if cpus else ()) == tuple(sorted(cpus))
+
+    round_trip()

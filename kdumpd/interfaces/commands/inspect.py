@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kdumpd.core.errors import InputError
-from kdumpd.core.topology import MemRange, Topology
+from kdumpd.core.topology import MemRange, Topology, format_cpulist
 from kdumpd.system.sysfs import read_topology
 
 NAME = "inspect"
@@ -140,19 +140,8 @@ def to_json(t: Topology, sysroot: str) -> dict[str, Any]:
 
 
 def cpulist(cpus: Sequence[int]) -> str:
-    """``(0, 1, 2, 3, 8)`` → ``"0-3,8"`` (the kernel's own notation)."""
-    if not cpus:
-        return "none"
-    parts: list[str] = []
-    lo = prev = cpus[0]
-    for c in (*cpus[1:], None):
-        if c is not None and c == prev + 1:
-            prev = c
-            continue
-        parts.append(str(lo) if lo == prev else f"{lo}-{prev}")
-        if c is not None:
-            lo = prev = c
-    return ",".join(parts)
+    """``(0, 1, 2, 3, 8)`` → ``"0-3,8"``; ``"none"`` for no CPUs."""
+    return format_cpulist(cpus) or "none"
 
 
 def human_size(n: int) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kdumpd.core.errors import KdumpdError
+from kdumpd.core.topology import format_cpulist
 
 NAME = "status"
 HELP = "show the daemon's state (D-Bus, or state.json when the daemon is not running)"
@@ -65,17 +66,7 @@ def _bytes(n: int) -> str:
 
 
 def _cpu_list(cpus: list[int]) -> str:
-    """0,1,2,5,6 -> 0-2,5-6 (as /sys/devices/system/cpu/present)."""
-    out: list[str] = []
-    cpus = sorted(cpus)
-    i = 0
-    while i < len(cpus):
-        j = i
-        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
-            j += 1
-        out.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
-        i = j + 1
-    return ",".join(out) or "none"
+    return format_cpulist(cpus) or "none"
 
 
 def _ram(ranges: list[list[int]]) -> int:
