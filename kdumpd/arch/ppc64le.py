@@ -15,8 +15,13 @@ elfcorehdr (kexec-tools kexec/arch/ppc64/crashdump-ppc64.c; kexec-internals.md
   0x0-0xffff) is its own PT_LOAD and the RAM range that starts at 0 continues at
   0x10000, as kexec-tools splits it.  The backup *copy* (``p_offset`` of that
   PT_LOAD pointing at the backup segment) belongs to the loader, like on x86_64.
+* The RAM ranges come from ``/proc/iomem``'s System RAM (as on x86_64).  kexec-tools
+  reads the device tree instead (``memory@`` nodes and the LMBs of
+  ``ibm,dynamic-memory[-v2]`` assigned to the partition) and the kernel's own rebuild
+  walks memblock; on a running system these describe the same RAM, but this was not
+  checked on real ppc64le hardware.
 * Not modelled: the PT_LOADs kexec-tools adds for RTAS/OPAL regions that overlap
-  the crash reservation (the topology has no ``/rtas`` facts yet).
+  the crash reservation (the topology has no ``/rtas`` facts yet), and ``mem=``.
 
 Capacity: ``/sys/kernel/crash_elfcorehdr_size`` when present (aligned to 1 KiB,
 as kexec-tools ``--hotplug``), else the kernel's ppc64 formula ``sizeof(Elf64_Ehdr)
