@@ -33,6 +33,7 @@ from pathlib import Path
 
 from kdumpd.core.errors import InputError, KdumpdError, UnsupportedError
 from kdumpd.interfaces.dbusclient import DaemonError, DaemonUnreachable, call, get_state
+from kdumpd.system.sysfs import read_crash_loaded
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -221,8 +222,7 @@ def sysfs_crash_loaded(ctx: Context) -> bool | None:
     if (ctx.read("/sys/kernel/fadump/enabled") or "").strip() == "1":
         reg = ctx.read("/sys/kernel/fadump/registered")
         return None if reg is None else reg.strip() == "1"
-    text = ctx.read("/sys/kernel/kexec_crash_loaded")
-    return None if text is None else text.strip() == "1"
+    return read_crash_loaded(ctx.sysroot)
 
 
 def crash_size(ctx: Context) -> int:

@@ -97,6 +97,7 @@ __all__ = [
     "TopologyReader",
     "parse_cpulist",
     "read_capabilities",
+    "read_crash_loaded",
     "read_topology",
 ]
 
@@ -543,6 +544,22 @@ def read_capabilities(
     return _capabilities(root)
 
 
+#: ``!!kexec_crash_image``, read without the kexec lock; the second name is the newer
+#: ``/sys/kernel/kexec/`` layout (old names kept as links, kexec-internals §4.1).
+KEXEC_CRASH_LOADED = ("/sys/kernel/kexec_crash_loaded", "/sys/kernel/kexec/crash_loaded")
+
+
+def read_crash_loaded(sysroot: str | Path = "/") -> bool | None:
+    """Is a crash image loaded?  ``None`` when the kernel has no such file.
+
+    The one lock-free question about the loaded image: unlike ``crash_hotplug`` and
+    ``kexec_crash_size`` it never contends with a hotplug update, so status queries
+    and post-load checks may ask it as often as they like."""
+    root = _Root(sysroot)
+    found = _first(root, *KEXEC_CRASH_LOADED)
+    return None if found is None else _bool01(found[1], found[0])
+
+
 def _capabilities(root: _Root) -> KernelCapabilities:
     def flag(*paths: str) -> bool | None:
         found = _first(root, *paths)
@@ -571,7 +588,7 @@ def _capabilities(root: _Root) -> KernelCapabilities:
         crash_elfcorehdr_size=number(
             "/sys/kernel/crash_elfcorehdr_size", "/sys/kernel/kexec/crash_elfcorehdr_size"
         ),
-        kexec_crash_loaded=flag("/sys/kernel/kexec_crash_loaded", "/sys/kernel/kexec/crash_loaded"),
+        kexec_crash_loaded=flag(*KEXEC_CRASH_LOADED),
         kexec_crash_size=number("/sys/kernel/kexec_crash_size", "/sys/kernel/kexec/crash_size"),
         lockdown=lockdown,
     )

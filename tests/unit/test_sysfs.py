@@ -562,3 +562,19 @@ def test_iomem_with_hidden_addresses_is_an_input_error(tmp_path: Path) -> None:
     iomem.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=r"^/proc/iomem: every address reads 0"):
         read_topology(root)
+
+
+def test_read_crash_loaded_old_and_new_sysfs_names(tmp_path: Path) -> None:
+    from kdumpd.system.sysfs import read_crash_loaded
+
+    assert read_crash_loaded(tmp_path) is None
+    new = tmp_path / "sys/kernel/kexec/crash_loaded"
+    new.parent.mkdir(parents=True)
+    new.write_text("1\n")
+    assert read_crash_loaded(tmp_path) is True
+    old = tmp_path / "sys/kernel/kexec_crash_loaded"
+    old.write_text("0\n")
+    assert read_crash_loaded(tmp_path) is False  # the classic name wins when both exist
+    old.write_text("yes\n")
+    with pytest.raises(InputError, match=r"^/sys/kernel/kexec_crash_loaded:1: "):
+        read_crash_loaded(tmp_path)

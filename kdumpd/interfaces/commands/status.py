@@ -20,6 +20,7 @@ from typing import Any
 
 from kdumpd.core.errors import KdumpdError
 from kdumpd.core.topology import format_cpulist
+from kdumpd.system.sysfs import read_crash_loaded
 
 NAME = "status"
 HELP = "show the daemon's state (D-Bus, or state.json when the daemon is not running)"
@@ -110,10 +111,12 @@ def format_state(s: dict[str, Any]) -> str:
 
 def _kernel_loaded(sysroot: Path) -> str:
     try:
-        value = (sysroot / "sys/kernel/kexec_crash_loaded").read_text().strip()
-    except OSError:
+        loaded = read_crash_loaded(sysroot)
+    except KdumpdError as err:
+        return f"unknown ({err})"
+    if loaded is None:
         return "unknown (no /sys/kernel/kexec_crash_loaded)"
-    return "yes" if value == "1" else "no"
+    return "yes" if loaded else "no"
 
 
 def run(args: argparse.Namespace) -> int:
