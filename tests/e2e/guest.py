@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -110,9 +111,11 @@ class Guest:
             "-virtfs", f"local,path={self.outdir},mount_tag=out,security_model=none",
         ]  # fmt: skip
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        (self.workdir / "qemu.cmd").write_text(" ".join(argv) + "\n")
+        with open(self.workdir / "qemu.log", "wb") as qlog:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT
+            )
         self.qmp = QMP(str(self.qmp_path))
         self.wait_console("@@READY", timeout=timeout)
         for line in self.console().splitlines():
@@ -166,7 +169,12 @@ class Guest:
             return ""
 
     def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.console().splitlines()[-lines:])
+        text = "\n".join(self.console().splitlines()[-lines:])
+        try:
+            qemu = (self.workdir / "qemu.log").read_text(errors="replace").strip()
+        except FileNotFoundError:
+            qemu = ""
+        return text + (f"\n--- QEMU output ---\n{qemu[-2000:]}" if qemu else "")
 
     def wait_console(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str]:
         deadline = time.monotonic() + timeout
@@ -193,6 +201,7 @@ class Guest:
     def run(self, cmd: str, timeout: float = 120.0) -> tuple[int, str]:
         """Run ``cmd`` with the guest's busybox sh; returns (exit status, output)."""
         assert self._cmd is not None
+        trace(f"guest$ {cmd}")
         if "\n" in cmd:
             raise ValueError("one line per command")
         cid = f"c{next(self._ids)}"
@@ -268,6 +277,16 @@ class Guest:
         self.spawn("echo c > /proc/sysrq-trigger")
         m = self.wait_console(r"(?s)@@VMCORE-BEGIN\n(.*?)@@VMCORE-END", timeout, start)
         return m.group(1)
+
+
+_T0 = time.monotonic()
+
+
+def trace(msg: str) -> None:
+    """Progress on stderr when KDUMPD_E2E_TRACE is set (or always into trace.log)."""
+    line = f"[{time.monotonic() - _T0:8.2f}] {msg}"
+    if os.environ.get("KDUMPD_E2E_TRACE"):
+        print(line, file=sys.stderr, flush=True)
 
 
 def cpu_hotplug_mode(kernel_key: str) -> str:

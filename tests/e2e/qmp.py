@@ -42,6 +42,9 @@ class QMP:
         return msg
 
     def execute(self, command: str, **arguments: Any) -> Any:
+        from tests.e2e.guest import trace
+
+        trace(f"qmp {command} {arguments}")
         req: dict[str, Any] = {"execute": command}
         if arguments:
             req["arguments"] = arguments
