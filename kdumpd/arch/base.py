@@ -25,82 +25,22 @@ Capacity policy (kexec-internals.md §1.9, §3.1, §4.4):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
+from kdumpd.core.arch import Arch, FdtArch
 from kdumpd.core.elfcorehdr import (
     EHDR_SIZE,
     ELF_CORE_HEADER_ALIGN,
-    Elfcorehdr,
-    HeaderLayout,
     elfcorehdr_capacity,
     round_up,
 )
 from kdumpd.core.image import SegmentKind
-from kdumpd.core.topology import DtNode, Topology
+from kdumpd.core.topology import Topology
 
-if TYPE_CHECKING:
-    from kdumpd.core.fdt import CrashFdt, FdtLayout
+__all__ = ["Arch", "FdtArch", "default_digested_segments", "default_elfcorehdr_capacity"]
 
 #: Default number of memory ranges to size for (kernel CONFIG_CRASH_MAX_MEMORY_RANGES).
 DEFAULT_MAX_RANGES = 8192
 #: kexec-tools' minimum elfcorehdr segment without --hotplug (crashdump-x86.c).
 MIN_ELFCOREHDR_SIZE = 16 * 1024
-
-
-@runtime_checkable
-class Arch(Protocol):
-    """One architecture back-end.  Implementations are stateless."""
-
-    @property
-    def name(self) -> str:
-        """Kernel/uname name: ``"x86_64"``, ``"ppc64le"``."""
-        ...
-
-    @property
-    def elf_machine(self) -> int:
-        """``e_machine`` of the elfcorehdr (EM_X86_64 = 62, EM_PPC64 = 21)."""
-        ...
-
-    @property
-    def regenerated_segments(self) -> frozenset[SegmentKind]:
-        """Segment kinds rebuilt on CPU/memory hotplug (and excluded from the digest)."""
-        ...
-
-    def digested_segments(self, *, hotplug: bool) -> frozenset[SegmentKind]:
-        """Segment kinds purgatory verifies.  Purgatory never digests itself; with
-        crash-hotplug support the regenerated kinds are left out too (§2.4)."""
-        ...
-
-    def elfcorehdr_capacity(
-        self, topology: Topology, *, max_cpus: int | None = None, max_ranges: int | None = None
-    ) -> int:
-        """Fixed size of the elfcorehdr buffer/segment for this machine, in bytes."""
-        ...
-
-    def build_elfcorehdr(self, topology: Topology, hdr: Elfcorehdr) -> HeaderLayout:
-        """Rewrite ``hdr`` in place for ``topology``."""
-        ...
-
-
-@runtime_checkable
-class FdtArch(Arch, Protocol):
-    """An architecture whose capture kernel learns its CPUs from an FDT segment that
-    hotplug regenerates (ppc64le; ``SegmentKind.FDT in regenerated_segments``)."""
-
-    def fdt_nodes(self, topology: Topology) -> Sequence[DtNode] | None:
-        """The ``/cpus`` children to describe (``None``: keep the base blob's)."""
-        ...
-
-    def new_fdt(
-        self, topology: Topology, base: bytes | bytearray | None = None, capacity: int | None = None
-    ) -> CrashFdt:
-        """A fixed-capacity crash FDT buffer for ``topology`` (not written yet)."""
-        ...
-
-    def build_fdt(self, topology: Topology, fdt: CrashFdt) -> FdtLayout:
-        """Rewrite ``fdt``'s ``/cpus`` node in place for ``topology``."""
-        ...
 
 
 def default_digested_segments(

@@ -35,7 +35,7 @@ from kdumpd.core.errors import CapacityError, UnsupportedError
 from kdumpd.core.topology import MemRange, Topology
 
 if TYPE_CHECKING:
-    from kdumpd.arch.base import Arch, FdtArch
+    from kdumpd.core.arch import Arch, FdtArch
     from kdumpd.core.fdt import CrashFdt, FdtLayout
 
 PAGE_SIZE = 4096
@@ -233,7 +233,7 @@ class CrashImage:
 
 
 def _fdt_arch(arch: Arch) -> FdtArch:
-    from kdumpd.arch.base import FdtArch
+    from kdumpd.core.arch import FdtArch
 
     if not isinstance(arch, FdtArch):
         raise UnsupportedError(f"{arch.name} regenerates an FDT but has no FDT builder")
