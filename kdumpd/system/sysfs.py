@@ -67,6 +67,7 @@ to a directory descriptor, so an 8,192-CPU / 8,192-block tree costs one ``open``
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import platform
@@ -76,6 +77,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
 
 from kdumpd.core.errors import InputError
 from kdumpd.core.iomem import parse_iomem
@@ -123,7 +127,13 @@ KCORE_ELF_HEADERS_SIZE = 64 << 10
 _GIB_MASK = ~((1 << 30) - 1) & ((1 << 64) - 1)
 
 _PT_LOAD = 1
-_EM_TO_ARCH = {62: "x86_64", 21: "ppc64le", 183: "aarch64", 243: "riscv64", 22: "s390x"}
+_EM_TO_ARCH = {
+    "EM_X86_64": "x86_64",
+    "EM_PPC64": "ppc64le",
+    "EM_AARCH64": "aarch64",
+    "EM_RISCV": "riscv64",
+    "EM_S390": "s390x",
+}
 _CPU_NAME = re.compile(r"cpu(\d+)")
 _MEMORY_NAME = re.compile(r"memory(\d+)")
 _LOCKDOWN = re.compile(r"\[(\w+)\]")
@@ -445,8 +455,10 @@ def _kallsyms(root: _Root) -> tuple[dict[str, int], int | None]:
     return syms, highest
 
 
-def _kcore_loads(root: _Root) -> tuple[list[tuple[int, int]], int | None] | None:
-    """``(vaddr, memsz)`` of every kcore PT_LOAD and the ELF machine, or None if absent."""
+def _kcore_loads(root: _Root) -> tuple[list[tuple[int, int]], str | None] | None:
+    """``(vaddr, memsz)`` of every kcore PT_LOAD and the ELF machine (``"EM_X86_64"``),
+    or None if absent.  Only the first 64 KiB are read (kexec-tools'
+    KCORE_ELF_HEADERS_SIZE): the program headers, never the memory behind them."""
     try:
         data = root.read_bytes(KCORE, limit=KCORE_ELF_HEADERS_SIZE)
     except InputError as err:
@@ -454,33 +466,23 @@ def _kcore_loads(root: _Root) -> tuple[list[tuple[int, int]], int | None] | None
         return None
     if data is None or not data:
         return None
-    if len(data) < 64 or data[:4] != b"\x7fELF":
+    if data[:4] != b"\x7fELF":
         raise InputError(KCORE, "not an ELF file")
-    if data[4] != 2:
-        raise InputError(KCORE, "not ELFCLASS64")
-    if data[5] not in (1, 2):
-        raise InputError(KCORE, f"bad EI_DATA {data[5]}")
-    end = "<" if data[5] == 1 else ">"
-    (e_machine,) = struct.unpack_from(end + "H", data, 18)
-    e_phoff, e_shoff = struct.unpack_from(end + "QQ", data, 32)
-    e_phentsize, e_phnum = struct.unpack_from(end + "HH", data, 54)
-    if e_phnum == 0xFFFF:  # PN_XNUM: the real count is in section header 0's sh_info
-        if e_shoff + 64 > len(data):
-            raise InputError(KCORE, "PN_XNUM but section header 0 is beyond 64 KiB")
-        (e_phnum,) = struct.unpack_from(end + "I", data, e_shoff + 44)
-    if e_phentsize != 56:
-        raise InputError(KCORE, f"e_phentsize {e_phentsize}, expected 56")
-    if e_phoff + e_phnum * 56 > len(data):
-        raise InputError(KCORE, f"{e_phnum} program headers do not fit the first {len(data)} bytes")
-    loads: list[tuple[int, int]] = []
-    fmt = end + "IIQQQQQQ"
-    for i in range(e_phnum):
-        p_type, _fl, _off, vaddr, _pa, _fs, memsz, _al = struct.unpack_from(
-            fmt, data, e_phoff + i * 56
-        )
-        if p_type == _PT_LOAD:
-            loads.append((vaddr, memsz))
-    return loads, e_machine
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        if elf.elfclass != 64:
+            raise InputError(KCORE, "not ELFCLASS64")
+        loads = [
+            (seg["p_vaddr"], seg["p_memsz"])
+            for seg in elf.iter_segments()
+            if seg["p_type"] == "PT_LOAD"
+        ]
+        machine = elf["e_machine"]
+    except (ELFError, struct.error, ValueError) as err:
+        raise InputError(
+            KCORE, f"program headers unreadable in the first {len(data)} bytes: {err}"
+        ) from None
+    return loads, machine if isinstance(machine, str) else None
 
 
 def _align_up(value: int, align: int) -> int:
@@ -493,7 +495,7 @@ def _text_from_segment(vaddr: int, memsz: int, source: str) -> KernelText:
 
 
 def _kernel_text(
-    kcore: tuple[list[tuple[int, int]], int | None] | None,
+    kcore: tuple[list[tuple[int, int]], str | None] | None,
     syms: dict[str, int],
     highest: int | None,
 ) -> tuple[KernelText | None, int | None]:
@@ -687,7 +689,7 @@ def _dt_cpus(root: _Root) -> tuple[DtNode, ...]:
 # --------------------------------------------------------------------------- arch
 
 
-def _arch(root: _Root, explicit: str | None, kcore_machine: int | None) -> str:
+def _arch(root: _Root, explicit: str | None, kcore_machine: str | None) -> str:
     if explicit:
         return explicit
     path = "/proc/sys/kernel/arch"
