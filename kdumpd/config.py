@@ -32,6 +32,7 @@ Example file::
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -45,6 +46,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
@@ -101,14 +103,6 @@ class Settings(BaseSettings):
     elfcorehdr: ElfcorehdrSettings = Field(default_factory=ElfcorehdrSettings)
     kexec: KexecSettings = Field(default_factory=KexecSettings)
 
-    @property
-    def debounce_quiet_ms(self) -> int:
-        return self.debounce.quiet_ms
-
-    @property
-    def debounce_max_ms(self) -> int:
-        return self.debounce.max_ms
-
     @classmethod
     def settings_customise_sources(
         cls,
@@ -118,7 +112,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings)
+        """Command line (init), then environment, then the TOML file layer (set by
+        :func:`load_settings`; empty when ``Settings`` is built directly)."""
+        return (
+            init_settings,
+            _Env(settings_cls),
+            InitSettingsSource(settings_cls, _FILE_LAYER.get() or {}),
+        )
 
 
 _FILE_LAYER: ContextVar[dict[str, Any] | None] = ContextVar("kdumpd_config_file", default=None)
@@ -133,25 +133,6 @@ class _Env(EnvSettingsSource):
         if env is None:
             return super()._load_env_vars()
         return parse_env_vars(env, self.case_sensitive, self.env_ignore_empty, None)
-
-
-class _Layered(Settings):
-    """Settings with the file layer below the environment."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            _Env(settings_cls),
-            InitSettingsSource(settings_cls, _FILE_LAYER.get() or {}),
-        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -215,7 +196,13 @@ def load_settings(
     tok_file = _FILE_LAYER.set(file_data)
     tok_env = _ENV.set(env)
     try:
-        layered = _Layered(**clean)
+        layered = Settings(**clean)
+    except SettingsError as err:  # e.g. KDUMPD_DEBOUNCE='{bad': not JSON
+        m = re.search(r'field "([^"]+)"', str(err))
+        field = m.group(1) if m else ""
+        var = ENV_PREFIX + field.upper() if field else "environment"
+        cause = f": {err.__cause__}" if err.__cause__ is not None else ""
+        raise InputError(var, f"cannot parse the value{cause}") from None
     except ValidationError as err:
         first = err.errors()[0]
         loc = tuple(first.get("loc", ()))
@@ -238,7 +225,7 @@ def _with_kdump_utils(settings: Settings) -> Settings:
     from kdumpd.system.kdumpconf import kexec_defaults
 
     k = settings.kexec
-    extra = kexec_defaults(settings.sysroot, k.kernel, k.initrd, k.cmdline)
+    extra = kexec_defaults(settings.sysroot, k.kernel, k.initrd, k.cmdline, k.append)
     if not extra:
         return settings
     return settings.model_copy(update={"kexec": k.model_copy(update=extra)})

@@ -2,9 +2,20 @@
 
 Event sources (udev netlink or a replay file) → the reconciler's debouncer → the
 reconciler (topology → CrashImage → backend) → the StateStore, observed by
-sd_notify, state.json and (if present and enabled) D-Bus.  SIGTERM/SIGINT stop,
-SIGHUP re-reads the configuration (keeping the running one when the new one is
-bad) and reloads the image.
+sd_notify, state.json and (if present and enabled) D-Bus.  SIGTERM/SIGINT stop.
+
+The udev source starts *before* the first topology read, so a hotplug event during
+start-up is debounced into a burst that runs after the first load, never lost.
+
+Reload: one daemon-owned hook, :meth:`Daemon.reconfigure`, re-reads the
+configuration (file, environment, command line), rebuilds the back-end when its
+inputs changed and is run by :meth:`Reconciler.reload` before the fresh load — so
+D-Bus ``Reload`` (``kdumpctl reload``) and SIGHUP do the same thing.  A bad
+configuration is one error line; the running configuration and image stay.  SIGHUP
+sends ``RELOADING=1`` and always ``READY=1`` afterwards.
+
+Replay (``--replay FILE``) writes the file's ``files`` below the sysroot, so it is
+refused on ``/`` and always runs the dry-run back-end (no kexec syscalls).
 """
 
 from __future__ import annotations
@@ -13,18 +24,18 @@ import asyncio
 import importlib.util
 import logging
 import signal
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kdumpd.config import Settings, load_settings
-from kdumpd.core.errors import KdumpdError
+from kdumpd.core.errors import InputError, KdumpdError
 from kdumpd.daemon.backends.base import Backend
 from kdumpd.daemon.backends.probe import make_backend, probe_backend
 from kdumpd.daemon.reconciler import Reconciler, default_image_factory
-from kdumpd.daemon.state import ImageState, StateStore
+from kdumpd.daemon.state import StateStore
+from kdumpd.events.event import EventSink
 from kdumpd.events.replay import Replayer, ReplayStats
 from kdumpd.interfaces.notify import Notifier
 from kdumpd.system.kexec import KexecSyscalls
@@ -37,6 +48,33 @@ class RunResult:
     replay: ReplayStats | None
     last_event_to_applied: float | None  # seconds, replay only
     state: dict[str, Any]
+
+
+class EventSource(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def udev_source(sink: EventSink, settings: Settings) -> EventSource:
+    from kdumpd.events.udev import UdevSource
+
+    return UdevSource(sink, source=settings.event_source)
+
+
+def check_replay(settings: Settings) -> None:
+    """Replay writes below the sysroot and must never touch the live system."""
+    if Path(settings.sysroot).resolve() == Path("/"):
+        raise InputError(
+            str(settings.sysroot),
+            "refusing to replay onto the live system (replay writes its 'files' below the "
+            "sysroot); pass --sysroot DIR with a copy",
+        )
+    if settings.backend not in ("auto", "dry-run"):
+        raise InputError(
+            "backend",
+            f"replay runs the dry-run backend only (a fixture must not reach kexec), "
+            f"not {settings.backend}",
+        )
 
 
 class Daemon:
@@ -53,6 +91,8 @@ class Daemon:
         env: Mapping[str, str] | None = None,
         progress: Callable[[int], None] | None = None,
         store: StateStore | None = None,
+        source_factory: Callable[[EventSink, Settings], EventSource] | None = None,
+        load_config: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
@@ -64,19 +104,28 @@ class Daemon:
         self.env = env
         self.progress = progress
         self.store = store or StateStore()
+        self.source_factory = source_factory or udev_source
+        self.load_config = load_config or (lambda: load_settings(self.config_path, self.overrides))
         self.reconciler: Reconciler | None = None
         self.notifier: Notifier | None = None
         self._stop: asyncio.Event | None = None
         self._dbus: Any = None
-        self._udev: Any = None
+        self._source: EventSource | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _backend_name(self, s: Settings) -> tuple[str, str]:
+        if self.replay is not None:
+            return "dry-run", "replay"
+        if s.backend != "auto":
+            return s.backend, "configured"
+        name, why = probe_backend(s.sysroot)
+        if name == "dry-run" and Path(s.sysroot).resolve() == Path("/"):
+            log.warning("no kexec support: running in dry-run, nothing is loaded (%s)", why)
+        return name, why
 
     def _backend(self) -> Backend:
         s = self.settings
-        name: str = s.backend
-        if name == "auto":
-            name, why = probe_backend(s.sysroot)
-        else:
-            why = "configured"
+        name, why = self._backend_name(s)
         log.info("backend %s (%s)", name, why, extra={"BACKEND": name})
         return make_backend(name, s, self.syscalls_factory)
 
@@ -86,6 +135,8 @@ class Daemon:
     async def run(self) -> RunResult:
         loop = asyncio.get_running_loop()
         s = self.settings
+        if self.replay is not None:
+            check_replay(s)
         self._stop = asyncio.Event()
         backend = self._backend()
         rec = Reconciler(
@@ -97,15 +148,18 @@ class Daemon:
             quiet=s.debounce.quiet_ms / 1000,
             max_staleness=s.debounce.max_ms / 1000,
             fallback_backend=self._fallback,
+            reconfigure=self.reconfigure,
         )
         self.reconciler = rec
         self.notifier = Notifier(self.store, self.env)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._sighup()))
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         replay_stats: ReplayStats | None = None
         gap: float | None = None
         try:
+            if self.replay is None:
+                self._start_source(rec)  # before the first read: no event is lost
             await rec.start()
             self.notifier.mark_ready()
             self.notifier.start_watchdog(loop)
@@ -119,33 +173,31 @@ class Daemon:
                     gap = max(0.0, rec.last_applied_at - last_event)
                 if self.exit_after_replay:
                     return RunResult(replay_stats, gap, await rec.report())
-            else:
-                self._start_udev(rec)
             await self._stop.wait()
             return RunResult(replay_stats, gap, await rec.report())
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            if self._udev is not None:
-                self._udev.stop()
+            if self._source is not None:
+                self._source.stop()
             if self._dbus is not None:
                 try:
                     await self._dbus.stop()
                 except Exception as err:
                     log.warning("D-Bus shutdown: %s", err)
             self.notifier.stopping()
+            for task in list(self._tasks):
+                task.cancel()
             await rec.stop()
 
-    def _start_udev(self, rec: Reconciler) -> None:
-        from kdumpd.events.udev import UdevSource
-
-        src = UdevSource(rec.event, source=self.settings.event_source)
+    def _start_source(self, rec: Reconciler) -> None:
+        src = self.source_factory(rec.event, self.settings)
         try:
             src.start()
         except (KdumpdError, OSError) as err:
             log.error("no hotplug events: %s (rescan via D-Bus or SIGHUP still works)", err)
             return
-        self._udev = src
+        self._source = src
 
     async def _start_dbus(self) -> None:
         if not self.settings.dbus or self.reconciler is None:
@@ -159,46 +211,74 @@ class Daemon:
         except (KdumpdError, OSError) as err:
             log.warning("D-Bus interface not available: %s", err)
 
+    # ------------------------------------------------------------------ reload
+    def reconfigure(self) -> None:
+        """The reload hook (run by :meth:`Reconciler.reload` under its lock): re-read the
+        configuration and apply it to the running reconciler.  Raises InputError (and
+        changes nothing) when the new configuration or back-end inputs are bad."""
+        rec = self.reconciler
+        new = self.load_config()
+        old = self.settings
+        for key in ("sysroot", "state_dir", "event_source", "dbus"):
+            if getattr(new, key) != getattr(old, key):
+                log.warning("reload: %s changed; it takes effect at the next restart", key)
+        if rec is None:
+            self.settings = new
+            return
+        backend = rec.backend
+        # file/kernel re-resolve kernel, initrd and cmdline every time (a kdump initrd
+        # may have appeared, /proc/cmdline or kdump-utils' files may have changed)
+        if self.replay is None and (
+            new.backend != old.backend or backend.name in ("file", "kernel")
+        ):
+            name = backend.name if new.backend == old.backend == "auto" else None
+            if name is None:
+                name, why = self._backend_name(new)
+                log.info("reload: backend %s (%s)", name, why, extra={"BACKEND": name})
+            if name != "dry-run" or backend.name != "dry-run":
+                backend = make_backend(name, new, self.syscalls_factory)
+                _carry_last_good(rec.backend, backend)
+        # everything that can fail has run: commit
+        self.settings = new
+        rec.debouncer.quiet = new.debounce.quiet_ms / 1000
+        rec.debouncer.max_staleness = new.debounce.max_ms / 1000
+        if new.elfcorehdr != old.elfcorehdr:
+            rec.use_image_factory(
+                default_image_factory(new.elfcorehdr.max_cpus, new.elfcorehdr.max_ranges)
+            )
+        if backend is not rec.backend:
+            rec.backend = backend
+            self.store.update(backend=backend.name)
+        log.info("configuration re-read; loading a fresh crash image")
+
+    def on_sighup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._sighup(), name="kdumpd-sighup")
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
+
     async def _sighup(self) -> None:
         if self.notifier is not None:
-            self.notifier.send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            self.notifier.reloading()
         try:
-            new = load_settings(self.config_path, self.overrides)
+            if self.reconciler is not None:
+                await self.reconciler.reload()
         except KdumpdError as err:
-            log.error("SIGHUP: keeping the running configuration: %s", err)
+            log.error("SIGHUP: %s (keeping the running configuration)", err)
+        except Exception:
+            log.exception("SIGHUP: reload failed")
+        finally:
             if self.notifier is not None:
-                self.notifier.send("READY=1")
-            return
-        self.settings = new
-        rec = self.reconciler
-        if rec is not None:
-            rec.debouncer.quiet = new.debounce.quiet_ms / 1000
-            rec.debouncer.max_staleness = new.debounce.max_ms / 1000
-            if rec.backend.name in ("file", "kernel"):
-                try:
-                    fresh = make_backend(rec.backend.name, new, self.syscalls_factory)
-                    _carry_last_good(rec.backend, fresh)
-                    rec.backend = fresh
-                except KdumpdError as err:
-                    log.error("SIGHUP: keeping the running backend: %s", err)
-            log.info("configuration reloaded; reloading the crash image")
-            try:
-                await rec.reload()
-            except KdumpdError as err:
-                log.error("SIGHUP reload: %s", err)
-        if self.notifier is not None:
-            self.notifier.send("READY=1")
+                self.notifier.reloaded()
 
 
 def _carry_last_good(old: Backend, new: Backend) -> None:
     """Keep the inputs that last loaded, so a bad new kernel can fall back to them."""
     from kdumpd.daemon.backends.file import FileBackend
+    from kdumpd.daemon.backends.kernel import KernelBackend
 
     src = getattr(old, "loader", old)
     dst = getattr(new, "loader", new)
     if isinstance(src, FileBackend) and isinstance(dst, FileBackend):
         dst.last_good = src.last_good
-
-
-def state_ok(state: dict[str, Any]) -> bool:
-    return state.get("state") in (str(ImageState.LOADED),)
+    if isinstance(old, KernelBackend) and isinstance(new, KernelBackend):
+        new.own_file_load = old.own_file_load

@@ -10,12 +10,29 @@ same comparison, so no event is lost and nothing is applied twice for nothing.
 
 Fault policy (one place, for every backend):
 - ``EBUSY``: retry with exponential backoff;
-- ``EPERM`` on a backend other than ``file`` (kernel lockdown refuses unsigned
-  segment loads): switch to the ``file`` backend and retry;
+- ``EPERM`` from a ``kexec_load``-based backend (kernel lockdown refuses unsigned
+  segments): switch to the ``kexec_file_load`` fallback and retry.  ``EPERM`` from
+  ``kexec_file_load`` itself (unsigned kernel under lockdown,
+  ``kernel.kexec_load_disabled=1``) is not retried with another backend that makes
+  the same syscall: it is a fault like the next ones;
 - ``ENOMEM``/``EINVAL``/``ENOEXEC`` (and anything else): state ``degraded`` with the
-  errno text, reload the last known good image, and schedule a retry; if even that
-  fails, state ``failed`` and an error in the log every retry — never silently
-  without a crash kernel.
+  errno text, reload the last known good image if the kernel no longer has one, and
+  schedule a retry; if even that fails, state ``failed`` and an error in the log
+  every retry — never silently without a crash kernel.  A backend that refuses
+  before the syscall (an unreadable kernel, a command line too long) leaves the old
+  image loaded: degraded, nothing restored.
+
+kdumpd's own elfcorehdr model (:class:`CrashImage`) is needed only by backends that
+load it (``Backend.consumes_image``).  For ``file``/``kernel`` the kernel builds its
+own header, so a model that cannot be built (an arch without an Arch back-end, an
+odd ``/proc/iomem``, a header beyond any capacity) does not stop the load; it is
+reported through ``last_error`` and ``stale``.
+
+``unload()`` on request makes every later burst, retry and rescan a no-op (the
+topology is still tracked, the state stays ``unloaded``/stale) until ``load()`` or
+``reload()``.  ``reload()`` first runs the daemon's ``reconfigure`` hook (re-read the
+configuration, rebuild the backend), then loads; it waits for a running burst
+instead of failing with Busy.
 """
 
 from __future__ import annotations
@@ -95,6 +112,7 @@ class Reconciler:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         fallback_backend: Callable[[], Backend] | None = None,
+        reconfigure: Callable[[], None] | None = None,
         busy_retries: int = 6,
         busy_delay: float = 0.05,
         retry_interval: float = 5.0,
@@ -109,6 +127,7 @@ class Reconciler:
         self.clock = clock
         self.sleep = sleep
         self.fallback_backend = fallback_backend
+        self.reconfigure = reconfigure
         self.busy_retries = busy_retries
         self.busy_delay = busy_delay
         self.retry_interval = retry_interval
@@ -132,7 +151,8 @@ class Reconciler:
         self._worker: asyncio.Task[None] | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_delay = retry_interval
-        self.passes = 0
+        self.unloaded_on_request = False
+        self.model_error = ""  # why kdumpd's own elfcorehdr model could not be built
 
     # ---------------------------------------------------------------- events
     def event(self, ev: HotplugEvent) -> None:
@@ -168,6 +188,8 @@ class Reconciler:
         """Adopt a recorded image or load the first one; then start the worker."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
+        if self._trigger:  # a burst closed before start (the event source runs first)
+            self._wake.set()
         self.store.update(backend=self.backend.name, state=ImageState.LOADING)
         async with self._lock:
             self._operation = "start"
@@ -175,7 +197,8 @@ class Reconciler:
             await self._reconcile("adopt" if adopted else "start", force_load=not adopted)
             self._operation = ""
         self._worker = asyncio.create_task(self._run(), name="kdumpd-reconciler")
-        self._idle.set()
+        if not self._wake.is_set() and self.debouncer.pending == 0:
+            self._idle.set()
 
     async def stop(self) -> None:
         self._async_debouncer.close()
@@ -245,6 +268,7 @@ class Reconciler:
         self.loads = max(self.loads, rec.loads)
         self.applied_digest = rec.topology_digest
         self.last_good = True
+        self.backend.adopt()
         log.info(
             "adopting the loaded crash image of generation %d (no reload)",
             rec.generation,
@@ -270,23 +294,68 @@ class Reconciler:
                 return image
             except (CapacityError, UnsupportedError) as err:
                 log.warning("rebuilding the crash image: %s", err)
+        self.image = None  # never report a model of an older topology
         image = self.image_factory(topology)
         self.image = image
         return image
 
+    def _model(self, topology: Topology) -> CrashImage | None:
+        """kdumpd's model of the image for ``topology``; None (``model_error`` says
+        why) when it cannot be built.  Raises only for backends that load it."""
+        try:
+            image = self._regenerate(topology)
+        except Exception as err:
+            if self.backend.consumes_image:
+                raise
+            text = f"no elfcorehdr model: {err}"
+            if text != self.model_error:
+                log.warning(
+                    "%s; backend %s loads anyway (the kernel builds its own elfcorehdr), "
+                    "the state reports the image as stale",
+                    text,
+                    self.backend.name,
+                )
+            self.model_error = text
+            return None
+        self.model_error = ""
+        return image
+
+    def _track_unloaded(self, topology: Topology, trigger: str) -> None:
+        """Unloaded on request: follow the topology, load nothing."""
+        self.store.update(
+            state=ImageState.UNLOADED,
+            stale=True,
+            present_cpus=tuple(topology.present_cpus),
+            memory_ranges=_crash_ranges(topology),
+        )
+        if trigger != "recheck":
+            log.info(
+                "%s: the crash image was unloaded on request; not loading (Load or Reload "
+                "loads it again)",
+                trigger,
+                extra={"TRIGGER": trigger},
+            )
+
     async def _reconcile(self, trigger: str, *, force_load: bool = False) -> None:
         """Passes until the applied image matches the topology (bounded)."""
-        self.passes += 1
         for _ in range(self.max_passes):
             t0 = time.monotonic_ns()
             topology = self._read()
             if topology is None:
                 return
+            if self.unloaded_on_request:
+                self._track_unloaded(topology, trigger)
+                return
             digest = key_digest(topology.image_key())
             if digest == self.applied_digest and not force_load:
-                if self.image is None:  # adopted: build the model for the state report
-                    self.image = self._regenerate(topology)
-                    self._publish(topology, trigger, None, t0)
+                if self.image is None:  # adopted or model-less: (re)build the model
+                    try:
+                        model = self._model(topology)
+                    except Exception as err:
+                        log.error("cannot build the crash image model: %s", err)
+                        model = None
+                    if model is not None:
+                        self._publish(topology, trigger, None, t0)
                 elif trigger != "recheck":
                     log.info(
                         "%s: topology unchanged, generation %d stays",
@@ -298,8 +367,10 @@ class Reconciler:
                     self.store.update(stale=False)
                 return
             try:
-                image = self._regenerate(topology)
-            except KdumpdError as err:  # e.g. an unsupported arch, a header beyond any capacity
+                image = self._model(topology)
+            except Exception as err:  # e.g. an unsupported arch, a header beyond any capacity
+                if not isinstance(err, KdumpdError):
+                    log.exception("building the crash image failed")
                 log.error("cannot build the crash image: %s", err)
                 state = ImageState.DEGRADED if self.last_good else ImageState.FAILED
                 self.store.update(state=state, last_error=str(err), stale=True)
@@ -341,6 +412,17 @@ class Reconciler:
             "loads": self.loads,
         }
 
+    def _eperm_fallback(self) -> Backend | None:
+        """A backend using another load syscall, for EPERM from ``kexec_load`` (lockdown
+        refuses unsigned segments, a signed kernel via ``kexec_file_load`` may pass).
+        None when the retry would make the same syscall and fail the same way."""
+        if self.fallback_backend is None or self.backend.load_syscall != "kexec_load":
+            return None
+        fallback = self.fallback_backend()
+        if fallback.load_syscall in ("", self.backend.load_syscall):
+            return None
+        return fallback
+
     async def _apply(self, request: LoadRequest) -> ApplyResult | None:
         delay = self.busy_delay
         busy = 0
@@ -358,25 +440,23 @@ class Reconciler:
                     await self.sleep(delay)
                     delay *= 2
                     continue
-                if (
-                    err.errno == errno.EPERM
-                    and not switched
-                    and self.backend.name != "file"
-                    and self.fallback_backend is not None
-                ):
-                    switched = True
-                    old = self.backend.name
-                    self.backend = self.fallback_backend()
-                    log.warning(
-                        "%s (kernel lockdown?); switching backend %s -> %s",
-                        err,
-                        old,
-                        self.backend.name,
-                    )
-                    self.store.update(backend=self.backend.name)
-                    continue
+                if err.errno == errno.EPERM:
+                    fallback = None if switched else self._eperm_fallback()
+                    if fallback is not None:
+                        switched = True
+                        old = self.backend.name
+                        self.backend = fallback
+                        log.warning(
+                            "%s (kernel lockdown?); switching backend %s -> %s",
+                            err,
+                            old,
+                            self.backend.name,
+                        )
+                        self.store.update(backend=self.backend.name)
+                        continue
+                    return await self._degrade(request, eperm_message(err))
                 return await self._degrade(request, str(err))
-            except KdumpdError as err:
+            except KdumpdError as err:  # refused before any syscall
                 return await self._degrade(request, str(err))
 
     async def _degrade(self, request: LoadRequest, error: str) -> ApplyResult | None:
@@ -388,7 +468,12 @@ class Reconciler:
             extra={"GENERATION": request.generation, "TRIGGER": request.trigger},
         )
         restored = False
-        if self.last_good:
+        if self.backend.is_loaded():
+            # EBUSY, EPERM from kexec_load_permitted(), a refusal before the syscall:
+            # the kernel did not free the old image, and a restore would only open
+            # another window without a crash kernel.
+            log.warning("the previous crash image is still loaded; not restoring it")
+        elif self.last_good:
             try:
                 result = await self.backend.restore(request)
                 if result.loaded:
@@ -440,8 +525,9 @@ class Reconciler:
         covered = tuple((r.start, r.end) for r in layout.ranges) if layout else ()
         ranges = _crash_ranges(topology)
         present = tuple(topology.present_cpus)
-        noted = tuple(n.cpu for n in topology.crash_notes if n.cpu in set(present))
-        stale = ranges != covered or not set(noted) <= set(covered_cpus)
+        present_set = set(present)
+        noted = {n.cpu for n in topology.crash_notes if n.cpu in present_set}
+        stale = ranges != covered or not noted <= set(covered_cpus) or image is None
         duration = (time.monotonic_ns() - t0) // 1000
         changes: dict[str, Any] = {
             "state": ImageState.LOADED,
@@ -461,7 +547,7 @@ class Reconciler:
             "elfcorehdr_used": layout.used if layout else 0,
             "elfcorehdr_capacity": layout.capacity if layout else 0,
             "crash_kernel_size": sum(r.size for r in topology.crashkernel),
-            "last_error": "",
+            "last_error": self.model_error,
         }
         if result is not None:
             changes.update(
@@ -524,21 +610,36 @@ class Reconciler:
                 self._operation = ""
 
     async def reload(self) -> None:
-        self._busy("reload")
+        """Re-read the configuration (the ``reconfigure`` hook; a bad one raises
+        InputError and changes nothing), then one fresh load.  Queues behind a running
+        burst: a reload asked for must happen, with the new kernel and cmdline."""
         async with self._lock:
             self._operation = "reload"
             try:
+                if self.reconfigure is not None:
+                    self.reconfigure()
+                self.unloaded_on_request = False
                 await self._reconcile("reload", force_load=True)
             finally:
                 self._operation = ""
 
+    def use_image_factory(self, factory: ImageFactory) -> None:
+        """A new elfcorehdr sizing (configuration reload): rebuild the model next pass."""
+        self.image_factory = factory
+        self.image = None
+
     async def load(self) -> None:
         self._busy("load")
-        if self.backend.is_loaded() and self.applied_digest is not None:
+        if (
+            not self.unloaded_on_request
+            and self.backend.is_loaded()
+            and self.applied_digest is not None
+        ):
             return
         async with self._lock:
             self._operation = "load"
             try:
+                self.unloaded_on_request = False
                 await self._reconcile("load", force_load=True)
             finally:
                 self._operation = ""
@@ -556,6 +657,7 @@ class Reconciler:
                 self._operation = ""
             self.applied_digest = None
             self.last_good = False
+            self.unloaded_on_request = True
             self._cancel_retry()
             self.store.update(state=ImageState.UNLOADED, stale=True)
             self._save(loaded=False)
@@ -567,3 +669,13 @@ class Reconciler:
         out["debounce_quiet_ms"] = round(self.debouncer.quiet * 1000)
         out["debounce_max_ms"] = round(self.debouncer.max_staleness * 1000)
         return out
+
+
+def eperm_message(err: KexecError) -> str:
+    """One line for EPERM from a load syscall: what the kernel refused, and why."""
+    if err.op == "kexec_file_load":
+        return (
+            "kexec_file_load: EPERM — unsigned kernel under lockdown or "
+            "kernel.kexec_load_disabled=1"
+        )
+    return f"{err}: kernel lockdown or kernel.kexec_load_disabled=1"

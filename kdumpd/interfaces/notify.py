@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -138,5 +139,13 @@ class Notifier:
             self.send("STOPPING=1")
 
     def reloading(self) -> None:
+        """``RELOADING=1`` with ``MONOTONIC_USEC`` (sd_notify(3): required for
+        ``Type=notify-reload`` and used by systemd to order the reload)."""
         if self.enabled:
-            self.send("RELOADING=1")
+            self.send(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+
+    def reloaded(self) -> None:
+        """``READY=1`` after a reload, whatever its outcome (else systemd stays in
+        "reloading")."""
+        if self.enabled:
+            self.send("READY=1\nSTATUS=" + status_line(self.store.current))

@@ -85,6 +85,21 @@ ALWAYS_REMOVED = (
     "iscsi_initiator",
 )
 
+# gen-kdump-sysconfig.sh's common KDUMP_COMMANDLINE_REMOVE (kexec-internals §6.4) plus
+# the default ``cma``: what the capture kernel must not inherit when no
+# /etc/sysconfig/kdump says otherwise.
+DEFAULT_COMMANDLINE_REMOVE = (
+    "hugepages",
+    "hugepagesz",
+    "slub_debug",
+    "quiet",
+    "log_buf_len",
+    "swiotlb",
+    "hugetlb_cma",
+    "ignition.firstboot",
+    "cma",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class KdumpConf:
@@ -296,6 +311,9 @@ class KdumpSysconfig:
     img: str = "vmlinuz"
     img_ext: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    # False when the file does not set the variable at all (kdump-utils' defaults apply)
+    remove_set: bool = True
+    append_set: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> KdumpSysconfig:
@@ -309,6 +327,8 @@ class KdumpSysconfig:
             img=env.get("KDUMP_IMG", "") or "vmlinuz",
             img_ext=env.get("KDUMP_IMG_EXT", ""),
             extra=dict(env),
+            remove_set="KDUMP_COMMANDLINE_REMOVE" in env,
+            append_set="KDUMP_COMMANDLINE_APPEND" in env,
         )
 
 
@@ -351,14 +371,24 @@ def prepare_cmdline(
     proc_cmdline: str,
     *,
     boot_cpu_apicid: int | None = None,
+    default_append: str = "",
 ) -> str:
     """The capture kernel's command line, as ``kdumpctl``'s ``prepare_cmdline()``
-    builds it (watchdog pretimeout handling aside)."""
+    builds it (watchdog pretimeout handling aside).  When ``KDUMP_COMMANDLINE_REMOVE``
+    / ``_APPEND`` are not set at all (no /etc/sysconfig/kdump, only /etc/kdump.conf),
+    kdump-utils' default remove list and ``default_append`` (kdumpd's
+    ``[kexec] append``: ``irqpoll nr_cpus=1 reset_devices``) apply instead."""
     base = sysconfig.commandline or proc_cmdline
-    line = remove_params(base, (*ALWAYS_REMOVED, *sysconfig.commandline_remove))
+    remove = sysconfig.commandline_remove
+    if not sysconfig.remove_set:
+        remove = DEFAULT_COMMANDLINE_REMOVE
+    line = remove_params(base, (*ALWAYS_REMOVED, *remove))
     parts = [line] if line else []
-    if sysconfig.commandline_append:
-        parts.append(sysconfig.commandline_append)
+    append = sysconfig.commandline_append
+    if not sysconfig.append_set:
+        append = default_append.strip()
+    if append:
+        parts.append(append)
     if boot_cpu_apicid is not None:
         parts.append(f"disable_cpu_apicid={boot_cpu_apicid}")
     parts.append("rd.systemd.gpt_auto=no")
@@ -386,6 +416,8 @@ def _read(sysroot: Path, path: str) -> str | None:
         return full.read_text()
     except FileNotFoundError:
         return None
+    except OSError as err:  # EACCES, EISDIR, EIO: one line naming the file
+        raise InputError(str(full), err.strerror or str(err)) from None
     except UnicodeDecodeError:
         raise InputError(str(full), "not a text file") from None
 
@@ -402,7 +434,7 @@ def read_sysconfig(sysroot: str | Path = "/") -> KdumpSysconfig:
     root = Path(sysroot)
     text = _read(root, SYSCONFIG_KDUMP)
     if text is None:
-        return KdumpSysconfig()
+        return KdumpSysconfig(remove_set=False, append_set=False)
     return KdumpSysconfig.from_env(parse_sysconfig(text, str(root / SYSCONFIG_KDUMP.lstrip("/"))))
 
 
@@ -411,6 +443,7 @@ def loader_inputs(
     *,
     release: str | None = None,
     boot_cpu_apicid: int | None = None,
+    default_append: str = "",
 ) -> LoaderInputs:
     """Kernel, initramfs, command line and ``KEXEC_ARGS`` as kdump-utils would use
     them.  ``release`` defaults to ``uname -r`` of the running kernel (read from
@@ -426,7 +459,9 @@ def loader_inputs(
     kernel = f"{bootdir}/{sysconfig.img}-{kernelver}{sysconfig.img_ext}"
     initrd = f"{bootdir}/initramfs-{kernelver}kdump.img"
     proc_cmdline = (_read(root, "/proc/cmdline") or "").strip()
-    cmdline = prepare_cmdline(sysconfig, proc_cmdline, boot_cpu_apicid=boot_cpu_apicid)
+    cmdline = prepare_cmdline(
+        sysconfig, proc_cmdline, boot_cpu_apicid=boot_cpu_apicid, default_append=default_append
+    )
     return LoaderInputs(
         kernel=kernel,
         initrd=initrd,
@@ -441,6 +476,7 @@ def kexec_defaults(
     kernel: str = "",
     initrd: str = "",
     cmdline: str = "",
+    append: str = "",
 ) -> dict[str, str]:
     """``[kexec]`` values kdump-utils' files imply for the fields left empty.
 
@@ -453,7 +489,7 @@ def kexec_defaults(
     root = Path(sysroot)
     if not any((root / p.lstrip("/")).exists() for p in (SYSCONFIG_KDUMP, KDUMP_CONF)):
         return {}
-    li = loader_inputs(root)
+    li = loader_inputs(root, default_append=append)
     out: dict[str, str] = {}
     if not kernel and (root / li.kernel.lstrip("/")).is_file():
         out["kernel"] = li.kernel

@@ -15,9 +15,10 @@ import ctypes
 import errno
 import os
 import platform
+import struct
 from typing import Protocol
 
-from kdumpd.core.errors import KdumpdError, UnsupportedError
+from kdumpd.core.errors import InputError, KdumpdError, UnsupportedError
 
 # include/uapi/linux/kexec.h
 KEXEC_FILE_UNLOAD = 0x1
@@ -92,20 +93,73 @@ class LinuxKexec:
             raise KexecError("kexec_file_load", err)
 
 
+# arch/x86/kernel/kexec-bzimage64.c: for a crash image the kernel prepends
+# "elfcorehdr=0x%lx " to the command line and refuses (EINVAL) when
+# ``cmdline_len + MAX_ELFCOREHDR_STR_LEN > header->cmdline_size``, where cmdline_len
+# is the length userspace passed, terminating NUL included.  It checks this only
+# after kexec_file_load() has freed the old crash image, so we check first.
+MAX_ELFCOREHDR_STR_LEN = 30
+# Documentation/arch/x86/boot.rst: the real-mode setup header.
+_HDRS_OFFSET = 0x202  # "HdrS"
+_VERSION_OFFSET = 0x206  # u16 boot protocol version
+_CMDLINE_SIZE_OFFSET = 0x238  # u32 cmdline_size, protocol >= 2.06
+_SETUP_HEADER_END = 0x240
+_PRE_206_CMDLINE_SIZE = 255  # "up to 2.05: 255 characters" (excluding the NUL)
+
+
+def bzimage_cmdline_size(header: bytes) -> int | None:
+    """The longest command line (bytes incl. the NUL) a bzImage accepts, from its setup
+    header; None when ``header`` is not a bzImage (arm64 Image, ELF, PE, ...)."""
+    if len(header) < _VERSION_OFFSET + 2 or header[_HDRS_OFFSET : _HDRS_OFFSET + 4] != b"HdrS":
+        return None
+    (version,) = struct.unpack_from("<H", header, _VERSION_OFFSET)
+    if version >= 0x0206 and len(header) >= _CMDLINE_SIZE_OFFSET + 4:
+        (size,) = struct.unpack_from("<I", header, _CMDLINE_SIZE_OFFSET)
+        return int(size)
+    return _PRE_206_CMDLINE_SIZE + 1
+
+
+def check_crash_cmdline(kernel: str, header: bytes, cmdline: str) -> None:
+    """Raise InputError when the kernel would reject ``cmdline`` for a crash load."""
+    limit = bzimage_cmdline_size(header)
+    if limit is None:
+        return
+    need = len(cmdline.encode()) + 1 + MAX_ELFCOREHDR_STR_LEN
+    if need > limit:
+        raise InputError(
+            "kexec cmdline",
+            f"{len(cmdline.encode())} bytes; {kernel} accepts at most "
+            f"{limit - 1 - MAX_ELFCOREHDR_STR_LEN} for a crash kernel (cmdline_size {limit} "
+            f"minus {MAX_ELFCOREHDR_STR_LEN} for elfcorehdr= and the NUL); not loading",
+        )
+
+
 def crash_file_load(sys: KexecSyscalls, kernel: str, initrd: str | None, cmdline: str) -> None:
-    """Load a crash kernel from files (one syscall; the kernel swaps the image inside it)."""
+    """Load a crash kernel from files (one syscall; the kernel swaps the image inside it).
+
+    Everything the kernel would reject only after freeing the old crash image is
+    checked before the syscall (raising :class:`InputError`, the old image stays):
+    the kernel and initrd must open and read, the command line must fit."""
     flags = KEXEC_FILE_ON_CRASH
     try:
         kfd = os.open(kernel, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
-        raise KdumpdError(f"{kernel}: cannot open crash kernel: {err.strerror}") from None
+        raise InputError(kernel, f"cannot open crash kernel: {err.strerror}") from None
     ifd = -1
     try:
+        try:
+            header = os.pread(kfd, _SETUP_HEADER_END, 0)
+        except OSError as err:
+            raise InputError(kernel, f"cannot read crash kernel: {err.strerror}") from None
+        if not header:
+            raise InputError(kernel, "crash kernel is empty")
+        check_crash_cmdline(kernel, header, cmdline)
         if initrd:
             try:
                 ifd = os.open(initrd, os.O_RDONLY | os.O_CLOEXEC)
+                os.pread(ifd, 1, 0)
             except OSError as err:
-                raise KdumpdError(f"{initrd}: cannot open kdump initrd: {err.strerror}") from None
+                raise InputError(initrd, f"cannot read kdump initrd: {err.strerror}") from None
         else:
             flags |= KEXEC_FILE_NO_INITRAMFS
         sys.file_load(kfd, ifd, cmdline.encode(), flags)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -10,10 +11,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from kdumpd.config import Settings, load_settings
+from kdumpd.core.errors import InputError
+from kdumpd.daemon.daemon import Daemon
+from kdumpd.events.event import HotplugEvent
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests/fixtures/guest-6.1-before"
@@ -133,3 +139,177 @@ def test_bad_config_is_one_line_exit_1(env: tuple[dict[str, str], socket.socket,
     _, err = p.communicate(timeout=20)
     assert p.returncode == 1
     assert err.count("\n") == 1 and f"{cfg}: event_source:" in err
+
+
+# ---------------------------------------------------------------- in-process Daemon
+def daemon_settings(tmp: Path, **extra: object) -> Settings:
+    root = tmp / "root"
+    if not root.exists():
+        shutil.copytree(FIXTURE, root)
+    over: dict[str, object] = {
+        "sysroot": str(root),
+        "state_dir": str(tmp / "state"),
+        "backend": "dry-run",
+        "dbus": False,
+        "debounce": {"quiet_ms": 5, "max_ms": 50},
+    }
+    over.update(extra)
+    return load_settings(None, over, env={})
+
+
+class FakeSource:
+    """An event source that delivers one event the moment it starts."""
+
+    def __init__(self, sink: Callable[[HotplugEvent], None], daemon: Daemon) -> None:
+        self.sink = sink
+        self.daemon = daemon
+        self.loads_at_start: int | None = None
+        self.stopped = False
+
+    def start(self) -> None:
+        self.loads_at_start = self.daemon.store.current.loads
+        self.sink(HotplugEvent("online", "memory", "/devices/system/memory/memory512"))
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+async def wait_for(cond: Callable[[], bool], limit: float = 10.0) -> None:
+    end = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def test_event_source_starts_before_the_first_load(tmp_path: Path) -> None:
+    sources: list[FakeSource] = []
+    d: Daemon
+
+    def factory(sink: Callable[[HotplugEvent], None], _s: Settings) -> FakeSource:
+        sources.append(FakeSource(sink, d))
+        return sources[-1]
+
+    d = Daemon(daemon_settings(tmp_path), source_factory=factory, env={})
+    task = asyncio.create_task(d.run())
+    await wait_for(lambda: d.reconciler is not None and d.store.current.loads >= 1)
+    assert d.reconciler is not None
+    await d.reconciler.settle()
+    assert sources and sources[0].loads_at_start == 0, "hotplug events during start-up are lost"
+    assert d.store.current.events_received == 1
+    assert d._stop is not None
+    d._stop.set()
+    await task
+    assert sources[0].stopped
+
+
+async def test_reload_rereads_the_configuration(tmp_path: Path) -> None:
+    cfg = tmp_path / "kdumpd.toml"
+    cfg.write_text("[debounce]\nquiet_ms = 5\n")
+    base = {
+        "sysroot": str(tmp_path / "root"),
+        "state_dir": str(tmp_path / "state"),
+        "backend": "dry-run",
+        "dbus": False,
+    }
+    shutil.copytree(FIXTURE, tmp_path / "root")
+    d = Daemon(
+        load_settings(cfg, base, env={}),
+        config_path=cfg,
+        overrides=base,
+        env={},
+        source_factory=lambda sink, s: FakeSource(sink, d),
+    )
+    task = asyncio.create_task(d.run())
+    await wait_for(lambda: d.reconciler is not None and d.store.current.loads >= 1)
+    rec = d.reconciler
+    assert rec is not None
+    await rec.settle()
+    cfg.write_text("[debounce]\nquiet_ms = 40\nmax_ms = 400\n[elfcorehdr]\nmax_cpus = 64\n")
+    await rec.reload()  # what D-Bus Reload and `kdumpctl reload` call
+    assert rec.debouncer.quiet == 0.04 and rec.debouncer.max_staleness == 0.4
+    assert d.settings.elfcorehdr.max_cpus == 64
+    assert d.store.current.last_trigger == "reload" and d.store.current.loads == 2
+    # a bad file: InputError to the caller, nothing changes
+    cfg.write_text("[debounce]\nquiet_ms = 'soon'\n")
+    with pytest.raises(InputError, match=str(cfg)):
+        await rec.reload()
+    assert rec.debouncer.quiet == 0.04 and d.store.current.loads == 2
+    assert d._stop is not None
+    d._stop.set()
+    await task
+
+
+async def test_sighup_with_a_bad_environment_still_sends_ready(
+    env: tuple[dict[str, str], socket.socket, Path],
+) -> None:
+    e, _sock, tmp = env
+    d = Daemon(
+        daemon_settings(tmp),
+        env={"NOTIFY_SOCKET": e["NOTIFY_SOCKET"]},
+        source_factory=lambda sink, s: FakeSource(sink, d),
+        load_config=lambda: load_settings(None, {}, env={"KDUMPD_DEBOUNCE": "{bad"}),
+    )
+    task = asyncio.create_task(d.run())
+    await wait_for(lambda: d.notifier is not None and d.notifier.ready)
+    assert d.notifier is not None
+    d.notifier.sent.clear()
+    d.on_sighup()
+    assert len(d._tasks) == 1  # the task is referenced until it is done
+    await asyncio.gather(*d._tasks)
+    sent = d.notifier.sent
+    assert sent[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert int(sent[0].split("MONOTONIC_USEC=")[1]) > 0
+    assert sent[-1].startswith("READY=1")
+    assert not d._tasks
+    assert d._stop is not None
+    d._stop.set()
+    await task
+
+
+async def test_replay_refuses_the_live_system_and_real_backends(tmp_path: Path) -> None:
+    replay = tmp_path / "r.jsonl"
+    replay.write_text("")
+    s = daemon_settings(tmp_path)
+    live = s.model_copy(update={"sysroot": Path("/")})
+    with pytest.raises(InputError, match="refusing to replay onto the live system"):
+        await Daemon(live, replay=replay, exit_after_replay=True, env={}).run()
+    for name in ("file", "kernel"):
+        real = s.model_copy(update={"backend": name})
+        with pytest.raises(InputError, match="dry-run backend only"):
+            await Daemon(real, replay=replay, exit_after_replay=True, env={}).run()
+    auto = s.model_copy(update={"backend": "auto"})
+    (tmp_path / "root/sys/kernel/kexec_crash_size").write_text("268435456\n")
+    result = await Daemon(auto, replay=replay, exit_after_replay=True, env={}).run()
+    assert result.state["backend"] == "dry-run"
+    assert not (tmp_path / "root/proc/iomem").is_symlink()
+
+
+def test_run_replay_on_the_live_root_is_one_line_exit_1(
+    env: tuple[dict[str, str], socket.socket, Path],
+) -> None:
+    e, _, tmp = env
+    replay = tmp / "r.jsonl"
+    replay.write_text(
+        '{"action":"online","subsystem":"memory","devpath":"/devices/system/memory/memory9","files":{"sys/x":"1"}}\n'
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kdumpd.interfaces.cli",
+            "run",
+            "--replay",
+            str(replay),
+            "--no-dbus",
+            "--state-dir",
+            str(tmp / "state"),
+        ],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert p.returncode == 1
+    assert p.stderr.count("\n") == 1 and "refusing to replay onto the live system" in p.stderr
+    assert not Path("/sys/x").exists()

@@ -54,8 +54,13 @@ class RecordingBackend:
     """A backend that records requests; ``on_apply`` can mutate the world mid-load and
     ``faults`` (errno list) makes the next applies fail."""
 
-    def __init__(self, name: str = "fake") -> None:
+    def __init__(
+        self, name: str = "fake", *, consumes_image: bool = True, load_syscall: str = "fake"
+    ) -> None:
         self._name = name
+        self.consumes_image = consumes_image
+        self.load_syscall = load_syscall
+        self.adopted = 0
         self.applied: list[LoadRequest] = []
         self.applied_ends: list[int] = []
         self.restored = 0
@@ -72,16 +77,20 @@ class RecordingBackend:
     def is_loaded(self) -> bool:
         return self.loaded
 
+    def adopt(self) -> None:
+        self.adopted += 1
+
     async def apply(self, request: LoadRequest) -> ApplyResult:
         if self.faults:
             err = self.faults.pop(0)
-            if err in (errno.ENOMEM, errno.EINVAL, errno.ENOEXEC):
+            if err in (errno.ENOMEM, errno.EINVAL, errno.ENOEXEC, errno.EKEYREJECTED):
                 self.loaded = False  # the kernel freed the old image first
             raise KexecError("fake_load", err)
         self.applied.append(request)
-        layout = request.image.layout
-        assert layout is not None
-        self.applied_ends.append(max(r.end for r in layout.ranges))
+        layout = request.image.layout if request.image is not None else None
+        assert layout is not None or not self.consumes_image
+        if layout is not None:
+            self.applied_ends.append(max(r.end for r in layout.ranges))
         self.loaded = True
         if self.on_apply is not None:
             self.on_apply(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import shutil
@@ -64,7 +65,16 @@ def reconciler(sysroot: Path, backend: object, holder: TopologyHolder, **kw: obj
 def test_crash_cmdline_like_kdump_utils() -> None:
     assert (
         crash_cmdline("BOOT_IMAGE=/v root=/dev/sda crashkernel=1G-:256M nr_cpus=8 quiet")
-        == "root=/dev/sda quiet irqpoll nr_cpus=1 reset_devices"
+        == "root=/dev/sda irqpoll nr_cpus=1 reset_devices"
+    )
+    # kdump-utils' default KDUMP_COMMANDLINE_REMOVE and prepare_cmdline() removals
+    boot = (
+        "root=UUID=1 rd.lvm.lv=vg/root hugepages=512 hugepagesz=2M cma=64M slub_debug=FZ "
+        "log_buf_len=1M swiotlb=65536 hugetlb_cma=1G panic_on_warn=1 ignition.firstboot "
+        'console=ttyS0 dyndbg="file foo.c +p"'
+    )
+    assert crash_cmdline(boot, "") == (
+        'root=UUID=1 rd.lvm.lv=vg/root console=ttyS0 dyndbg="file foo.c +p"'
     )
 
 
@@ -127,13 +137,42 @@ async def test_ebusy_is_retried_with_backoff(sysroot: Path) -> None:
     await r.stop()
 
 
-async def test_eperm_on_kernel_backend_switches_to_file(sysroot: Path) -> None:
+async def test_eperm_from_kexec_file_load_is_not_retried_with_kexec_file_load(
+    sysroot: Path,
+) -> None:
+    # kernel and file backends both call kexec_file_load: switching kernel -> file would
+    # fail the same way (and downgrade a 6.6+ machine for good)
     kexec = ScriptedKexec([errno.EPERM])
-    kb = KernelBackend(file_backend(sysroot, kexec), sysroot, sleep=no_sleep)
+    kb = KernelBackend(file_backend(sysroot, kexec), sysroot, hotplug_config=True)
     fallback_kexec = ScriptedKexec()
     r = reconciler(
         sysroot,
         kb,
+        TopologyHolder(),
+        fallback_backend=lambda: file_backend(sysroot, fallback_kexec),
+    )
+    await r.start()
+    s = r.store.current
+    assert r.backend is kb and s.backend == "kernel"
+    assert fallback_kexec.calls == [] and len(kexec.calls) == 1
+    assert s.state == ImageState.FAILED
+    assert s.last_error == (
+        "kexec_file_load: EPERM — unsigned kernel under lockdown or kernel.kexec_load_disabled=1"
+    )
+    await r.stop()
+
+
+async def test_eperm_from_kexec_load_backend_falls_back_to_kexec_file_load(
+    sysroot: Path,
+) -> None:
+    from tests.unit.daemon_fakes import RecordingBackend
+
+    segments = RecordingBackend("segments", load_syscall="kexec_load")
+    segments.faults = [errno.EPERM]
+    fallback_kexec = ScriptedKexec()
+    r = reconciler(
+        sysroot,
+        segments,
         TopologyHolder(),
         fallback_backend=lambda: file_backend(sysroot, fallback_kexec),
     )
@@ -195,49 +234,152 @@ async def test_hard_fault_without_restore_is_failed_and_loud(
     await r.stop()
 
 
-async def test_kernel_backend_verifies_instead_of_reloading(sysroot: Path) -> None:
-    kexec = ScriptedKexec()
+def hotplug_sysroot(sysroot: Path, flag: str = "1") -> None:
     (sysroot / "sys/kernel/kexec_crash_loaded").write_text("1\n")
-    mem = sysroot / "sys/devices/system/memory/crash_hotplug"
-    cpu = sysroot / "sys/devices/system/cpu/crash_hotplug"
-    mem.write_text("1\n")
-    cpu.write_text("1\n")
-    reads: list[float] = []
+    (sysroot / "sys/devices/system/memory/crash_hotplug").write_text(f"{flag}\n")
+    (sysroot / "sys/devices/system/cpu/crash_hotplug").write_text(f"{flag}\n")
 
-    async def sleep(d: float) -> None:  # the kexec lock is released after 2 retries
-        reads.append(d)
-        if len(reads) == 2:
-            mem.write_text("1\n")
 
-    kb = KernelBackend(file_backend(sysroot, kexec), sysroot, sleep=sleep)
+class CountingHotplugReader:
+    """Counts reads of crash_hotplug (each one takes the kernel's kexec lock)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __call__(self, sysroot: Path) -> bool | None:
+        from kdumpd.daemon.backends.kernel import read_crash_hotplug
+
+        self.reads += 1
+        return read_crash_hotplug(sysroot)
+
+
+async def test_kernel_backend_takes_no_kexec_lock_per_burst(sysroot: Path) -> None:
+    kexec = ScriptedKexec()
+    hotplug_sysroot(sysroot)
+    reader = CountingHotplugReader()
+    kb = KernelBackend(file_backend(sysroot, kexec), sysroot, read_hotplug=reader)
+    assert kb.hotplug_config  # probed once, from the files' existence
     holder = TopologyHolder()
     r = reconciler(sysroot, kb, holder)
     await r.start()
-    assert len(kexec.calls) == 1  # the initial kexec_file_load
-    mem.write_text("0\n")  # kexec lock busy: reads 0
-    holder.add_blocks(8)
-    r.event(EV)
-    await r.settle()
+    assert len(kexec.calls) == 1 and reader.reads == 1  # one verification after our load
+    for _ in range(5):
+        holder.add_blocks(8)
+        r.event(EV)
+        await r.settle()
     assert len(kexec.calls) == 1, "kernel backend must not reload on hotplug"
-    assert len(reads) == 2
+    assert reader.reads == 1, "crash_hotplug (kexec_trylock) must not be read per burst"
     s = r.store.current
-    assert s.kernel_hotplug_support and s.generation == 2 and s.loads == 1
+    assert s.kernel_hotplug_support and s.generation == 6 and s.loads == 1
     assert s.covered_ranges[-1][1] == holder.ram_end
     await r.stop()
 
 
-async def test_kernel_backend_reloads_when_image_not_hotplug_capable(sysroot: Path) -> None:
+async def test_kernel_backend_does_not_reload_own_image_when_crash_hotplug_reads_0(
+    sysroot: Path,
+) -> None:
+    # 0 is what crash_hotplug reads while the kernel holds the kexec lock (§0.5); an
+    # image we loaded with kexec_file_load is hotplug-capable by construction
     kexec = ScriptedKexec()
-    (sysroot / "sys/kernel/kexec_crash_loaded").write_text("1\n")
-    (sysroot / "sys/devices/system/memory/crash_hotplug").write_text("0\n")
-    kb = KernelBackend(file_backend(sysroot, kexec), sysroot, sleep=no_sleep, verify_attempts=3)
+    hotplug_sysroot(sysroot, "0")
+    kb = KernelBackend(file_backend(sysroot, kexec), sysroot)
     holder = TopologyHolder()
     r = reconciler(sysroot, kb, holder)
     await r.start()
+    for _ in range(3):
+        holder.add_blocks(1)
+        r.event(EV)
+        await r.settle()
+    assert len(kexec.calls) == 1
+    await r.stop()
+
+
+async def test_kernel_backend_reloads_when_no_image_or_foreign_image(sysroot: Path) -> None:
+    from kdumpd.daemon.backends.base import LoadRequest
+
+    kexec = ScriptedKexec()
+    hotplug_sysroot(sysroot)
+    holder = TopologyHolder()
+    req = LoadRequest(None, holder.current, 1, "burst")
+    kb = KernelBackend(file_backend(sysroot, kexec), sysroot)
+    # loaded by another loader (e.g. kdumpctl before us): we cannot know it is
+    # hotplug-capable, so it is replaced once
+    res = await kb.apply(req)
+    assert res.loaded and len(kexec.calls) == 1 and kb.own_file_load
+    res = await kb.apply(req)
+    assert not res.loaded and res.kernel_updates_in_place and len(kexec.calls) == 1
+    # someone unloaded it (kexec_crash_loaded is lock-free): load again
+    (sysroot / "sys/kernel/kexec_crash_loaded").write_text("0\n")
+    res = await kb.apply(req)
+    assert res.loaded and len(kexec.calls) == 2
+    # an image adopted from our own state.json counts as ours
+    (sysroot / "sys/kernel/kexec_crash_loaded").write_text("1\n")
+    kb2 = KernelBackend(file_backend(sysroot, kexec), sysroot)
+    kb2.adopt()
+    assert not (await kb2.apply(req)).loaded and len(kexec.calls) == 2
+    # without CONFIG_CRASH_HOTPLUG nothing updates the image: every burst loads
+    kb3 = KernelBackend(file_backend(sysroot, kexec), sysroot, hotplug_config=False)
+    kb3.adopt()
+    assert (await kb3.apply(req)).loaded and len(kexec.calls) == 3
+
+
+def fake_bzimage(path: Path, *, version: int = 0x020F, cmdline_size: int = 2048) -> None:
+    import struct
+
+    hdr = bytearray(0x240)
+    hdr[0x1FE:0x200] = b"\x55\xaa"
+    hdr[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", hdr, 0x206, version)
+    struct.pack_into("<I", hdr, 0x238, cmdline_size)
+    path.write_bytes(bytes(hdr) + b"\0" * 4096)
+
+
+def test_bzimage_cmdline_size_from_setup_header(tmp_path: Path) -> None:
+    from kdumpd.system.kexec import bzimage_cmdline_size
+
+    k = tmp_path / "bz"
+    fake_bzimage(k, cmdline_size=4096)
+    assert bzimage_cmdline_size(k.read_bytes()) == 4096
+    fake_bzimage(k, version=0x0205, cmdline_size=4096)  # field exists from 2.06 on
+    assert bzimage_cmdline_size(k.read_bytes()) == 256
+    assert bzimage_cmdline_size(b"MZ arm64 Image" + bytes(0x300)) is None
+
+
+def test_too_long_cmdline_fails_before_the_syscall(tmp_path: Path) -> None:
+    from kdumpd.core.errors import InputError
+    from kdumpd.system.kexec import crash_file_load
+
+    k = tmp_path / "bz"
+    fake_bzimage(k, cmdline_size=2048)
+    kexec = ScriptedKexec()
+    # the kernel needs len + 1 (NUL) + 30 (elfcorehdr=0x<64 bit>) <= cmdline_size
+    crash_file_load(kexec, str(k), None, "x" * (2048 - 31))
+    assert len(kexec.calls) == 1
+    with pytest.raises(InputError, match="at most 2017"):
+        crash_file_load(kexec, str(k), None, "x" * (2048 - 30))
+    assert len(kexec.calls) == 1
+    with pytest.raises(InputError, match="cannot read kdump initrd"):
+        crash_file_load(kexec, str(k), str(tmp_path / "missing.img"), "ro")
+    assert len(kexec.calls) == 1
+
+
+async def test_too_long_cmdline_keeps_the_loaded_image(sysroot: Path) -> None:
+    kexec = ScriptedKexec()
+    rel = (sysroot / "proc/sys/kernel/osrelease").read_text().strip()
+    fake_bzimage(sysroot / f"boot/vmlinuz-{rel}", cmdline_size=256)
+    holder = TopologyHolder()
+    b = file_backend(sysroot, kexec)
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    (sysroot / "sys/kernel/kexec_crash_loaded").write_text("1\n")  # the kernel has it
+    assert len(kexec.calls) == 1 and r.store.current.state == ImageState.LOADED
+    b.files = dataclasses.replace(b.files, cmdline=b.files.cmdline + " x" * 200)
     holder.add_blocks(1)
     r.event(EV)
     await r.settle()
-    assert len(kexec.calls) == 2
+    s = r.store.current
+    assert len(kexec.calls) == 1, "no syscall (it would free the old image first), no restore"
+    assert s.state == ImageState.DEGRADED and "kexec cmdline" in s.last_error and s.stale
     await r.stop()
 
 

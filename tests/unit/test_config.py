@@ -17,7 +17,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults() -> None:
     s = load_settings(env={}, config=None)
     assert isinstance(s, Settings)
-    assert s.backend == "auto" and s.debounce_quiet_ms == 100 and s.debounce_max_ms == 1000
+    assert s.backend == "auto" and s.debounce.quiet_ms == 100 and s.debounce.max_ms == 1000
     assert str(s.state_dir) == "/run/kdumpd" and str(s.sysroot) == "/" and s.dbus
 
 
@@ -76,3 +76,30 @@ def test_shipped_example_config_is_valid_and_documents_the_defaults() -> None:
     text = example.read_text()
     for key in ("backend", "quiet_ms", "max_ms", "max_cpus", "max_ranges", "append"):
         assert f"{key} =" in text
+
+
+def test_unparsable_environment_value_is_one_input_error_line() -> None:
+    # pydantic-settings parses a nested model's env value as JSON and raises its own
+    # SettingsError (not a ValidationError); the daemon must see an InputError
+    with pytest.raises(InputError) as info:
+        load_settings(env={"KDUMPD_DEBOUNCE": "{bad"}, config=None)
+    text = str(info.value)
+    assert text.startswith("KDUMPD_DEBOUNCE: cannot parse the value") and "\n" not in text
+
+
+def test_unreadable_kdump_utils_file_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "etc/sysconfig/kdump").mkdir(parents=True)  # EISDIR, not ENOENT
+    with pytest.raises(InputError) as info:
+        load_settings(config=None, overrides={"sysroot": str(tmp_path)}, env={})
+    assert str(info.value).startswith(f"{tmp_path}/etc/sysconfig/kdump: ")
+
+
+def test_kdump_conf_without_sysconfig_keeps_the_capture_parameters(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/kdump.conf").write_text("path /var/crash\n")
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cmdline").write_text("BOOT_IMAGE=/v root=/dev/vda crashkernel=256M quiet\n")
+    s = load_settings(config=None, overrides={"sysroot": str(tmp_path)}, env={})
+    words = s.kexec.cmdline.split()
+    assert {"irqpoll", "nr_cpus=1", "reset_devices"} <= set(words)
+    assert "quiet" not in words and "root=/dev/vda" not in words

@@ -272,3 +272,142 @@ async def test_unreadable_topology_keeps_running_and_retries(tmp_path: Path) -> 
     await r.settle()
     assert len(backend.applied) == 1 and r.store.current.state == ImageState.LOADED
     await r.stop()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "arch 'aarch64' has no Arch back-end",  # get_arch raises
+        "CapacityError: placement does not fit",
+    ],
+)
+async def test_model_failure_does_not_block_a_backend_that_ignores_the_model(
+    tmp_path: Path, error: str
+) -> None:
+    from kdumpd.core.errors import UnsupportedError
+
+    holder = TopologyHolder()
+    backend = RecordingBackend("file", consumes_image=False, load_syscall="kexec_file_load")
+
+    def factory(topology):  # type: ignore[no-untyped-def]
+        raise UnsupportedError(error)
+
+    r = make(tmp_path, holder, backend, image_factory=factory, retry_interval=3600)
+    await r.start()
+    s = r.store.current
+    assert len(backend.applied) == 1 and backend.applied[0].image is None
+    assert s.state == ImageState.LOADED and s.loads == 1
+    assert s.stale and "no elfcorehdr model" in s.last_error and error in s.last_error
+    holder.add_blocks(2)
+    r.event(EV)
+    await r.settle()
+    assert len(backend.applied) == 2 and r.store.current.stale
+    await r.stop()
+
+
+async def test_unload_on_request_sticks_until_load_or_reload(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend)
+    await r.start()
+    await r.unload()
+    for _ in range(3):  # bursts, a rescan and a retry must not undo the unload
+        holder.add_blocks(1)
+        r.event(EV)
+        await r.settle()
+    await r.rescan()
+    r.request("retry")
+    await r.settle()
+    s = r.store.current
+    assert len(backend.applied) == 1 and not backend.loaded
+    assert s.state == ImageState.UNLOADED and s.stale
+    assert s.memory_ranges[-1][1] == holder.ram_end  # the topology is still followed
+    await r.load()
+    assert len(backend.applied) == 2 and r.store.current.state == ImageState.LOADED
+    assert backend.applied_ends[-1] == holder.ram_end
+    await r.unload()
+    await r.reload()
+    assert len(backend.applied) == 3 and r.store.current.state == ImageState.LOADED
+    holder.add_blocks(1)
+    r.event(EV)
+    await r.settle()
+    assert len(backend.applied) == 4
+    await r.stop()
+
+
+async def test_reload_queues_behind_a_burst_and_runs_the_reconfigure_hook(
+    tmp_path: Path,
+) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    calls: list[str] = []
+    r = make(tmp_path, holder, backend, reconfigure=lambda: calls.append("reconfigure"))
+    await r.start()
+    gate = asyncio.Event()
+    orig = backend.apply
+
+    async def slow_apply(req):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await orig(req)
+
+    backend.apply = slow_apply  # type: ignore[method-assign]
+    holder.add_blocks(1)
+    r.event(EV)
+    for _ in range(100):  # the burst's load is in progress
+        await asyncio.sleep(0.005)
+        if r._operation == "reconcile":
+            break
+    assert r._operation == "reconcile"
+    reload = asyncio.create_task(r.reload())  # no Busy: it waits
+    await asyncio.sleep(0.01)
+    assert not reload.done() and calls == []
+    gate.set()
+    await reload
+    assert calls == ["reconfigure"]
+    assert [q.trigger for q in backend.applied[-2:]] == ["1 events (quiet)", "reload"]
+    await r.stop()
+
+
+async def test_bad_configuration_on_reload_changes_nothing(tmp_path: Path) -> None:
+    from kdumpd.core.errors import InputError
+
+    holder, backend = TopologyHolder(), RecordingBackend()
+
+    def bad() -> None:
+        raise InputError("KDUMPD_DEBOUNCE", "cannot parse the value")
+
+    r = make(tmp_path, holder, backend, reconfigure=bad)
+    await r.start()
+    with pytest.raises(InputError):
+        await r.reload()
+    assert len(backend.applied) == 1 and r.store.current.state == ImageState.LOADED
+    assert r._operation == "" and not r._lock.locked()
+    await r.stop()
+
+
+async def test_failed_load_that_left_the_image_loaded_is_not_restored(tmp_path: Path) -> None:
+    import errno
+
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend, retry_interval=3600, busy_retries=1)
+    await r.start()
+    backend.faults = [errno.EBUSY, errno.EBUSY]  # the kernel refused before freeing it
+    holder.add_blocks(1)
+    r.event(EV)
+    await r.settle()
+    s = r.store.current
+    assert backend.restored == 0 and backend.loaded
+    assert s.state == ImageState.DEGRADED and "EBUSY" in s.last_error
+    await r.stop()
+
+
+async def test_events_before_start_are_applied_after_the_first_load(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend)
+    r.event(EV)  # the event source starts first
+    await asyncio.sleep(0.02)  # its burst closes before start()
+    holder.add_blocks(1)  # ... and the topology moves on while start() runs
+    await r.start()
+    await r.settle()
+    assert r.store.current.events_received == 1
+    assert r._trigger == "", "the burst that closed before start() was never run"
+    assert backend.applied_ends[-1] == holder.ram_end and not r.store.current.stale
+    await r.stop()

@@ -8,22 +8,57 @@ purgatory-digest backend slots in as one more class: it will load
 ``request.image.segments`` and re-digest them, where ``file`` hands the kernel
 files and lets it build its own elfcorehdr, and ``kernel`` lets the kernel
 rewrite the loaded one in place.
+
+Two class attributes tell the reconciler what a backend needs and does:
+
+- ``consumes_image``: the backend loads kdumpd's own :class:`CrashImage` (dry-run,
+  a future ``kexec_load`` backend).  When False (``file``, ``kernel``: the kernel
+  builds its own elfcorehdr inside ``kexec_file_load``), a failure to build
+  kdumpd's model (an arch without an Arch back-end, an unreadable ``/proc/iomem``
+  layout, a placement that does not fit) must not stop the load: the request
+  carries ``image=None`` and the missing model is reported as ``LastError`` and
+  ``Stale``.
+- ``load_syscall``: ``"kexec_file_load"``, ``"kexec_load"`` or ``""`` (no syscall).
+  The EPERM policy falls back from ``kexec_load`` (unsigned segments under
+  lockdown) to ``kexec_file_load`` and never from ``kexec_file_load`` to itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from kdumpd.core.image import CrashImage
     from kdumpd.core.topology import Topology
 
+# ``kexec_crash_loaded`` prints ``!!kexec_crash_image`` without taking the kexec lock
+# (unlike ``crash_hotplug`` and ``kexec_crash_size``, whose reads kexec_trylock() and
+# so can make a concurrent panic or the kernel's own hotplug update fail theirs).
+KEXEC_CRASH_LOADED = ("sys/kernel/kexec_crash_loaded", "sys/kernel/kexec/crash_loaded")
+
+
+def kexec_crash_loaded(sysroot: str | Path) -> bool | None:
+    """``/sys/kernel/kexec_crash_loaded`` (or the newer ``/sys/kernel/kexec/crash_loaded``)
+    below ``sysroot``: True/False, None when the kernel has neither (no kexec).
+
+    Lock-free in the kernel, so this is the one sysfs file the burst path reads."""
+    root = Path(sysroot)
+    for rel in KEXEC_CRASH_LOADED:
+        try:
+            return (root / rel).read_text().strip() == "1"
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class LoadRequest:
-    image: CrashImage
+    image: CrashImage | None  # None: no model could be built (backends not consuming it)
     topology: Topology
     generation: int
     trigger: str
@@ -40,6 +75,9 @@ class ApplyResult:
 
 
 class Backend(Protocol):
+    consumes_image: bool
+    load_syscall: str
+
     @property
     def name(self) -> str: ...
 
@@ -47,9 +85,14 @@ class Backend(Protocol):
         """A crash image is loaded right now (``/sys/kernel/kexec_crash_loaded``)."""
         ...
 
+    def adopt(self) -> None:
+        """The loaded crash image is the one state.json says this daemon loaded."""
+        ...
+
     async def apply(self, request: LoadRequest) -> ApplyResult:
         """Make ``request.image`` (or the kernel's equivalent) the loaded crash image.
-        Must never unload first; raises KexecError on a syscall fault."""
+        Must never unload first; raises KexecError on a syscall fault and another
+        KdumpdError when it refused before any syscall (the old image stays)."""
         ...
 
     async def restore(self, request: LoadRequest) -> ApplyResult:

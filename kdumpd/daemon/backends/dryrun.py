@@ -13,16 +13,23 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdumpd.core.errors import KdumpdError
 from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
 
+if TYPE_CHECKING:
+    from kdumpd.core.image import CrashImage
+
 LOADS_DIR = "loads"
 LOADS_LOG = "loads.jsonl"
+KEEP_LOADS = 64  # segment files of the last N loads kept when the daemon picks dry-run
 
 
 class DryRunBackend:
+    consumes_image = True
+    load_syscall = ""
+
     def __init__(self, state_dir: str | Path, *, keep: int | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.dir = self.state_dir / LOADS_DIR
@@ -62,17 +69,27 @@ class DryRunBackend:
         rec = self.last_record()
         return rec is not None and "load" in rec
 
+    def adopt(self) -> None:
+        return None
+
+    @staticmethod
+    def _image(request: LoadRequest) -> CrashImage:
+        if request.image is None:
+            raise KdumpdError("dry-run: no crash image model to record")
+        return request.image
+
     def _write(self, request: LoadRequest, hdr: bytes, trigger: str) -> int:
         t0 = time.monotonic_ns()
         self.dir.mkdir(parents=True, exist_ok=True)
         n = self.loads + 1
         files = []
-        for seg in request.image.segments:
+        image = self._image(request)
+        for seg in image.segments:
             buf = hdr if seg.kind == "elfcorehdr" else bytes(seg.buf)
             name = f"{n:04d}.{seg.kind}"
             (self.dir / name).write_bytes(buf)
             files.append(name)
-        layout = request.image.layout
+        layout = image.layout
         rec = {
             "load": n,
             "time": round(time.time(), 6),
@@ -95,9 +112,10 @@ class DryRunBackend:
         return (time.monotonic_ns() - t0) // 1000
 
     async def apply(self, request: LoadRequest) -> ApplyResult:
-        layout = request.image.layout
-        used = layout.used if layout else len(request.image.elfcorehdr.buf)
-        hdr = bytes(request.image.elfcorehdr.buf[:used])
+        image = self._image(request)
+        layout = image.layout
+        used = layout.used if layout else len(image.elfcorehdr.buf)
+        hdr = bytes(image.elfcorehdr.buf[:used])
         gap = self._write(request, hdr, request.trigger)
         self._last_good = hdr
         return ApplyResult(True, gap, False, f"dry-run load {self.loads}")

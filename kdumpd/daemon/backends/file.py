@@ -3,21 +3,30 @@
 One syscall per burst and never an unload first: the kernel frees the old crash
 image and installs the new one inside the same syscall (a window of one syscall
 instead of unload + load).  The kernel builds the elfcorehdr itself from its own
-view of the machine; our regenerated header is what the state reports and what
-the kernel's copy must agree with.
+view of the machine (``consumes_image = False``); our regenerated header, when it
+can be built, is what the state reports and what the kernel's copy must agree with.
+
+The syscall runs on one worker thread (``loop.run_in_executor``): it blocks for as
+long as the kernel reads, verifies and places the files (tens of ms, seconds for a
+signature check), and the loop must keep answering D-Bus and pinging the watchdog
+meanwhile.  A thread is fine here because it is one blocking syscall at a time
+(serialised by the reconciler's lock and the single worker), not I/O polling.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from kdumpd.core.errors import KdumpdError
-from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
+from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, kexec_crash_loaded
+from kdumpd.system.kdumpconf import DEFAULT_COMMANDLINE_REMOVE, split_cmdline
 from kdumpd.system.kexec import KexecSyscalls, crash_file_load, crash_file_unload
 
 log = logging.getLogger("kdumpd.daemon.backends.file")
@@ -39,14 +48,28 @@ def _release(sysroot: Path) -> str:
         return os.uname().release
 
 
+# What the capture kernel must not inherit from the first kernel's command line:
+# kdumpctl's prepare_cmdline() removals that are not about finding the root device
+# (``root=``/``rd.lvm.lv=``... stay: Debian's kdump initrd is a normal initramfs that
+# mounts root), kdump-utils' default KDUMP_COMMANDLINE_REMOVE, BOOT_IMAGE, and what
+# ``append`` sets again.
+CRASH_CMDLINE_REMOVE = frozenset(
+    {
+        "crashkernel",
+        "panic_on_warn",
+        "BOOT_IMAGE",
+        *DEFAULT_COMMANDLINE_REMOVE,
+        "irqpoll",
+        "nr_cpus",
+        "reset_devices",
+        "maxcpus",
+    }
+)
+
+
 def crash_cmdline(boot_cmdline: str, append: str = DEFAULT_APPEND) -> str:
-    """``/proc/cmdline`` minus ``crashkernel=`` (and BOOT_IMAGE=), plus ``append``."""
-    words = [
-        w
-        for w in boot_cmdline.split()
-        if not w.startswith(("crashkernel=", "BOOT_IMAGE="))
-        and w.split("=")[0] not in {"irqpoll", "nr_cpus", "reset_devices", "maxcpus"}
-    ]
+    """``/proc/cmdline`` minus :data:`CRASH_CMDLINE_REMOVE`, plus ``append``."""
+    words = [w for w in split_cmdline(boot_cmdline) if w.split("=")[0] not in CRASH_CMDLINE_REMOVE]
     return " ".join([*words, *append.split()]).strip()
 
 
@@ -84,6 +107,12 @@ def default_files(
         ):
             if os.path.exists(under(cand)):
                 i = under(cand)
+                if cand.startswith("/boot/initrd.img-"):
+                    log.warning(
+                        "no kdump initrd found; using %s, the normal boot initramfs (it may "
+                        "not save a vmcore: build a kdump initrd or set [kexec] initrd)",
+                        i,
+                    )
                 break
     if cmdline:
         c = cmdline
@@ -98,7 +127,20 @@ def default_files(
     return KexecFiles(k, i, c)
 
 
+_EXECUTORS: list[ThreadPoolExecutor] = []
+
+
+def _executor() -> ThreadPoolExecutor:
+    """One worker for every kexec syscall of the process: they never run concurrently."""
+    if not _EXECUTORS:
+        _EXECUTORS.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdumpd-kexec"))
+    return _EXECUTORS[0]
+
+
 class FileBackend:
+    consumes_image = False
+    load_syscall = "kexec_file_load"
+
     def __init__(
         self,
         syscalls: KexecSyscalls,
@@ -115,27 +157,32 @@ class FileBackend:
         return "file"
 
     def is_loaded(self) -> bool:
-        try:
-            return (self.sysroot / "sys/kernel/kexec_crash_loaded").read_text().strip() == "1"
-        except OSError:
-            return False
+        return kexec_crash_loaded(self.sysroot) is True
 
-    def _load(self, files: KexecFiles) -> int:
+    def adopt(self) -> None:
+        return None
+
+    def _load_sync(self, files: KexecFiles) -> int:
         t0 = time.monotonic_ns()
         crash_file_load(self.syscalls, files.kernel, files.initrd, files.cmdline)
-        gap = (time.monotonic_ns() - t0) // 1000
+        return (time.monotonic_ns() - t0) // 1000
+
+    async def _load(self, files: KexecFiles) -> int:
+        loop = asyncio.get_running_loop()
+        gap = await loop.run_in_executor(_executor(), self._load_sync, files)
         self.last_good = files
         return gap
 
     async def apply(self, request: LoadRequest) -> ApplyResult:
-        gap = self._load(self.files)
+        gap = await self._load(self.files)
         return ApplyResult(True, gap, False, f"kexec_file_load {self.files.kernel}")
 
     async def restore(self, request: LoadRequest) -> ApplyResult:
         if self.last_good is None:
             raise KdumpdError("no crash image has loaded successfully yet; nothing to restore")
-        gap = self._load(self.last_good)
+        gap = await self._load(self.last_good)
         return ApplyResult(True, gap, False, f"restored {self.last_good.kernel}")
 
     async def unload(self) -> None:
-        crash_file_unload(self.syscalls)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(_executor(), crash_file_unload, self.syscalls)

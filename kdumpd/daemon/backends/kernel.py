@@ -1,94 +1,140 @@
 """``kernel`` backend: the kernel's own crash hotplug (6.6+) keeps the image current.
 
-The image is loaded once with ``kexec_file_load`` (which makes it hotplug-capable:
-``image->file_mode``) and never reloaded on hotplug; the kernel rewrites the
-elfcorehdr inside its own handler.  After each burst we only verify:
-``/sys/devices/system/{cpu,memory}/crash_hotplug`` must read 1 — they read 0 while
-the kexec lock is contended, so a 0 is retried with backoff — and
-``/sys/kernel/kexec_crash_loaded`` must read 1.  If the loaded image turns out not
-to be hotplug-capable, the burst falls back to one ``kexec_file_load``.
+The image is loaded once with ``kexec_file_load``, which makes it hotplug-capable by
+construction (``image->file_mode``, kexec-internals §4.4), and never reloaded on
+hotplug: the kernel rewrites the elfcorehdr inside its own handler.
+
+What is read when, and why so little:
+
+- Whether the kernel has CONFIG_CRASH_HOTPLUG is decided once, at construction, from
+  the *existence* of ``/sys/devices/system/{cpu,memory}/crash_hotplug`` or
+  ``/sys/kernel/crash_elfcorehdr_size`` (a stat, no ``show()`` call).
+- After a burst's quiet period only ``kexec_crash_loaded`` is read: it is lock-free.
+  ``crash_hotplug`` and ``kexec_crash_size`` are *not* read per burst: their ``show()``
+  takes ``kexec_trylock()``, which can make the kernel's own hotplug handler fail its
+  trylock and skip the elfcorehdr update, and a panic during the read does not kdump
+  (§4.5, §4.7).  A ``crash_hotplug`` 0 is also expected while the kernel is busy
+  (§0.5), so it could never justify a reload anyway.
+- ``crash_hotplug`` is read once, right after our own load, to report whether the
+  kernel marked the image hotplug-capable (informational; a 0 there is logged).
+
+A reload (one ``kexec_file_load``) happens only when ``kexec_crash_loaded`` reads 0,
+when the loaded image was not loaded by us through ``kexec_file_load`` (e.g. adopted
+from another loader), or when the kernel lacks CONFIG_CRASH_HOTPLUG.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
+from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, kexec_crash_loaded
 from kdumpd.daemon.backends.file import FileBackend
 
 log = logging.getLogger("kdumpd.daemon.backends.kernel")
 
 CPU_CRASH_HOTPLUG = "sys/devices/system/cpu/crash_hotplug"
 MEMORY_CRASH_HOTPLUG = "sys/devices/system/memory/crash_hotplug"
-KEXEC_CRASH_LOADED = "sys/kernel/kexec_crash_loaded"
+CRASH_ELFCOREHDR_SIZE = (
+    "sys/kernel/crash_elfcorehdr_size",
+    "sys/kernel/kexec/crash_elfcorehdr_size",
+)
 
 
-def read_flag(sysroot: Path, rel: str) -> bool | None:
-    try:
-        return (sysroot / rel).read_text().strip() == "1"
-    except OSError:
-        return None
+def crash_hotplug_config(sysroot: str | Path) -> bool:
+    """CONFIG_CRASH_HOTPLUG: one of its sysfs files exists (stat only: no kexec lock)."""
+    root = Path(sysroot)
+    return any(
+        (root / p).exists()
+        for p in (CPU_CRASH_HOTPLUG, MEMORY_CRASH_HOTPLUG, *CRASH_ELFCOREHDR_SIZE)
+    )
+
+
+def read_crash_hotplug(sysroot: Path) -> bool | None:
+    """Both ``crash_hotplug`` files that exist read 1 (takes the kexec lock: use once)."""
+    flags: list[bool] = []
+    for rel in (CPU_CRASH_HOTPLUG, MEMORY_CRASH_HOTPLUG):
+        try:
+            flags.append((sysroot / rel).read_text().strip() == "1")
+        except OSError:
+            continue
+    return all(flags) if flags else None
 
 
 class KernelBackend:
+    consumes_image = False
+    load_syscall = "kexec_file_load"
+
     def __init__(
         self,
         loader: FileBackend,
         sysroot: str | Path = "/",
         *,
-        verify_attempts: int = 8,
-        verify_delay: float = 0.01,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        hotplug_config: bool | None = None,
+        read_hotplug: Callable[[Path], bool | None] = read_crash_hotplug,
     ) -> None:
         self.loader = loader
         self.sysroot = Path(sysroot)
-        self.verify_attempts = verify_attempts
-        self.verify_delay = verify_delay
-        self.sleep = sleep
-        self.in_place_updates = 0
+        self.read_hotplug = read_hotplug
+        self.hotplug_config = (
+            crash_hotplug_config(self.sysroot) if hotplug_config is None else hotplug_config
+        )
+        if not self.hotplug_config:
+            log.warning(
+                "backend kernel: this kernel has no CONFIG_CRASH_HOTPLUG; every burst "
+                "reloads the image as the file backend does"
+            )
+        # The loaded crash image is ours, loaded with kexec_file_load (so hotplug-capable
+        # on a CONFIG_CRASH_HOTPLUG kernel): set by our loads and by adopt().
+        self.own_file_load = False
+        self.hotplug_flag: bool | None = None  # crash_hotplug as read after our last load
 
     @property
     def name(self) -> str:
         return "kernel"
 
     def is_loaded(self) -> bool:
-        return read_flag(self.sysroot, KEXEC_CRASH_LOADED) is True
+        return kexec_crash_loaded(self.sysroot) is True
 
-    async def hotplug_ready(self) -> bool:
-        """Both crash_hotplug files (those that exist) read 1, retrying transient 0s."""
-        delay = self.verify_delay
-        for attempt in range(self.verify_attempts):
-            flags = [read_flag(self.sysroot, p) for p in (CPU_CRASH_HOTPLUG, MEMORY_CRASH_HOTPLUG)]
-            present = [f for f in flags if f is not None]
-            if present and all(present):
-                return True
-            if not present:
-                return False
-            if attempt + 1 < self.verify_attempts:
-                await self.sleep(delay)
-                delay = min(delay * 2, 0.5)
-        return False
+    def adopt(self) -> None:
+        self.own_file_load = True
+
+    def _in_place(self) -> str:
+        """Why the loaded image needs a reload, or "" when the kernel keeps it current."""
+        if not self.hotplug_config:
+            return "the kernel has no CONFIG_CRASH_HOTPLUG"
+        if not self.is_loaded():
+            return "kexec_crash_loaded reads 0"
+        if not self.own_file_load:
+            return "the loaded image was not loaded by kdumpd with kexec_file_load"
+        return ""
 
     async def apply(self, request: LoadRequest) -> ApplyResult:
-        if not request.force_load and self.is_loaded():
-            if await self.hotplug_ready():
-                self.in_place_updates += 1
+        if not request.force_load:
+            why = self._in_place()
+            if not why:
                 return ApplyResult(False, 0, True, "kernel updated the elfcorehdr in place")
-            log.warning(
-                "crash_hotplug does not read 1 for the loaded image; reloading it with "
-                "kexec_file_load so the kernel can update it in place from now on"
-            )
+            log.warning("%s: loading the crash image with kexec_file_load", why)
+        self.own_file_load = False
         result = await self.loader.apply(request)
-        ready = await self.hotplug_ready()
+        self.own_file_load = True
         if not self.is_loaded():
             log.error("kexec_file_load returned success but kexec_crash_loaded is not 1")
-        return ApplyResult(result.loaded, result.gap_usec, ready, result.detail)
+        self.hotplug_flag = self.read_hotplug(self.sysroot) if self.hotplug_config else None
+        if self.hotplug_flag is False:
+            log.info(
+                "crash_hotplug reads 0 right after our kexec_file_load (the kexec lock was "
+                "busy?); the image is hotplug-capable by construction"
+            )
+        return ApplyResult(result.loaded, result.gap_usec, self.hotplug_config, result.detail)
 
     async def restore(self, request: LoadRequest) -> ApplyResult:
-        return await self.loader.restore(request)
+        self.own_file_load = False
+        result = await self.loader.restore(request)
+        self.own_file_load = True
+        return ApplyResult(result.loaded, result.gap_usec, self.hotplug_config, result.detail)
 
     async def unload(self) -> None:
         await self.loader.unload()
+        self.own_file_load = False

@@ -4,6 +4,9 @@
   crash_hotplug`` or ``/sys/kernel/crash_elfcorehdr_size`` exist; kernel ≥ 6.6);
 - ``file``: kexec is available but the kernel cannot update the image in place;
 - ``dry-run``: no kexec in this kernel, no ``crashkernel=`` reservation, or not root.
+
+This runs once at start (and on a reload that changes the backend setting): it is
+the only place ``kexec_crash_size`` is read, since that read takes the kexec lock.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdumpd.daemon.backends.base import Backend
-from kdumpd.daemon.backends.dryrun import DryRunBackend
+from kdumpd.daemon.backends.base import KEXEC_CRASH_LOADED, Backend
+from kdumpd.daemon.backends.dryrun import KEEP_LOADS, DryRunBackend
 from kdumpd.daemon.backends.file import FileBackend, default_files
 from kdumpd.daemon.backends.kernel import KernelBackend
 
@@ -29,7 +32,7 @@ log = logging.getLogger("kdumpd.daemon.backends.probe")
 def probe_backend(sysroot: str | Path, *, euid: int | None = None) -> tuple[str, str]:
     """(backend name, reason) for ``auto``."""
     root = Path(sysroot)
-    if not (root / "sys/kernel/kexec_crash_loaded").exists():
+    if not any((root / p).exists() for p in KEXEC_CRASH_LOADED):
         return "dry-run", "the kernel has no kexec (/sys/kernel/kexec_crash_loaded missing)"
     try:
         size = int((root / "sys/kernel/kexec_crash_size").read_text().strip() or "0")
@@ -55,7 +58,7 @@ def make_backend(
     syscalls_factory: Callable[[], KexecSyscalls] | None = None,
 ) -> Backend:
     if name == "dry-run":
-        return DryRunBackend(settings.state_dir)
+        return DryRunBackend(settings.state_dir, keep=KEEP_LOADS)
     if syscalls_factory is None:
         from kdumpd.system.kexec import LinuxKexec
 
