@@ -11,6 +11,7 @@ so ``auto`` falls back to raw ``kernel`` uevents and logs which one it uses.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kdumpd.core.errors import InputError, UnsupportedError
-from kdumpd.events.event import EventSink, event_from_fields
+from kdumpd.events.event import EventSink, HotplugEvent, event_from_fields
 
 log = logging.getLogger("kdumpd.events.udev")
 
@@ -48,7 +49,8 @@ class UdevSource:
         self.source = choose_source(source, udev_control)
         self.clock = clock
         self.received = 0
-        self.dropped = 0
+        self.dropped = 0  # malformed uevents
+        self.lost = 0  # ENOBUFS overflows (uevents the kernel dropped)
         self._monitor: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -88,11 +90,25 @@ class UdevSource:
         while True:
             try:
                 dev = mon.poll(0)
-            except OSError as err:  # ENOBUFS: the kernel dropped uevents
-                log.warning("udev: receive error %s; scheduling a rescan", err)
-                self.dropped += 1
-                self.sink(event_from_fields("change", "memory", "/devices/system/memory"))
-                continue
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:
+                    # The socket buffer overflowed and the kernel dropped uevents; the
+                    # socket is still good.  A lost uevent must not leave a stale image:
+                    # a synthetic event makes the next burst re-read the whole topology.
+                    self.lost += 1
+                    log.warning("udev: uevents lost (ENOBUFS), rescanning")
+                    self.sink(self._rescan_event())
+                    continue
+                # Anything else would fail again at once: stop reading (no busy loop),
+                # say so, and rescan once with what we have.
+                log.error(
+                    "udev: receive error %s; no more hotplug events from this source "
+                    "(restart kdumpd; rescan via D-Bus or SIGHUP still works)",
+                    err,
+                )
+                self.stop()
+                self.sink(self._rescan_event())
+                return
             if dev is None:
                 return
             try:
@@ -110,6 +126,10 @@ class UdevSource:
                 continue
             self.received += 1
             self.sink(ev)
+
+    @staticmethod
+    def _rescan_event() -> HotplugEvent:
+        return event_from_fields("change", "memory", "/devices/system/memory")
 
     def stop(self) -> None:
         if self._monitor is not None and self._loop is not None:

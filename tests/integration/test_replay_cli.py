@@ -132,3 +132,80 @@ async def test_udev_kernel_monitor_receives_synthetic_uevent() -> None:
     ev = got[0]
     assert (ev.action, ev.subsystem, ev.devpath) == ("change", "cpu", "/devices/system/cpu/cpu0")
     assert ev.seqnum is not None
+
+
+def test_replay_refuses_real_backends_and_the_live_root(sysroot: Path, tmp_path: Path) -> None:
+    f = tmp_path / "r.jsonl"
+    write_replay(f, memory_resize_storm((sysroot / "proc/iomem").read_text(), blocks=1))
+    before = (sysroot / "proc/iomem").read_text()
+    for backend in ("file", "kernel"):
+        p = kdumpd(
+            "replay",
+            str(f),
+            "--sysroot",
+            str(sysroot),
+            "--backend",
+            backend,
+            "--state-dir",
+            str(tmp_path / "s"),
+        )
+        assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+        assert "dry-run backend only" in p.stderr
+    assert (sysroot / "proc/iomem").read_text() == before  # nothing was replayed
+    p = kdumpd("replay", str(f), "--sysroot", "/", "--state-dir", str(tmp_path / "s"))
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert "refusing to replay onto the live system" in p.stderr
+
+
+class _Dev:
+    action, subsystem, device_path = "online", "memory", "/devices/system/memory/memory7"
+    properties = {"SEQNUM": "7"}
+
+
+class _Monitor:
+    def __init__(self, script: list[object]) -> None:
+        self.script = script
+        self.polls = 0
+
+    def poll(self, timeout: int) -> object:
+        self.polls += 1
+        if self.polls > 50:
+            raise AssertionError("drain spins")
+        item = self.script.pop(0) if self.script else None
+        if isinstance(item, OSError):
+            if not self.script:
+                self.script.append(item)  # a persistent error repeats forever
+            raise item
+        return item
+
+    def fileno(self) -> int:
+        return 99
+
+
+class _Loop:
+    def __init__(self) -> None:
+        self.removed: list[int] = []
+
+    def remove_reader(self, fd: int) -> None:
+        self.removed.append(fd)
+
+
+def test_udev_drain_enobufs_rescans_and_other_errors_stop() -> None:
+    import errno
+
+    from kdumpd.events.event import HotplugEvent
+    from kdumpd.events.udev import UdevSource
+
+    got: list[HotplugEvent] = []
+    src = UdevSource(got.append, source="kernel")
+    loop = _Loop()
+    src._loop = loop  # type: ignore[assignment]
+    src._monitor = _Monitor([OSError(errno.ENOBUFS, "No buffer space"), _Dev(), None])
+    src.drain()
+    assert src.lost == 1 and src.received == 1
+    assert [e.devpath for e in got] == ["/devices/system/memory", "/devices/system/memory/memory7"]
+    got.clear()
+    src._monitor = _Monitor([OSError(errno.EBADF, "Bad file descriptor")])
+    src.drain()  # returns instead of spinning on the same error
+    assert src._monitor is None and loop.removed == [99]
+    assert [e.devpath for e in got] == ["/devices/system/memory"]  # one rescan

@@ -1,5 +1,9 @@
 """``kdumpd replay``: feed a recorded event file to the daemon, exit once it is applied.
 
+The replay writes the file's ``files`` below ``--sysroot``, so the sysroot must not be
+``/``, and the back-end is always dry-run (``auto`` means dry-run; ``kernel``/``file``
+are refused with exit status 1): a fixture must never reach kexec.
+
 Exit status 0 when every valid event was delivered and the resulting image applied
 (the final state is ``loaded`` and not stale), 1 otherwise.  Bad lines are reported
 (``FILE:LINE: problem``) and skipped; they make the exit status 1.
