@@ -30,7 +30,8 @@ def _fmt(v: object) -> str:
 
 def table(results: Sequence[Result]) -> str:
     cols = (
-        "kernel", "scenario", "backend", "cpus", "PRSTATUS", "RAM MiB missing", "vmcore MB",
+        "kernel", "scenario", "backend", "cpus", "PRSTATUS", "RAM MiB missing", "extra MiB",
+        "vmcore MB",
         "complete", "expect", "events", "uevents", "loads", "settle ms", "no-image ms", "result",
     )  # fmt: skip
     rows = []
@@ -43,6 +44,7 @@ def table(results: Sequence[Result]) -> str:
                 _fmt(len(r.cpus_online)) if not r.error else "-",
                 _fmt(len(r.prstatus_cpus)) if not r.error else "-",
                 _fmt(r.missing_mb) if not r.error else "-",
+                _fmt(r.extra_mb) if not r.error else "-",
                 _fmt(round(r.vmcore_size / 1e6)) if r.vmcore_size else "-",
                 ("yes" if r.complete else "NO") if not r.error else "-",
                 r.expect,

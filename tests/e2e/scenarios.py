@@ -40,6 +40,8 @@ class Result:
     vmcore_ranges: list[list[str]] = field(default_factory=list)
     missing_ranges: list[list[str]] = field(default_factory=list)
     missing_mb: float = 0.0
+    extra_ranges: list[list[str]] = field(default_factory=list)
+    extra_mb: float = 0.0
     vmcore_size: int = 0
     complete: bool = False
     passed: bool = False
@@ -398,6 +400,11 @@ def run(kernel_key: str, scenario: str, build: Path) -> Result:
             [r for r in need if r[1] < LOW_1M], rep.loads
         )
         res.missing_ranges = [_hex(r) for r in missing]
+        # PT_LOADs over memory that is not System RAM any more (a removed DIMM):
+        # the capture side would read unplugged memory.  Reported, and not "exact".
+        extra = vmcore.uncovered(rep.loads, need)
+        res.extra_ranges = [_hex(r) for r in extra]
+        res.extra_mb = round(sum(b - a + 1 for a, b in extra) / MiB, 1)
         res.missing_mb = round(sum(b - a + 1 for a, b in missing) / MiB, 1)
         res.complete = not missing and len(res.prstatus_cpus) >= len(res.cpus_online)
         if rep.size == 0 or not rep.loads:
