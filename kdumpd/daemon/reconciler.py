@@ -152,6 +152,7 @@ class Reconciler:
         self._retry_handle: asyncio.TimerHandle | None = None
         self._retry_delay = retry_interval
         self.unloaded_on_request = False
+        self.loaded_inputs: dict[str, str] = {}  # Backend.input_digests() of the loaded image
         self.model_error = ""  # why kdumpd's own elfcorehdr model could not be built
 
     # ---------------------------------------------------------------- events
@@ -264,11 +265,25 @@ class Reconciler:
                 rec.generation,
             )
             return False
+        now = self.backend.input_digests()
+        changed = sorted(k for k in set(rec.inputs) | set(now) if rec.inputs.get(k) != now.get(k))
+        if rec.inputs and changed:
+            log.info(
+                "the %s changed since generation %d was loaded: loading afresh",
+                ", ".join(changed),
+                rec.generation,
+            )
+            return False
         self.generation = rec.generation
         self.loads = max(self.loads, rec.loads)
         self.applied_digest = rec.topology_digest
         self.last_good = True
+        self.loaded_inputs = dict(rec.inputs)
         self.backend.adopt()
+        self.store.update(
+            kernel_hotplug_support=rec.kernel_hotplug_support,
+            last_update_usec=rec.last_update_usec,
+        )
         log.info(
             "adopting the loaded crash image of generation %d (no reload)",
             rec.generation,
@@ -432,6 +447,7 @@ class Reconciler:
                 result = await self.backend.apply(request)
                 if result.loaded:
                     self.loads += 1
+                    self.loaded_inputs = self.backend.input_digests()
                 return result
             except KexecError as err:
                 if err.errno == errno.EBUSY and busy < self.busy_retries:
@@ -478,6 +494,7 @@ class Reconciler:
                 result = await self.backend.restore(request)
                 if result.loaded:
                     self.loads += 1
+                    self.loaded_inputs = {"restored": "last good inputs"}
                 restored = True
                 log.warning(
                     "restored the last known good crash image; it may not cover the "
@@ -559,7 +576,7 @@ class Reconciler:
                 changes["last_load_gap_usec"] = result.gap_usec
         # Record first, then publish: whoever sees the new generation (D-Bus, STATUS)
         # may restart us, and the restarted daemon must find it in state.json.
-        self._save(loaded=True)
+        self._save(loaded=True, changes=changes)
         self.store.update(**changes)
         self.last_applied_at = self.clock()
         if result is not None:
@@ -579,9 +596,11 @@ class Reconciler:
             )
             self.store.image_updated(self.generation, trigger)
 
-    def _save(self, *, loaded: bool) -> None:
+    def _save(self, *, loaded: bool, changes: dict[str, Any] | None = None) -> None:
         if self.statefile is None:
             return
+        cur = self.store.current
+        new = changes or {}
         try:
             self.statefile.save(
                 Recorded(
@@ -591,6 +610,11 @@ class Reconciler:
                     topology_digest=self.applied_digest or "",
                     boot_id=boot_id(self.sysroot),
                     loads=self.loads,
+                    inputs=self.loaded_inputs if loaded else {},
+                    kernel_hotplug_support=bool(
+                        new.get("kernel_hotplug_support", cur.kernel_hotplug_support)
+                    ),
+                    last_update_usec=int(new.get("last_update_usec", cur.last_update_usec)),
                 )
             )
         except OSError as err:

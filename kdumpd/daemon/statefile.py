@@ -2,9 +2,12 @@
 
 Written atomically (temporary file in the same directory, fsync, rename) after every
 load, adoption and unload.  It records the generation, the backend, whether an
-image is loaded, a digest of the topology that image describes and the boot id, so
-that a restarted daemon adopts its own image (no reload, no window) when the kernel
-still has it loaded, and regenerates only if the topology moved meanwhile.
+image is loaded, a digest of the topology that image describes, digests of the
+loader inputs (kernel, initrd, cmdline) and the boot id, so that a restarted daemon
+adopts its own image (no reload, no window) when the kernel still has it loaded and
+it was loaded from the inputs now configured, and regenerates only if the topology
+moved meanwhile.  ``kernel_hotplug_support`` and ``last_update_usec`` are kept so
+the state published after an adoption is the state before the restart.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,9 @@ class Recorded:
     topology_digest: str
     boot_id: str
     loads: int = 0
+    inputs: dict[str, str] = field(default_factory=dict)  # loader input -> digest
+    kernel_hotplug_support: bool = False
+    last_update_usec: int = 0
     time: float = 0.0
     pid: int = 0
     version: int = VERSION
@@ -73,6 +79,9 @@ class StateFile:
                 topology_digest=str(obj["topology_digest"]),
                 boot_id=str(obj.get("boot_id", "")),
                 loads=int(obj.get("loads", 0)),
+                inputs={str(k): str(v) for k, v in dict(obj.get("inputs", {})).items()},
+                kernel_hotplug_support=bool(obj.get("kernel_hotplug_support", False)),
+                last_update_usec=int(obj.get("last_update_usec", 0)),
                 time=float(obj.get("time", 0.0)),
                 pid=int(obj.get("pid", 0)),
             )

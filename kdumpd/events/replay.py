@@ -208,8 +208,3 @@ class Replayer:
 
     async def run_file(self, path: str | Path) -> ReplayStats:
         return await self.run(read_replay(path, self.stats))
-
-
-def replay_path_ok(path: str | Path) -> None:
-    if not os.path.isfile(path):
-        raise InputError(str(path), "replay file does not exist")

@@ -61,6 +61,7 @@ class RecordingBackend:
         self.consumes_image = consumes_image
         self.load_syscall = load_syscall
         self.adopted = 0
+        self.inputs: dict[str, str] = {"kernel": "k1", "cmdline": "c1"}
         self.applied: list[LoadRequest] = []
         self.applied_ends: list[int] = []
         self.restored = 0
@@ -79,6 +80,9 @@ class RecordingBackend:
 
     def adopt(self) -> None:
         self.adopted += 1
+
+    def input_digests(self) -> dict[str, str]:
+        return dict(self.inputs)
 
     async def apply(self, request: LoadRequest) -> ApplyResult:
         if self.faults:

@@ -421,3 +421,53 @@ def test_probe(tmp_path: Path, sysroot: Path) -> None:
     assert probe_backend(sysroot, euid=0)[0] == "kernel"
     (sysroot / "sys/kernel/kexec_crash_size").write_text("0\n")
     assert probe_backend(sysroot, euid=0)[0] == "dry-run"
+
+
+def test_file_input_digests_follow_kernel_initrd_and_cmdline(sysroot: Path) -> None:
+    import os
+
+    b = file_backend(sysroot, ScriptedKexec())
+    d0 = b.input_digests()
+    assert set(d0) == {"kernel", "initrd", "cmdline"}
+    assert b.files.initrd is not None
+    Path(b.files.initrd).write_bytes(b"rebuilt kdump initrd")  # kdumpctl rebuild
+    os.utime(b.files.initrd, ns=(1, 1))
+    d1 = b.input_digests()
+    assert d1["initrd"] != d0["initrd"] and d1["kernel"] == d0["kernel"]
+    b.files = dataclasses.replace(b.files, cmdline=b.files.cmdline + " x=1")
+    assert b.input_digests()["cmdline"] != d1["cmdline"]
+
+
+async def test_dry_run_chosen_by_the_daemon_keeps_the_last_loads(tmp_path: Path) -> None:
+    from kdumpd.config import load_settings
+    from kdumpd.daemon.backends.dryrun import KEEP_LOADS
+    from kdumpd.daemon.backends.probe import make_backend
+
+    b = make_backend("dry-run", load_settings(None, {"state_dir": str(tmp_path)}, env={}))
+    assert isinstance(b, DryRunBackend) and b.keep == KEEP_LOADS
+    b.keep = 3
+    holder = TopologyHolder()
+    r = reconciler(tmp_path, b, holder)
+    await r.start()
+    for _ in range(5):
+        holder.add_blocks(1)
+        r.event(EV)
+        await r.settle()
+    kept = sorted({p.name.split(".")[0] for p in (tmp_path / "loads").iterdir()})
+    assert kept == ["0004", "0005", "0006"]
+    await r.stop()
+
+
+def test_auto_on_the_live_root_without_kexec_says_dry_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kdumpd.config import load_settings
+    from kdumpd.daemon.daemon import Daemon
+
+    if probe_backend("/")[0] != "dry-run":
+        pytest.skip("this machine has kexec support")
+    s = load_settings(None, {"state_dir": str(tmp_path), "backend": "auto"}, env={})
+    assert Daemon(s, env={})._backend_name(s)[0] == "dry-run"
+    assert any(
+        "no kexec support: running in dry-run, nothing is loaded" in m for m in caplog.messages
+    )

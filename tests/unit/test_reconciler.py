@@ -411,3 +411,40 @@ async def test_events_before_start_are_applied_after_the_first_load(tmp_path: Pa
     assert r._trigger == "", "the burst that closed before start() was never run"
     assert backend.applied_ends[-1] == holder.ram_end and not r.store.current.stale
     await r.stop()
+
+
+async def test_restart_after_an_input_change_reloads_instead_of_adopting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from kdumpd.daemon.backends.base import ApplyResult
+
+    caplog.set_level(logging.INFO, logger="kdumpd")
+    holder, backend = TopologyHolder(), RecordingBackend()
+    orig = backend.apply
+
+    async def in_place(req):  # type: ignore[no-untyped-def]
+        res = await orig(req)
+        return ApplyResult(res.loaded, res.gap_usec, True, res.detail)
+
+    backend.apply = in_place  # type: ignore[method-assign]
+    r = make(tmp_path, holder, backend)
+    await r.start()
+    usec = r.store.current.last_update_usec
+    assert r.store.current.kernel_hotplug_support and usec > 0
+    await r.stop()
+    # same inputs: adopted, and the published state survives the restart
+    r2 = make(tmp_path, holder, backend)
+    await r2.start()
+    s = r2.store.current
+    assert len(backend.applied) == 1 and backend.adopted == 1
+    assert s.kernel_hotplug_support and s.last_update_usec == usec
+    await r2.stop()
+    # a new cmdline configured while the daemon was down: load afresh, say why
+    backend.inputs = {"kernel": "k1", "cmdline": "c2"}
+    r3 = make(tmp_path, holder, backend)
+    await r3.start()
+    assert len(backend.applied) == 2 and r3.store.current.last_trigger == "start"
+    assert any("the cmdline changed since generation 1" in m for m in caplog.messages)
+    await r3.stop()

@@ -89,6 +89,11 @@ class Backend(Protocol):
         """The loaded crash image is the one state.json says this daemon loaded."""
         ...
 
+    def input_digests(self) -> dict[str, str]:
+        """Digests of the configured loader inputs (e.g. kernel, initrd, cmdline), so a
+        restart after a change reloads instead of adopting; {} when there are none."""
+        ...
+
     async def apply(self, request: LoadRequest) -> ApplyResult:
         """Make ``request.image`` (or the kernel's equivalent) the loaded crash image.
         Must never unload first; raises KexecError on a syscall fault and another

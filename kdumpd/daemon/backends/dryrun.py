@@ -72,6 +72,9 @@ class DryRunBackend:
     def adopt(self) -> None:
         return None
 
+    def input_digests(self) -> dict[str, str]:
+        return {}
+
     @staticmethod
     def _image(request: LoadRequest) -> CrashImage:
         if request.image is None:

@@ -16,6 +16,7 @@ meanwhile.  A thread is fine here because it is one blocking syscall at a time
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
@@ -127,6 +128,15 @@ def default_files(
     return KexecFiles(k, i, c)
 
 
+def _file_digest(path: str) -> str:
+    try:
+        st = os.stat(path)
+        key = f"{path}\0{st.st_size}\0{st.st_mtime_ns}"
+    except OSError:
+        key = f"{path}\0missing"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 _EXECUTORS: list[ThreadPoolExecutor] = []
 
 
@@ -161,6 +171,16 @@ class FileBackend:
 
     def adopt(self) -> None:
         return None
+
+    def input_digests(self) -> dict[str, str]:
+        """kernel and initrd: path, size and mtime (a rebuilt kdump initrd counts as a
+        change); cmdline: its text."""
+        f = self.files
+        return {
+            "kernel": _file_digest(f.kernel),
+            "initrd": _file_digest(f.initrd) if f.initrd else "",
+            "cmdline": hashlib.sha256(f.cmdline.encode()).hexdigest(),
+        }
 
     def _load_sync(self, files: KexecFiles) -> int:
         t0 = time.monotonic_ns()

@@ -100,6 +100,9 @@ class KernelBackend:
     def adopt(self) -> None:
         self.own_file_load = True
 
+    def input_digests(self) -> dict[str, str]:
+        return self.loader.input_digests()
+
     def _in_place(self) -> str:
         """Why the loaded image needs a reload, or "" when the kernel keeps it current."""
         if not self.hotplug_config:
