@@ -26,7 +26,10 @@ kdumpd's own elfcorehdr model (:class:`CrashImage`) is needed only by backends t
 load it (``Backend.consumes_image``).  For ``file``/``kernel`` the kernel builds its
 own header, so a model that cannot be built (an arch without an Arch back-end, an
 odd ``/proc/iomem``, a header beyond any capacity) does not stop the load; it is
-reported through ``last_error`` and ``stale``.
+reported through ``last_error`` and ``stale``.  Even a topology that cannot be read
+at all (``/proc/iomem`` with every address 0) does not: such a backend loads
+"blind" at start, on Load/Reload and on every burst (an event is a change we cannot
+see), and never retries the read on a timer.
 
 ``unload()`` on request makes every later burst, retry and rescan a no-op (the
 topology is still tracked, the state stays ``unloaded``/stale) until ``load()`` or
@@ -297,8 +300,10 @@ class Reconciler:
             return self.read_topology(self.sysroot)
         except KdumpdError as err:
             log.error("cannot read the topology: %s", err)
+            self.model_error = f"no elfcorehdr model: {err}"
             self.store.update(last_error=str(err), stale=True)
-            self._schedule_retry()
+            if self.backend.consumes_image:
+                self._schedule_retry()
             return None
 
     def _regenerate(self, topology: Topology) -> CrashImage:
@@ -357,6 +362,8 @@ class Reconciler:
             t0 = time.monotonic_ns()
             topology = self._read()
             if topology is None:
+                if not self.backend.consumes_image:
+                    await self._load_blind(trigger, force_load, t0)
                 return
             if self.unloaded_on_request:
                 self._track_unloaded(topology, trigger)
@@ -418,6 +425,67 @@ class Reconciler:
         log.warning(
             "topology kept changing for %d passes; the next burst continues", self.max_passes
         )
+
+    async def _load_blind(self, trigger: str, force_load: bool, t0: int) -> None:
+        """No topology, and a backend that does not need it: load anyway (the kernel
+        builds its own elfcorehdr), and say that the state cannot be verified."""
+        self.image = None
+        if self.unloaded_on_request:
+            self.store.update(state=ImageState.UNLOADED, stale=True)
+            return
+        changes: dict[str, Any] = {
+            "state": ImageState.LOADED,
+            "backend": self.backend.name,
+            "covered_cpus": (),
+            "covered_ranges": (),
+            "elfcorehdr_used": 0,
+            "elfcorehdr_capacity": 0,
+            "stale": True,
+            "last_error": self.model_error,
+        }
+        if trigger == "adopt":  # our image is loaded; nothing to compare it with
+            self.store.update(**changes)
+            return
+        self.generation += 1
+        request = LoadRequest(
+            image=None,
+            topology=None,
+            generation=self.generation,
+            trigger=trigger,
+            counters=self._counters(),
+            force_load=force_load,
+        )
+        self.store.update(state=ImageState.UPDATING if self.last_good else ImageState.LOADING)
+        result = await self._apply(request)
+        self.applied_digest = None  # unknown: the next burst applies again
+        if result is None:
+            return
+        self.last_good = True
+        self._cancel_retry()
+        changes.update(
+            generation=self.generation,
+            last_trigger=trigger,
+            loads=self.loads,
+            events_received=self.debouncer.received,
+            events_coalesced=self.debouncer.coalesced,
+            pending_events=self.debouncer.pending,
+            last_update_usec=time.time_ns() // 1000,
+            last_update_duration_usec=(time.monotonic_ns() - t0) // 1000,
+            kernel_hotplug_support=result.kernel_updates_in_place,
+        )
+        if result.loaded:
+            changes["last_load_gap_usec"] = result.gap_usec
+        self._save(loaded=True, changes=changes)
+        self.store.update(**changes)
+        self.last_applied_at = self.clock()
+        log.warning(
+            "generation %d applied (%s) without a topology: %s",
+            self.generation,
+            trigger,
+            result.detail,
+            extra={"GENERATION": self.generation, "TRIGGER": trigger},
+        )
+        self.store.image_updated(self.generation, trigger)
 
     def _counters(self) -> dict[str, int]:
         return {

@@ -25,7 +25,7 @@ def make(
         backend,
         sysroot=tmp_path,
         state_dir=tmp_path / "state",
-        read_topology=holder,
+        read_topology=kw.pop("read_topology", holder),  # type: ignore[arg-type]
         quiet=kw.pop("quiet", 0.005),  # type: ignore[arg-type]
         max_staleness=kw.pop("max_staleness", 0.05),  # type: ignore[arg-type]
         sleep=no_sleep,
@@ -448,3 +448,40 @@ async def test_restart_after_an_input_change_reloads_instead_of_adopting(
     assert len(backend.applied) == 2 and r3.store.current.last_trigger == "start"
     assert any("the cmdline changed since generation 1" in m for m in caplog.messages)
     await r3.stop()
+
+
+async def test_unreadable_topology_does_not_block_a_backend_that_ignores_it(
+    tmp_path: Path,
+) -> None:
+    from kdumpd.core.errors import InputError
+
+    holder = TopologyHolder()
+    backend = RecordingBackend("file", consumes_image=False, load_syscall="kexec_file_load")
+    hidden = True
+
+    def reader(sysroot: Path):  # type: ignore[no-untyped-def]
+        if hidden:  # non-root /proc/iomem, or a kernel that zeroes it
+            raise InputError("/proc/iomem", "every address reads 0")
+        return holder(sysroot)
+
+    r = make(tmp_path, holder, backend, read_topology=reader, retry_interval=0.001)
+    await r.start()
+    s = r.store.current
+    assert len(backend.applied) == 1 and backend.applied[0].topology is None
+    assert s.state == ImageState.LOADED and s.stale and "every address reads 0" in s.last_error
+    await asyncio.sleep(0.02)  # no timer retries the read (each would be a reload)
+    assert len(backend.applied) == 1
+    r.event(EV)  # a burst: something changed that we cannot see, load again
+    await r.settle()
+    assert len(backend.applied) == 2 and r.store.current.generation == 2
+    await r.stop()
+    # a restart adopts the image without reloading it
+    r2 = make(tmp_path, holder, backend, read_topology=reader)
+    await r2.start()
+    assert len(backend.applied) == 2 and r2.store.current.state == ImageState.LOADED
+    hidden = False  # readable again: the next burst builds the model and loads
+    r2.event(EV)
+    await r2.settle()
+    s = r2.store.current
+    assert len(backend.applied) == 3 and not s.stale and s.last_error == ""
+    await r2.stop()

@@ -59,7 +59,7 @@ def kexec_crash_loaded(sysroot: str | Path) -> bool | None:
 @dataclass(frozen=True, slots=True)
 class LoadRequest:
     image: CrashImage | None  # None: no model could be built (backends not consuming it)
-    topology: Topology
+    topology: Topology | None  # None: the topology could not be read (likewise)
     generation: int
     trigger: str
     counters: Mapping[str, int] = field(default_factory=dict)
