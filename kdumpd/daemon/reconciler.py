@@ -372,12 +372,11 @@ class Reconciler:
             if digest == self.applied_digest and not force_load:
                 if self.image is None:  # adopted or model-less: (re)build the model
                     try:
-                        model = self._model(topology)
+                        self._model(topology)
                     except Exception as err:
                         log.error("cannot build the crash image model: %s", err)
-                        model = None
-                    if model is not None:
-                        self._publish(topology, trigger, None, t0)
+                        self.model_error = f"no elfcorehdr model: {err}"
+                    self._publish(topology, trigger, None, t0)
                 elif trigger != "recheck":
                     log.info(
                         "%s: topology unchanged, generation %d stays",

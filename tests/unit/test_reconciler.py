@@ -303,6 +303,13 @@ async def test_model_failure_does_not_block_a_backend_that_ignores_the_model(
     await r.settle()
     assert len(backend.applied) == 2 and r.store.current.stale
     await r.stop()
+    backend.loaded = True
+    r2 = make(tmp_path, holder, backend, image_factory=factory)  # restart: adopt
+    await r2.start()
+    s = r2.store.current
+    assert len(backend.applied) == 2 and backend.adopted == 1
+    assert s.state == ImageState.LOADED and s.stale and error in s.last_error
+    await r2.stop()
 
 
 async def test_unload_on_request_sticks_until_load_or_reload(tmp_path: Path) -> None:
