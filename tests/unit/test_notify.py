@@ -89,3 +89,20 @@ def test_watchdog_off_without_usec_or_for_another_pid() -> None:
     assert watchdog_interval({"NOTIFY_SOCKET": "/x"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "1000000"}) == 0.5
+
+
+def test_reloading_carries_monotonic_usec_and_reloaded_sends_ready(
+    notify_socket: tuple[socket.socket, str],
+) -> None:
+    import time
+
+    s, path = notify_socket
+    n = Notifier(StateStore(), {"NOTIFY_SOCKET": path})
+    before = time.monotonic_ns() // 1000
+    n.reloading()
+    n.reloaded()
+    after = time.monotonic_ns() // 1000
+    got = drain(s)
+    assert got[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert before <= int(got[0].split("MONOTONIC_USEC=")[1]) <= after
+    assert got[1].startswith("READY=1\nSTATUS=")
