@@ -27,7 +27,10 @@ class Busy(KdumpdError):
 @runtime_checkable
 class Controller(Protocol):
     async def reload(self) -> None:
-        """Re-read configuration-dependent inputs and load a fresh image (one load)."""
+        """Re-read the configuration (the daemon's reload hook, shared with SIGHUP) and
+        load a fresh image (one load, no unload first).  Waits for a running burst
+        instead of raising Busy; a bad configuration raises InputError and changes
+        nothing.  Ends an unload-on-request."""
         ...
 
     async def rescan(self) -> None:
@@ -35,11 +38,13 @@ class Controller(Protocol):
         ...
 
     async def load(self) -> None:
-        """Load a crash image if none is loaded (no-op when one is)."""
+        """Load a crash image if none is loaded (no-op when one is); ends an
+        unload-on-request."""
         ...
 
     async def unload(self) -> None:
-        """Unload the crash image (explicit administrator request only)."""
+        """Unload the crash image (explicit administrator request only).  Later bursts,
+        rescans and retries load nothing until :meth:`load` or :meth:`reload`."""
         ...
 
     async def report(self) -> dict[str, Any]:
