@@ -99,6 +99,9 @@ class LinuxKexec:
 # is the length userspace passed, terminating NUL included.  It checks this only
 # after kexec_file_load() has freed the old crash image, so we check first.
 MAX_ELFCOREHDR_STR_LEN = 30
+# With dm-crypt keys for the capture kernel (configfs crash_dm_crypt_keys, 6.15+) it
+# also prepends "dmcryptkeys=0x%lx " and checks for this much more.
+MAX_DMCRYPTKEYS_STR_LEN = 31
 # Documentation/arch/x86/boot.rst: the real-mode setup header.
 _HDRS_OFFSET = 0x202  # "HdrS"
 _VERSION_OFFSET = 0x206  # u16 boot protocol version
@@ -119,22 +122,26 @@ def bzimage_cmdline_size(header: bytes) -> int | None:
     return _PRE_206_CMDLINE_SIZE + 1
 
 
-def check_crash_cmdline(kernel: str, header: bytes, cmdline: str) -> None:
-    """Raise InputError when the kernel would reject ``cmdline`` for a crash load."""
+def check_crash_cmdline(kernel: str, header: bytes, cmdline: str, reserve: int = 0) -> None:
+    """Raise InputError when the kernel would reject ``cmdline`` for a crash load
+    (``reserve``: more bytes the kernel prepends, e.g. for dmcryptkeys=)."""
     limit = bzimage_cmdline_size(header)
     if limit is None:
         return
-    need = len(cmdline.encode()) + 1 + MAX_ELFCOREHDR_STR_LEN
-    if need > limit:
+    margin = MAX_ELFCOREHDR_STR_LEN + reserve
+    if len(cmdline.encode()) + 1 + margin > limit:
+        what = "elfcorehdr=" + (" and dmcryptkeys=" if reserve else "")
         raise InputError(
             "kexec cmdline",
             f"{len(cmdline.encode())} bytes; {kernel} accepts at most "
-            f"{limit - 1 - MAX_ELFCOREHDR_STR_LEN} for a crash kernel (cmdline_size {limit} "
-            f"minus {MAX_ELFCOREHDR_STR_LEN} for elfcorehdr= and the NUL); not loading",
+            f"{limit - 1 - margin} for a crash kernel (cmdline_size {limit} minus {margin} "
+            f"for {what} and the NUL); not loading",
         )
 
 
-def crash_file_load(sys: KexecSyscalls, kernel: str, initrd: str | None, cmdline: str) -> None:
+def crash_file_load(
+    sys: KexecSyscalls, kernel: str, initrd: str | None, cmdline: str, *, reserve: int = 0
+) -> None:
     """Load a crash kernel from files (one syscall; the kernel swaps the image inside it).
 
     Everything the kernel would reject only after freeing the old crash image is
@@ -153,7 +160,7 @@ def crash_file_load(sys: KexecSyscalls, kernel: str, initrd: str | None, cmdline
             raise InputError(kernel, f"cannot read crash kernel: {err.strerror}") from None
         if not header:
             raise InputError(kernel, "crash kernel is empty")
-        check_crash_cmdline(kernel, header, cmdline)
+        check_crash_cmdline(kernel, header, cmdline, reserve)
         if initrd:
             try:
                 ifd = os.open(initrd, os.O_RDONLY | os.O_CLOEXEC)

@@ -358,6 +358,8 @@ def test_too_long_cmdline_fails_before_the_syscall(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="at most 2017"):
         crash_file_load(kexec, str(k), None, "x" * (2048 - 30))
     assert len(kexec.calls) == 1
+    with pytest.raises(InputError, match="at most 1986"):  # dm-crypt keys: 31 more
+        crash_file_load(kexec, str(k), None, "x" * (2048 - 31), reserve=31)
     with pytest.raises(InputError, match="cannot read kdump initrd"):
         crash_file_load(kexec, str(k), str(tmp_path / "missing.img"), "ro")
     assert len(kexec.calls) == 1
@@ -373,7 +375,9 @@ async def test_too_long_cmdline_keeps_the_loaded_image(sysroot: Path) -> None:
     await r.start()
     (sysroot / "sys/kernel/kexec_crash_loaded").write_text("1\n")  # the kernel has it
     assert len(kexec.calls) == 1 and r.store.current.state == ImageState.LOADED
-    b.files = dataclasses.replace(b.files, cmdline=b.files.cmdline + " x" * 200)
+    room = 256 - 1 - 30 - len(b.files.cmdline)
+    (sysroot / "sys/kernel/config/crash_dm_crypt_keys/cryptsetup:1").mkdir(parents=True)
+    b.files = dataclasses.replace(b.files, cmdline=b.files.cmdline + " " * room)
     holder.add_blocks(1)
     r.event(EV)
     await r.settle()

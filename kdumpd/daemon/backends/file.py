@@ -28,7 +28,12 @@ from pathlib import Path
 from kdumpd.core.errors import KdumpdError
 from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, kexec_crash_loaded
 from kdumpd.system.kdumpconf import DEFAULT_COMMANDLINE_REMOVE, split_cmdline
-from kdumpd.system.kexec import KexecSyscalls, crash_file_load, crash_file_unload
+from kdumpd.system.kexec import (
+    MAX_DMCRYPTKEYS_STR_LEN,
+    KexecSyscalls,
+    crash_file_load,
+    crash_file_unload,
+)
 
 log = logging.getLogger("kdumpd.daemon.backends.file")
 
@@ -182,9 +187,25 @@ class FileBackend:
             "cmdline": hashlib.sha256(f.cmdline.encode()).hexdigest(),
         }
 
+    def _cmdline_reserve(self) -> int:
+        """dm-crypt keys registered for the capture kernel (a key is a subdirectory of
+        the configfs group) make the kernel prepend ``dmcryptkeys=`` too."""
+        group = self.sysroot / "sys/kernel/config/crash_dm_crypt_keys"
+        try:
+            has_keys = any(p.is_dir() for p in group.iterdir())
+        except OSError:
+            return 0
+        return MAX_DMCRYPTKEYS_STR_LEN if has_keys else 0
+
     def _load_sync(self, files: KexecFiles) -> int:
         t0 = time.monotonic_ns()
-        crash_file_load(self.syscalls, files.kernel, files.initrd, files.cmdline)
+        crash_file_load(
+            self.syscalls,
+            files.kernel,
+            files.initrd,
+            files.cmdline,
+            reserve=self._cmdline_reserve(),
+        )
         return (time.monotonic_ns() - t0) // 1000
 
     async def _load(self, files: KexecFiles) -> int:
