@@ -34,26 +34,20 @@ if TYPE_CHECKING:
     from kdumpd.core.image import CrashImage
     from kdumpd.core.topology import Topology
 
-# ``kexec_crash_loaded`` prints ``!!kexec_crash_image`` without taking the kexec lock
-# (unlike ``crash_hotplug`` and ``kexec_crash_size``, whose reads kexec_trylock() and
-# so can make a concurrent panic or the kernel's own hotplug update fail theirs).
-KEXEC_CRASH_LOADED = ("sys/kernel/kexec_crash_loaded", "sys/kernel/kexec/crash_loaded")
-
 
 def kexec_crash_loaded(sysroot: str | Path) -> bool | None:
-    """``/sys/kernel/kexec_crash_loaded`` (or the newer ``/sys/kernel/kexec/crash_loaded``)
-    below ``sysroot``: True/False, None when the kernel has neither (no kexec).
+    """Is a crash image loaded (:func:`kdumpd.system.sysfs.read_crash_loaded`: lock-free,
+    old and new sysfs names)?  None when the kernel has no such file or it is unreadable.
 
-    Lock-free in the kernel, so this is the one sysfs file the burst path reads."""
-    root = Path(sysroot)
-    for rel in KEXEC_CRASH_LOADED:
-        try:
-            return (root / rel).read_text().strip() == "1"
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return None
-    return None
+    ``crash_hotplug`` and ``kexec_crash_size`` take ``kexec_trylock()`` in ``show()``;
+    this one does not, so it is the one sysfs file the burst path reads."""
+    from kdumpd.core.errors import InputError
+    from kdumpd.system.sysfs import read_crash_loaded
+
+    try:
+        return read_crash_loaded(sysroot)
+    except (InputError, OSError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)

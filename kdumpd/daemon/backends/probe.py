@@ -17,10 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kdumpd.daemon.backends.base import KEXEC_CRASH_LOADED, Backend
+from kdumpd.daemon.backends.base import Backend
 from kdumpd.daemon.backends.dryrun import KEEP_LOADS, DryRunBackend
 from kdumpd.daemon.backends.file import FileBackend, default_files
 from kdumpd.daemon.backends.kernel import KernelBackend
+from kdumpd.system.sysfs import KEXEC_CRASH_LOADED
 
 if TYPE_CHECKING:
     from kdumpd.config import Settings
@@ -32,7 +33,7 @@ log = logging.getLogger("kdumpd.daemon.backends.probe")
 def probe_backend(sysroot: str | Path, *, euid: int | None = None) -> tuple[str, str]:
     """(backend name, reason) for ``auto``."""
     root = Path(sysroot)
-    if not any((root / p).exists() for p in KEXEC_CRASH_LOADED):
+    if not any((root / p.lstrip("/")).exists() for p in KEXEC_CRASH_LOADED):
         return "dry-run", "the kernel has no kexec (/sys/kernel/kexec_crash_loaded missing)"
     try:
         size = int((root / "sys/kernel/kexec_crash_size").read_text().strip() or "0")
