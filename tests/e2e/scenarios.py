@@ -280,6 +280,7 @@ def sc_hotplug_remove(c: Ctx) -> None:
 
 
 def _burst(c: Ctx, n: int) -> None:
+    c.res.detail["ram_at_start"] = sum(b - a + 1 for a, b in c.g.system_ram())
     for i in range(n):
         hotplug.add_dimm(c.g, f"b{i}", BURST_DIMM_MB * MiB, wait=False)
 
@@ -311,7 +312,7 @@ def sc_crash_during_burst(c: Ctx) -> None:
 
 
 def _wait_ram(c: Ctx, added: int, timeout: float = 600.0) -> None:
-    base = c.res.detail.setdefault("ram_at_start", sum(b - a + 1 for a, b in c.g.system_ram()))
+    base = c.res.detail["ram_at_start"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         total = sum(b - a + 1 for a, b in c.g.system_ram())
