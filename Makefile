@@ -55,6 +55,7 @@ demo: venv
 
 bench: venv
 	$(PY) bench/elfcorehdr.py
+	$(PY) bench/topology.py
 	$(PY) bench/fdt.py
 	$(PY) bench/dbus_latency.py
 	$(PY) bench/storm.py
