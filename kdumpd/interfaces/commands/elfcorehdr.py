@@ -21,11 +21,15 @@ Exit status: 0 ok, 1 bad input or header too big (one line on stderr), 2 usage.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from kdumpd.arch import get_arch
 from kdumpd.core.elfcorehdr import HeaderLayout
 from kdumpd.core.image import CrashImage
+from kdumpd.interfaces.commands.common import (
+    add_output_argument,
+    add_sysroot_arguments,
+    write_buffer,
+)
 from kdumpd.system.sysfs import read_topology
 
 NAME = "elfcorehdr"
@@ -50,15 +54,7 @@ def _count(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--sysroot",
-        default="/",
-        metavar="DIR",
-        help="read sysfs/procfs below DIR instead of / (a captured tree)",
-    )
-    parser.add_argument(
-        "--arch", default=None, help="architecture (default: /proc/sys/kernel/arch in DIR)"
-    )
+    add_sysroot_arguments(parser, "sysfs/procfs")
     parser.add_argument(
         "--max-cpus",
         type=_count,
@@ -73,13 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="M",
         help="size the buffer for M memory ranges (default: from the kernel or 8192)",
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="FILE",
-        help="where to write the buffer ('-' = stdout)",
-    )
+    add_output_argument(parser)
 
 
 def summary(layout: HeaderLayout, target: str) -> str:
@@ -102,12 +92,5 @@ def run(args: argparse.Namespace) -> int:
     layout = image.layout
     assert layout is not None  # for_topology always builds
     data = image.elfcorehdr.buf
-    if args.output == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        print(summary(layout, "stdout"), file=sys.stderr)
-    else:
-        with open(args.output, "wb") as f:
-            f.write(data)
-        print(summary(layout, args.output))
+    write_buffer(data, args.output, lambda target: summary(layout, target))
     return 0

@@ -21,11 +21,15 @@ tree too big; one line on stderr), 2 usage.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from kdumpd.arch import FdtArch, get_arch
 from kdumpd.core.errors import InputError, UnsupportedError
 from kdumpd.core.fdt import FdtLayout
+from kdumpd.interfaces.commands.common import (
+    add_output_argument,
+    add_sysroot_arguments,
+    write_buffer,
+)
 from kdumpd.system.sysfs import DT_CPUS, read_topology
 
 NAME = "fdt"
@@ -45,15 +49,7 @@ def _capacity(text: str) -> int | str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--sysroot",
-        default="/",
-        metavar="DIR",
-        help="read sysfs/procfs/device tree below DIR instead of / (a captured tree)",
-    )
-    parser.add_argument(
-        "--arch", default=None, help="architecture (default: /proc/sys/kernel/arch in DIR)"
-    )
+    add_sysroot_arguments(parser, "sysfs/procfs/device tree")
     parser.add_argument(
         "--base",
         required=True,
@@ -67,13 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N|auto",
         help="buffer size in bytes (default: BLOB's totalsize; auto: room for every possible core)",
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        metavar="FILE",
-        help="where to write the buffer ('-' = stdout)",
-    )
+    add_output_argument(parser)
 
 
 def summary(layout: FdtLayout, target: str) -> str:
@@ -110,12 +100,5 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.base, err.problem) from None
     layout = arch.build_fdt(topology, fdt)
     data = fdt.buffer
-    if args.output == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        print(summary(layout, "stdout"), file=sys.stderr)
-    else:
-        with open(args.output, "wb") as f:
-            f.write(data)
-        print(summary(layout, args.output))
+    write_buffer(data, args.output, lambda target: summary(layout, target))
     return 0

@@ -40,6 +40,7 @@ from typing import Any
 
 from kdumpd.core.errors import InputError
 from kdumpd.core.topology import MemRange, Topology, format_cpulist
+from kdumpd.interfaces.commands.common import add_sysroot_arguments
 from kdumpd.system.sysfs import read_topology
 
 NAME = "inspect"
@@ -50,15 +51,7 @@ MAX_LISTED = 12
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--sysroot",
-        default="/",
-        metavar="DIR",
-        help="read sysfs/procfs below DIR instead of / (a captured tree)",
-    )
-    parser.add_argument(
-        "--arch", default=None, help="architecture (default: /proc/sys/kernel/arch in DIR)"
-    )
+    add_sysroot_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
