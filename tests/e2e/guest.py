@@ -256,30 +256,35 @@ class Guest:
         return parse_cpulist(self.read("/sys/devices/system/cpu/online"))
 
     def system_ram(self) -> list[tuple[int, int]]:
-        out = self.read("/proc/iomem")
-        ranges = []
-        for line in out.splitlines():
-            if not line.startswith(" ") and line.rstrip().endswith(": System RAM"):
-                a, b = line.split(":")[0].strip().split("-")
-                ranges.append((int(a, 16), int(b, 16)))
-        return ranges
+        return iomem_ranges(self.read("/proc/iomem"), "System RAM", top_level=True)
 
     def crashkernel(self) -> list[tuple[int, int]]:
-        out = self.read("/proc/iomem")
-        res = []
-        for line in out.splitlines():
-            if line.rstrip().endswith(": Crash kernel"):
-                a, b = line.split(":")[0].strip().split("-")
-                res.append((int(a, 16), int(b, 16)))
-        return res
+        return iomem_ranges(self.read("/proc/iomem"), "Crash kernel")
 
-    def crash(self, timeout: float = 240.0) -> str:
-        """Panic the guest; wait for the capture kernel's report; return it."""
+    def crash(self, timeout: float = 240.0) -> tuple[str, str, str]:
+        """Record the online CPUs and /proc/iomem, panic the guest in the same guest
+        command (nothing happens in between but the copies), wait for the capture
+        kernel's report.  Returns (report body, cpu online list, iomem text)."""
         start = len(self.console())
-        assert self._cmd is not None
-        self.spawn("echo c > /proc/sysrq-trigger")
+        self.spawn(
+            "cat /sys/devices/system/cpu/online > /out/at-crash-cpus; "
+            "cat /proc/iomem > /out/at-crash-iomem; echo c > /proc/sysrq-trigger"
+        )
         m = self.wait_console(r"(?s)@@VMCORE-BEGIN\n(.*?)@@VMCORE-END", timeout, start)
-        return m.group(1)
+        cpus = (self.outdir / "at-crash-cpus").read_text()
+        iomem = (self.outdir / "at-crash-iomem").read_text()
+        return m.group(1), cpus, iomem
+
+
+def iomem_ranges(text: str, name: str, *, top_level: bool = False) -> list[tuple[int, int]]:
+    out = []
+    for line in text.splitlines():
+        if top_level and line.startswith(" "):
+            continue
+        if line.rstrip().endswith(f": {name}"):
+            a, b = line.split(":")[0].strip().split("-")
+            out.append((int(a, 16), int(b, 16)))
+    return out
 
 
 _T0 = time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -13,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e import hotplug, initramfs, kernels, vmcore
-from tests.e2e.guest import CAPTURE_APPEND, Guest, GuestError, cpu_hotplug_mode
+from tests.e2e.guest import (
+    CAPTURE_APPEND,
+    Guest,
+    GuestError,
+    cpu_hotplug_mode,
+    iomem_ranges,
+    parse_cpulist,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = REPO / "tests" / "e2e" / "guest_agent.py"
@@ -21,6 +29,21 @@ KDUMPD = REPO / ".venv" / "bin" / "kdumpd"
 PY = "/usr/bin/python3"
 MiB = 1 << 20
 LOW_1M = 1 << 20
+
+DAEMON_FIELDS = (
+    "state",
+    "backend",
+    "generation",
+    "events_received",
+    "events_coalesced",
+    "loads",
+    "last_load_gap_usec",
+    "last_update_usec",
+    "last_update_duration_usec",
+    "stale",
+    "kernel_hotplug_support",
+    "last_error",
+)
 
 BURST_DIMMS = int(os.environ.get("KDUMPD_E2E_BURST_DIMMS", "24"))
 BURST_DIMM_MB = int(os.environ.get("KDUMPD_E2E_BURST_DIMM_MB", "256"))
@@ -356,38 +379,27 @@ def run(kernel_key: str, scenario: str, build: Path) -> Result:
         start_sampler(g)
         c = Ctx(g, kern, ird, res)
         SCENARIOS[scenario](c)
-        # what is there at the crash
-        res.cpus_online = g.online_cpus()
-        ram = g.system_ram()
-        ck = g.crashkernel()
-        need = vmcore.subtract(ram, ck)
-        res.ram_ranges = [_hex(r) for r in need]
-        if res.backend == "kdumpd":
+        if res.backend == "kdumpd" and scenario != "crash-during-burst":
             st = daemon_state(g)
-            res.detail["daemon"] = {
-                k: st.get(k)
-                for k in (
-                    "state",
-                    "backend",
-                    "generation",
-                    "events_received",
-                    "events_coalesced",
-                    "loads",
-                    "regenerations",
-                    "last_load_gap_usec",
-                    "last_update_usec",
-                    "last_update_duration_usec",
-                    "stale",
-                    "kernel_hotplug_support",
-                    "last_error",
-                )
-            }
+            res.detail["daemon"] = {k: st.get(k) for k in DAEMON_FIELDS}
             res.backend = f"kdumpd/{st.get('backend', '?')}"
             res.events = st.get("events_received")
             res.loads = st.get("loads")
-        samples = stop_sampler(g)
+        if scenario != "crash-during-burst":
+            stop_sampler(g)
+        body, cpus_text, iomem = g.crash()
+        samples = _jsonl(g.outdir / "sampler.jsonl")
+        if res.backend == "kdumpd":  # crashed without asking the daemon: its log
+            log = (g.outdir / "kdumpd.log").read_text(errors="replace")
+            res.loads = log.count(" applied (")
+            be = re.search(r"backend (\S+) \(", log)
+            res.backend = f"kdumpd/{be.group(1) if be else '?'}"
         _fill_timing(res, samples, g)
-        body = g.crash()
+        res.cpus_online = parse_cpulist(cpus_text)
+        need = vmcore.subtract(
+            iomem_ranges(iomem, "System RAM", top_level=True), iomem_ranges(iomem, "Crash kernel")
+        )
+        res.ram_ranges = [_hex(r) for r in need]
         rep = vmcore.parse(body)
         res.vmcore_size = rep.size
         res.prstatus_cpus = [p.index for p in rep.prstatus if p.has_regs]
@@ -430,12 +442,35 @@ def run(kernel_key: str, scenario: str, build: Path) -> Result:
     return res
 
 
+def _gaps(samples: list[dict[str, Any]]) -> tuple[float, int]:
+    """No-image time (ms) and gaps after the first load, from the sampler's
+    crash_loaded transitions, up to its last record."""
+    loaded_seen = False
+    total, gaps, since = 0.0, 0, None
+    end = max((s.get("mono", 0.0) for s in samples), default=0.0)
+    for s in samples:
+        if s.get("kind") != "crash_loaded":
+            continue
+        if s["v"] == "1":
+            if since is not None:
+                total += s["mono"] - since
+            loaded_seen, since = True, None
+        elif loaded_seen:
+            gaps += 1
+            since = s["mono"]
+    if since is not None:
+        total += end - since
+    return round(total * 1000, 3), gaps
+
+
 def _fill_timing(res: Result, samples: list[dict[str, Any]], g: Guest) -> None:
     summary = next((s for s in samples if s.get("kind") == "summary"), {})
     uevents = [s for s in samples if s.get("kind") == "uevent"]
     res.uevents = len(uevents)
     res.no_image_ms = summary.get("no_image_ms")
     res.no_image_gaps = summary.get("gaps")
+    if not summary:  # the guest crashed with the sampler running: from its transitions
+        res.no_image_ms, res.no_image_gaps = _gaps(samples)
     res.detail["sampler_samples"] = summary.get("samples")
     if res.events is None and res.backend.startswith("kexec-tools"):
         res.events = 0
