@@ -61,3 +61,17 @@ def test_dbus_activation_names_the_unit_and_policy_the_name() -> None:
     assert re.search(r"^Name=org\.kdumpd1$", service, re.M)
     policy = (REPO / "dbus/org.kdumpd1.conf").read_text()
     assert 'own="org.kdumpd1"' in policy
+
+
+def test_udev_overrides_and_unit_agree_on_the_active_marker() -> None:
+    """The rules skip the per-event reload only while the marker the unit manages
+    exists; the unit must create it after start and remove it on every stop."""
+    d = _directives(UNIT.read_text())
+    marker = "/run/kdumpd/active"
+    assert d["ExecStartPost"].endswith(f"touch {marker}")
+    assert d["ExecStopPost"].endswith(f"rm -f {marker}")
+    assert marker.startswith("/run/kdumpd/") and d["RuntimeDirectory"] == "kdumpd"
+    for rules in ("98-kexec.rules", "50-kdump-tools.rules"):
+        text = (REPO / "udev" / rules).read_text()
+        assert f'TEST=="{marker}"' in text
+        assert "systemctl is-active --quiet kdumpd" not in text  # no fork per uevent
