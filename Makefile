@@ -71,12 +71,17 @@ DESTDIR ?=
 install: apt
 	$(PYTHON_SYS) -m venv $(DESTDIR)$(PREFIX)/lib/kdumpd
 	$(DESTDIR)$(PREFIX)/lib/kdumpd/bin/pip install -q .
+	# staging (DESTDIR set): the venv's scripts and pyvenv.cfg name their final place
+	if [ -n "$(DESTDIR)" ]; then \
+		grep -rlI -- "$(DESTDIR)" $(DESTDIR)$(PREFIX)/lib/kdumpd/bin $(DESTDIR)$(PREFIX)/lib/kdumpd/pyvenv.cfg \
+			| xargs -r sed -i "s|$(DESTDIR)||g"; fi
 	install -d $(DESTDIR)$(PREFIX)/sbin
 	ln -sf $(PREFIX)/lib/kdumpd/bin/kdumpd $(DESTDIR)$(PREFIX)/sbin/kdumpd
 	ln -sf $(PREFIX)/lib/kdumpd/bin/kdumpctl $(DESTDIR)$(PREFIX)/sbin/kdumpd-kdumpctl
 	install -d $(DESTDIR)/etc/systemd/system
-	sed 's|^ExecStart=/usr/bin/kdumpd|ExecStart=$(PREFIX)/sbin/kdumpd|' systemd/kdumpd.service \
-		> $(DESTDIR)/etc/systemd/system/kdumpd.service
+	sed -e 's|^ExecStart=/usr/bin/kdumpd|ExecStart=$(PREFIX)/sbin/kdumpd|' \
+		-e 's|file:/usr/share/doc/kdumpd|file:$(PREFIX)/share/doc/kdumpd|' \
+		systemd/kdumpd.service > $(DESTDIR)/etc/systemd/system/kdumpd.service
 	install -D -m 0644 udev/98-kexec.rules $(DESTDIR)/etc/udev/rules.d/98-kexec.rules
 	install -D -m 0644 udev/50-kdump-tools.rules $(DESTDIR)/etc/udev/rules.d/50-kdump-tools.rules
 	install -D -m 0644 dbus/org.kdumpd1.conf $(DESTDIR)/usr/share/dbus-1/system.d/org.kdumpd1.conf
@@ -86,6 +91,10 @@ install: apt
 		install -D -m 0644 docs/kdumpd.toml $(DESTDIR)/etc/kdumpd/kdumpd.toml
 	install -D -m 0644 docs/man/kdumpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/kdumpd.8
 	install -D -m 0644 docs/man/kdumpctl.8 $(DESTDIR)$(PREFIX)/share/man/man8/kdumpctl.8
+	install -d $(DESTDIR)$(PREFIX)/share/doc/kdumpd
+	install -m 0644 README.md docs/design.md docs/dbus-api.md docs/replay-format.md \
+		docs/org.kdumpd1.Manager.xml $(DESTDIR)$(PREFIX)/share/doc/kdumpd/
+	install -m 0644 udev/README.md $(DESTDIR)$(PREFIX)/share/doc/kdumpd/udev-rules.md
 	@echo "installed; kdumpctl shim is $(PREFIX)/sbin/kdumpd-kdumpctl (link it to kdumpctl where kdump-utils is absent)"
 
 clean:
