@@ -160,10 +160,12 @@ class Daemon:
         try:
             if self.replay is None:
                 self._start_source(rec)  # before the first read: no event is lost
+            # D-Bus before the first load: READY=1 (sent on the first loaded state)
+            # must find the name owned, so `kdumpctl status` right after start works
+            await self._start_dbus()
             await rec.start()
             self.notifier.mark_ready()
             self.notifier.start_watchdog(loop)
-            await self._start_dbus()
             if self.replay is not None:
                 replayer = Replayer(s.sysroot, rec.event, speed=self.speed, progress=self.progress)
                 replay_stats = await replayer.run_file(self.replay)
@@ -212,10 +214,12 @@ class Daemon:
             log.warning("D-Bus interface not available: %s", err)
 
     # ------------------------------------------------------------------ reload
-    def reconfigure(self) -> None:
+    def reconfigure(self) -> Callable[[], None] | None:
         """The reload hook (run by :meth:`Reconciler.reload` under its lock): re-read the
         configuration and apply it to the running reconciler.  Raises InputError (and
-        changes nothing) when the new configuration or back-end inputs are bad."""
+        changes nothing) when the new configuration or back-end inputs are bad.  Returns
+        a rollback that restores the previous configuration and back-end: the reconciler
+        calls it when the fresh load with the new configuration fails."""
         rec = self.reconciler
         new = self.load_config()
         old = self.settings
@@ -224,7 +228,7 @@ class Daemon:
                 log.warning("reload: %s changed; it takes effect at the next restart", key)
         if rec is None:
             self.settings = new
-            return
+            return None
         backend = rec.backend
         # file/kernel re-resolve kernel, initrd and cmdline every time (a kdump initrd
         # may have appeared, /proc/cmdline or kdump-utils' files may have changed)
@@ -238,7 +242,20 @@ class Daemon:
             if name != "dry-run" or backend.name != "dry-run":
                 backend = make_backend(name, new, self.syscalls_factory)
                 _carry_last_good(rec.backend, backend)
-        # everything that can fail has run: commit
+        # everything that can fail has run: commit (undone by the rollback)
+        old_backend = rec.backend
+        old_factory, old_image = rec.image_factory, rec.image
+        old_quiet, old_max = rec.debouncer.quiet, rec.debouncer.max_staleness
+
+        def rollback() -> None:
+            self.settings = old
+            rec.debouncer.quiet, rec.debouncer.max_staleness = old_quiet, old_max
+            rec.image_factory, rec.image = old_factory, old_image
+            if rec.backend is not old_backend:
+                _carry_last_good(rec.backend, old_backend)
+                rec.backend = old_backend
+                self.store.update(backend=old_backend.name)
+
         self.settings = new
         rec.debouncer.quiet = new.debounce.quiet_ms / 1000
         rec.debouncer.max_staleness = new.debounce.max_ms / 1000
@@ -250,6 +267,7 @@ class Daemon:
             rec.backend = backend
             self.store.update(backend=backend.name)
         log.info("configuration re-read; loading a fresh crash image")
+        return rollback
 
     def on_sighup(self) -> None:
         task = asyncio.get_running_loop().create_task(self._sighup(), name="kdumpd-sighup")
@@ -262,13 +280,14 @@ class Daemon:
         try:
             if self.reconciler is not None:
                 await self.reconciler.reload()
+        except asyncio.CancelledError:  # shutting down: no READY=1 after STOPPING=1
+            raise
         except KdumpdError as err:
             log.error("SIGHUP: %s (keeping the running configuration)", err)
         except Exception:
             log.exception("SIGHUP: reload failed")
-        finally:
-            if self.notifier is not None:
-                self.notifier.reloaded()
+        if self.notifier is not None:
+            self.notifier.reloaded()
 
 
 def _carry_last_good(old: Backend, new: Backend) -> None:

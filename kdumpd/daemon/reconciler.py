@@ -115,7 +115,7 @@ class Reconciler:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         fallback_backend: Callable[[], Backend] | None = None,
-        reconfigure: Callable[[], None] | None = None,
+        reconfigure: Callable[[], Callable[[], None] | None] | None = None,
         busy_retries: int = 6,
         busy_delay: float = 0.05,
         retry_interval: float = 5.0,
@@ -197,9 +197,13 @@ class Reconciler:
         self.store.update(backend=self.backend.name, state=ImageState.LOADING)
         async with self._lock:
             self._operation = "start"
-            adopted = self._adopt_recorded()
-            await self._reconcile("adopt" if adopted else "start", force_load=not adopted)
-            self._operation = ""
+            try:
+                adopted = self._adopt_recorded()
+                await self._reconcile("adopt" if adopted else "start", force_load=not adopted)
+            except Exception as err:  # keep running, degraded, and retry
+                self._unexpected("start", err)
+            finally:
+                self._operation = ""
         self._worker = asyncio.create_task(self._run(), name="kdumpd-reconciler")
         if not self._wake.is_set() and self.debouncer.pending == 0:
             self._idle.set()
@@ -237,19 +241,50 @@ class Reconciler:
                 try:
                     await self._reconcile(trigger)
                 except Exception as err:  # the daemon keeps running; state says why
-                    log.exception("reconcile failed: %s", err)
-                    self.store.update(last_error=str(err))
+                    self._unexpected(trigger, err)
                 finally:
                     self._operation = ""
             if not self._wake.is_set() and self.debouncer.pending == 0:
                 self._idle.set()
+
+    def _unexpected(self, trigger: str, err: Exception) -> None:
+        """An exception no fault policy knows (e.g. OSError ENOSPC from a backend): never
+        leave ``updating``/``loading`` behind; say degraded or failed and retry."""
+        log.error(
+            "%s: unexpected error: %s: %s",
+            trigger,
+            type(err).__name__,
+            err,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+            extra={"TRIGGER": trigger},
+        )
+        try:
+            loaded = self.backend.is_loaded()
+        except Exception:
+            loaded = False
+        self.applied_digest = None
+        if self.unloaded_on_request:
+            state = ImageState.UNLOADED
+        else:
+            state = ImageState.DEGRADED if loaded else ImageState.FAILED
+        self.store.update(state=state, last_error=f"{type(err).__name__}: {err}", stale=True)
+        if not self.unloaded_on_request:
+            self._schedule_retry()
 
     # ---------------------------------------------------------------- adoption
     def _adopt_recorded(self) -> bool:
         if self.statefile is None:
             return False
         rec = self.statefile.load()
-        if rec is None or not rec.loaded:
+        if rec is None:
+            return False
+        current_boot = boot_id(self.sysroot)
+        if rec.unloaded_on_request and not rec.loaded:
+            if rec.boot_id == current_boot:
+                log.info("the crash image was unloaded on request before the restart; not loading")
+                self.unloaded_on_request = True
+            return False
+        if not rec.loaded:
             return False
         if rec.backend != self.backend.name:
             log.info(
@@ -258,7 +293,6 @@ class Reconciler:
                 self.backend.name,
             )
             return False
-        current_boot = boot_id(self.sysroot)
         if rec.boot_id and current_boot and rec.boot_id != current_boot:
             log.info("state.json is from another boot: loading afresh")
             return False
@@ -270,10 +304,17 @@ class Reconciler:
             return False
         now = self.backend.input_digests()
         changed = sorted(k for k in set(rec.inputs) | set(now) if rec.inputs.get(k) != now.get(k))
-        if rec.inputs and changed:
+        if changed:
             log.info(
                 "the %s changed since generation %d was loaded: loading afresh",
                 ", ".join(changed),
+                rec.generation,
+            )
+            return False
+        if not self.backend.adopt():
+            log.info(
+                "the loaded crash image is not verifiably the one generation %d loaded: "
+                "loading afresh",
                 rec.generation,
             )
             return False
@@ -282,7 +323,6 @@ class Reconciler:
         self.applied_digest = rec.topology_digest
         self.last_good = True
         self.loaded_inputs = dict(rec.inputs)
-        self.backend.adopt()
         self.store.update(
             kernel_hotplug_support=rec.kernel_hotplug_support,
             last_update_usec=rec.last_update_usec,
@@ -356,18 +396,34 @@ class Reconciler:
                 extra={"TRIGGER": trigger},
             )
 
-    async def _reconcile(self, trigger: str, *, force_load: bool = False) -> None:
-        """Passes until the applied image matches the topology (bounded)."""
+    async def _reconcile(self, trigger: str, *, force_load: bool = False) -> bool:
+        """Bring the applied image in line with the topology.  True when it matches (or
+        nothing was to be done), False when the read, the model or the load failed.
+
+        One pass per burst: after an apply, events pending in the debouncer drive the
+        next pass (one load per ``max_ms`` in a storm).  Only when no event is pending is
+        the topology re-read at once (a change without a uevent), and re-applied at
+        most once."""
+        rechecked = False
         for _ in range(self.max_passes):
             t0 = time.monotonic_ns()
             topology = self._read()
             if topology is None:
+                if self.unloaded_on_request:
+                    self.store.update(state=ImageState.UNLOADED, stale=True)
+                    return True
+                if trigger == "recheck":  # the next burst or retry loads; no blind load now
+                    self.store.update(stale=True)
+                    return True
                 if not self.backend.consumes_image:
-                    await self._load_blind(trigger, force_load, t0)
-                return
+                    return await self._load_blind(trigger, force_load, t0)
+                state = ImageState.DEGRADED if self.backend.is_loaded() else ImageState.FAILED
+                if self.store.current.state in (ImageState.LOADING, ImageState.UPDATING):
+                    self.store.update(state=state)
+                return False
             if self.unloaded_on_request:
                 self._track_unloaded(topology, trigger)
-                return
+                return True
             digest = key_digest(topology.image_key())
             if digest == self.applied_digest and not force_load:
                 if self.image is None:  # adopted or model-less: (re)build the model
@@ -384,9 +440,16 @@ class Reconciler:
                         self.generation,
                         extra={"TRIGGER": trigger},
                     )
-                if self.image is not None and self.store.current.stale:
-                    self.store.update(stale=False)
-                return
+                cur = self.store.current
+                if self.debouncer.pending == 0 and (
+                    cur.last_error != self.model_error or (self.image is not None and cur.stale)
+                ):
+                    # a successful read clears a transient read error
+                    self.store.update(
+                        last_error=self.model_error,
+                        stale=self.image is None if cur.stale else cur.stale,
+                    )
+                return True
             try:
                 image = self._model(topology)
             except Exception as err:  # e.g. an unsupported arch, a header beyond any capacity
@@ -396,13 +459,12 @@ class Reconciler:
                 state = ImageState.DEGRADED if self.last_good else ImageState.FAILED
                 self.store.update(state=state, last_error=str(err), stale=True)
                 self._schedule_retry()
-                return
+                return False
             self.regenerations += 1
-            self.generation += 1
             request = LoadRequest(
                 image=image,
                 topology=topology,
-                generation=self.generation,
+                generation=self.generation + 1,
                 trigger=trigger,
                 counters=self._counters(),
                 force_load=force_load,
@@ -414,24 +476,26 @@ class Reconciler:
             result = await self._apply(request)
             if result is None:
                 self.applied_digest = None
-                return
+                return False
+            self.generation = request.generation
             self.applied_digest = digest
             self.last_good = True
             self._cancel_retry()
             self._publish(topology, trigger, result, t0)
+            if self.debouncer.pending > 0 or rechecked:
+                return True  # the pending burst drives the next pass
             force_load = False
             trigger = "recheck"
-        log.warning(
-            "topology kept changing for %d passes; the next burst continues", self.max_passes
-        )
+            rechecked = True
+        return True
 
-    async def _load_blind(self, trigger: str, force_load: bool, t0: int) -> None:
+    async def _load_blind(self, trigger: str, force_load: bool, t0: int) -> bool:
         """No topology, and a backend that does not need it: load anyway (the kernel
         builds its own elfcorehdr), and say that the state cannot be verified."""
         self.image = None
         if self.unloaded_on_request:
             self.store.update(state=ImageState.UNLOADED, stale=True)
-            return
+            return True
         changes: dict[str, Any] = {
             "state": ImageState.LOADED,
             "backend": self.backend.name,
@@ -444,12 +508,11 @@ class Reconciler:
         }
         if trigger == "adopt":  # our image is loaded; nothing to compare it with
             self.store.update(**changes)
-            return
-        self.generation += 1
+            return True
         request = LoadRequest(
             image=None,
             topology=None,
-            generation=self.generation,
+            generation=self.generation + 1,
             trigger=trigger,
             counters=self._counters(),
             force_load=force_load,
@@ -458,7 +521,8 @@ class Reconciler:
         result = await self._apply(request)
         self.applied_digest = None  # unknown: the next burst applies again
         if result is None:
-            return
+            return False
+        self.generation = request.generation
         self.last_good = True
         self._cancel_retry()
         changes.update(
@@ -485,6 +549,7 @@ class Reconciler:
             extra={"GENERATION": self.generation, "TRIGGER": trigger},
         )
         self.store.image_updated(self.generation, trigger)
+        return True
 
     def _counters(self) -> dict[str, int]:
         return {
@@ -682,6 +747,7 @@ class Reconciler:
                         new.get("kernel_hotplug_support", cur.kernel_hotplug_support)
                     ),
                     last_update_usec=int(new.get("last_update_usec", cur.last_update_usec)),
+                    unloaded_on_request=self.unloaded_on_request,
                 )
             )
         except OSError as err:
@@ -707,12 +773,22 @@ class Reconciler:
         async with self._lock:
             self._operation = "reload"
             try:
-                if self.reconfigure is not None:
-                    self.reconfigure()
+                rollback = self.reconfigure() if self.reconfigure is not None else None
                 self.unloaded_on_request = False
-                await self._reconcile("reload", force_load=True)
+                ok = await self._reconcile("reload", force_load=True)
+                if not ok:
+                    if rollback is not None:
+                        rollback()  # a configuration that does not load changes nothing
+                        self.store.update(backend=self.backend.name)
+                        self._save(loaded=self.backend.is_loaded())
+                        log.error("reload: the new configuration did not load; kept the old one")
+                    raise KdumpdError(self._failure("reload"))
             finally:
                 self._operation = ""
+
+    def _failure(self, operation: str) -> str:
+        cur = self.store.current
+        return f"{operation} failed ({cur.state}): {cur.last_error or 'see the journal'}"
 
     def use_image_factory(self, factory: ImageFactory) -> None:
         """A new elfcorehdr sizing (configuration reload): rebuild the model next pass."""
@@ -731,7 +807,8 @@ class Reconciler:
             self._operation = "load"
             try:
                 self.unloaded_on_request = False
-                await self._reconcile("load", force_load=True)
+                if not await self._reconcile("load", force_load=True):
+                    raise KdumpdError(self._failure("load"))
             finally:
                 self._operation = ""
 
@@ -750,8 +827,8 @@ class Reconciler:
             self.last_good = False
             self.unloaded_on_request = True
             self._cancel_retry()
+            self._save(loaded=False)  # record first: a restart must stay unloaded
             self.store.update(state=ImageState.UNLOADED, stale=True)
-            self._save(loaded=False)
             log.warning("crash image unloaded on request")
 
     async def report(self) -> dict[str, Any]:

@@ -6,7 +6,8 @@ image is loaded, a digest of the topology that image describes, digests of the
 loader inputs (kernel, initrd, cmdline) and the boot id, so that a restarted daemon
 adopts its own image (no reload, no window) when the kernel still has it loaded and
 it was loaded from the inputs now configured, and regenerates only if the topology
-moved meanwhile.  ``kernel_hotplug_support`` and ``last_update_usec`` are kept so
+moved meanwhile.  ``unloaded_on_request`` keeps an Unload across a restart in the
+same boot.  ``kernel_hotplug_support`` and ``last_update_usec`` are kept so
 the state published after an adoption is the state before the restart.
 """
 
@@ -50,6 +51,7 @@ class Recorded:
     inputs: dict[str, str] = field(default_factory=dict)  # loader input -> digest
     kernel_hotplug_support: bool = False
     last_update_usec: int = 0
+    unloaded_on_request: bool = False  # Unload was asked for (kept across restarts)
     time: float = 0.0
     pid: int = 0
     version: int = VERSION
@@ -82,6 +84,7 @@ class StateFile:
                 inputs={str(k): str(v) for k, v in dict(obj.get("inputs", {})).items()},
                 kernel_hotplug_support=bool(obj.get("kernel_hotplug_support", False)),
                 last_update_usec=int(obj.get("last_update_usec", 0)),
+                unloaded_on_request=bool(obj.get("unloaded_on_request", False)),
                 time=float(obj.get("time", 0.0)),
                 pid=int(obj.get("pid", 0)),
             )

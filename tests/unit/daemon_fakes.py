@@ -78,8 +78,9 @@ class RecordingBackend:
     def is_loaded(self) -> bool:
         return self.loaded
 
-    def adopt(self) -> None:
+    def adopt(self) -> bool:
         self.adopted += 1
+        return True
 
     def input_digests(self) -> dict[str, str]:
         return dict(self.inputs)

@@ -475,3 +475,103 @@ def test_auto_on_the_live_root_without_kexec_says_dry_run(
     assert any(
         "no kexec support: running in dry-run, nothing is loaded" in m for m in caplog.messages
     )
+
+
+async def test_kernel_backend_keeps_its_own_image_after_a_refused_load(sysroot: Path) -> None:
+    from kdumpd.daemon.backends.base import LoadRequest
+    from kdumpd.daemon.backends.file import KexecFiles
+
+    class LoadingKexec(ScriptedKexec):
+        def file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes, flags: int) -> None:
+            try:
+                super().file_load(kernel_fd, initrd_fd, cmdline, flags)
+            except Exception:
+                # the kernel freed the old image before failing (§4.7)
+                (sysroot / "sys/kernel/kexec_crash_loaded").write_text("0\n")
+                raise
+            (sysroot / "sys/kernel/kexec_crash_loaded").write_text("1\n")
+
+    kexec = LoadingKexec()
+    hotplug_sysroot(sysroot)
+    fb = file_backend(sysroot, kexec)
+    kb = KernelBackend(fb, sysroot)
+    holder = TopologyHolder()
+    req = LoadRequest(None, holder.current, 1, "burst")
+    forced = dataclasses.replace(req, force_load=True)
+    assert (await kb.apply(forced)).loaded and kb.own_file_load
+    good = fb.files
+    # a refusal before the syscall (a Reload with a missing kernel): our image stays
+    fb.files = KexecFiles(str(sysroot / "boot/missing"), None, "console=ttyS0")
+    with pytest.raises(Exception, match="missing"):
+        await kb.apply(forced)
+    fb.files = good
+    assert kb.own_file_load
+    assert not (await kb.apply(req)).loaded and len(kexec.calls) == 1
+    # a failed syscall freed it: the next burst loads
+    kexec.errnos = [errno.EINVAL]
+    with pytest.raises(Exception, match="EINVAL"):
+        await kb.apply(forced)
+    assert not kb.own_file_load
+    assert (await kb.apply(req)).loaded and len(kexec.calls) == 3
+
+
+async def test_kernel_backend_adopts_only_a_hotplug_capable_image(sysroot: Path) -> None:
+    hotplug_sysroot(sysroot)
+    kexec = ScriptedKexec()
+    naps: list[float] = []
+    reads: list[bool | None] = [False, False, True]
+    kb = KernelBackend(
+        file_backend(sysroot, kexec),
+        sysroot,
+        read_hotplug=lambda _p: reads.pop(0),
+        sleep=naps.append,
+    )
+    assert kb.adopt() and kb.own_file_load  # a 0 while the kexec lock was busy, then 1
+    assert len(naps) == 2
+    kb2 = KernelBackend(
+        file_backend(sysroot, kexec), sysroot, read_hotplug=lambda _p: False, sleep=naps.append
+    )
+    assert not kb2.adopt() and not kb2.own_file_load
+
+    # through the reconciler: another loader replaced our image while we were stopped
+    holder = TopologyHolder()
+    r = reconciler(sysroot, KernelBackend(file_backend(sysroot, kexec), sysroot), holder)
+    await r.start()
+    await r.stop()
+    assert len(kexec.calls) == 1
+    hotplug_sysroot(sysroot, "0")  # `kexec -p` (kexec_load without --hotplug)
+    kb3 = KernelBackend(file_backend(sysroot, kexec), sysroot, sleep=naps.append)
+    r = reconciler(sysroot, kb3, holder)
+    await r.start()
+    assert len(kexec.calls) == 2 and kb3.own_file_load  # loaded once afresh
+    holder.add_blocks(1)
+    r.event(EV)
+    await r.settle()
+    assert len(kexec.calls) == 2  # and then the kernel keeps it current
+    await r.stop()
+    # our own image: adopted, no load
+    hotplug_sysroot(sysroot, "1")
+    r = reconciler(sysroot, KernelBackend(file_backend(sysroot, kexec), sysroot), holder)
+    await r.start()
+    assert len(kexec.calls) == 2 and r.store.current.last_trigger == "adopt"
+    await r.stop()
+
+
+async def test_file_backend_adopts_only_with_recorded_input_digests(sysroot: Path) -> None:
+    import json as _json
+
+    hotplug_sysroot(sysroot)
+    kexec = ScriptedKexec()
+    holder = TopologyHolder()
+    r = reconciler(sysroot, file_backend(sysroot, kexec), holder)
+    await r.start()
+    await r.stop()
+    path = sysroot / "run/kdumpd/state.json"
+    rec = _json.loads(path.read_text())
+    assert rec["inputs"]
+    rec["inputs"] = {}  # an older state.json (or another writer) without digests
+    path.write_text(_json.dumps(rec))
+    r = reconciler(sysroot, file_backend(sysroot, kexec), holder)
+    await r.start()
+    assert len(kexec.calls) == 2 and r.store.current.last_trigger == "start"
+    await r.stop()

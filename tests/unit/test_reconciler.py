@@ -492,3 +492,215 @@ async def test_unreadable_topology_does_not_block_a_backend_that_ignores_it(
     s = r2.store.current
     assert len(backend.applied) == 3 and not s.stale and s.last_error == ""
     await r2.stop()
+
+
+async def test_failed_reload_and_load_raise_after_recording_the_state(tmp_path: Path) -> None:
+    import errno
+    import json
+
+    from kdumpd.core.errors import KdumpdError
+
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend, retry_interval=3600)
+    await r.start()
+    backend.faults = [errno.EINVAL]
+    backend.restore_faults = [errno.ENOMEM]
+    with pytest.raises(KdumpdError, match="EINVAL"):
+        await r.reload()
+    assert r.store.current.state == ImageState.FAILED
+    recorded = json.loads((tmp_path / "state/state.json").read_text())
+    assert recorded["loaded"] is False
+    assert r._retry_handle is not None
+    backend.faults = [errno.ENOEXEC]
+    with pytest.raises(KdumpdError, match="ENOEXEC"):
+        await r.load()
+    await r.reload()  # and a good one says nothing
+    assert r.store.current.state == ImageState.LOADED
+    await r.stop()
+
+
+async def test_failed_reload_rolls_the_configuration_back(tmp_path: Path) -> None:
+    from kdumpd.core.errors import KdumpdError
+
+    holder, old = TopologyHolder(), RecordingBackend("old")
+    r = make(tmp_path, holder, old, retry_interval=3600)
+    new = RecordingBackend("new")
+    new.loaded = True  # the old image stays loaded: the new one is refused before a syscall
+    rolled: list[str] = []
+
+    async def refuse(_req):  # type: ignore[no-untyped-def]
+        raise KdumpdError("/boot/vmlinuz-missing: No such file or directory")
+
+    new.apply = refuse  # type: ignore[method-assign]
+
+    def reconfigure():  # type: ignore[no-untyped-def]
+        r.backend = new
+
+        def rollback() -> None:
+            rolled.append("rollback")
+            r.backend = old
+
+        return rollback
+
+    r.reconfigure = reconfigure
+    await r.start()
+    with pytest.raises(KdumpdError, match="vmlinuz-missing"):
+        await r.reload()
+    assert rolled == ["rollback"] and r.backend is old
+    s = r.store.current
+    assert s.backend == "old" and s.state == ImageState.DEGRADED
+    # the retry loads with the old configuration
+    r._cancel_retry()
+    r.request("retry")
+    await r.settle()
+    assert r.store.current.state == ImageState.LOADED and len(old.applied) == 2
+    await r.stop()
+
+
+async def test_unload_survives_a_restart_in_the_same_boot(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "proc/sys/kernel/random").mkdir(parents=True)
+    (tmp_path / "proc/sys/kernel/random/boot_id").write_text("boot-1\n")
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend)
+    await r.start()
+    seen: list[bool] = []
+    # whoever sees "unloaded" (and restarts us) must find it recorded already
+    r.store.subscribe(
+        lambda s, _c: seen.append(
+            json.loads((tmp_path / "state/state.json").read_text())["unloaded_on_request"]
+        )
+    )
+    await r.unload()
+    assert seen and all(seen)
+    await r.stop()
+    r2 = make(tmp_path, holder, backend)
+    await r2.start()
+    assert r2.store.current.state == ImageState.UNLOADED and len(backend.applied) == 1
+    holder.add_blocks(1)
+    r2.event(EV)
+    await r2.settle()
+    assert len(backend.applied) == 1
+    await r2.stop()
+    # a new boot: load
+    (tmp_path / "proc/sys/kernel/random/boot_id").write_text("boot-2\n")
+    r3 = make(tmp_path, holder, backend)
+    await r3.start()
+    assert r3.store.current.state == ImageState.LOADED and len(backend.applied) == 2
+    await r3.stop()
+
+
+async def test_unexpected_error_degrades_and_retries(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend, retry_interval=3600)
+    await r.start()
+    orig = backend.apply
+
+    async def enospc(_req):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    backend.apply = enospc  # type: ignore[method-assign]
+    holder.add_blocks()
+    r.event(EV)
+    await r.settle()
+    s = r.store.current
+    assert s.state == ImageState.DEGRADED and "No space left" in s.last_error and s.stale
+    assert r._retry_handle is not None and r.applied_digest is None
+    backend.apply = orig  # type: ignore[method-assign]
+    r._cancel_retry()
+    r.request("retry")
+    await r.settle()
+    assert r.store.current.state == ImageState.LOADED
+    assert backend.applied_ends[-1] == holder.ram_end
+    await r.stop()
+
+
+async def test_unexpected_error_at_start_keeps_the_daemon_running(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend, retry_interval=3600)
+    orig = backend.apply
+
+    async def enospc(_req):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    backend.apply = enospc  # type: ignore[method-assign]
+    await r.start()  # must not raise
+    s = r.store.current
+    assert s.state == ImageState.FAILED and "No space left" in s.last_error
+    assert r._worker is not None and r._retry_handle is not None
+    backend.apply = orig  # type: ignore[method-assign]
+    r._cancel_retry()
+    r.request("retry")
+    await r.settle()
+    assert r.store.current.state == ImageState.LOADED
+    await r.stop()
+
+
+async def test_change_without_uevent_is_reapplied_at_most_once(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend)
+    await r.start()
+    n0 = len(backend.applied)
+    backend.on_apply = lambda _req: holder.add_blocks(1)  # moves during every load
+    holder.add_blocks(1)
+    r.event(EV)
+    await r.settle(flush=True)
+    assert len(backend.applied) - n0 == 2  # the burst's load + one recheck, not 8
+    await r.stop()
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(storm=st.lists(st.tuples(st.integers(1, 3), st.integers(1, 50)), min_size=1, max_size=12))
+def test_storm_during_loads_costs_at_most_two_loads_per_burst(
+    tmp_path: Path, storm: list[tuple[int, int]]
+) -> None:
+    """The topology keeps changing (with uevents) while each load runs: every burst
+    costs at most two loads, and the last image matches the last topology."""
+
+    async def scenario() -> None:
+        holder, backend = TopologyHolder(), RecordingBackend()
+        r = Reconciler(
+            StateStore(),
+            backend,
+            sysroot=tmp_path,
+            state_dir=tmp_path / f"s{id(storm)}",
+            read_topology=holder,
+            quiet=0.002,
+            max_staleness=0.01,
+            sleep=no_sleep,
+        )
+        await r.start()
+        bursts = 0
+        on_burst = r._async_debouncer.on_burst
+
+        def count(b):  # type: ignore[no-untyped-def]
+            nonlocal bursts
+            bursts += 1
+            on_burst(b)
+
+        r._async_debouncer.on_burst = count
+        todo = list(storm)
+
+        def during_load(_req: object) -> None:
+            if todo:
+                blocks, events = todo.pop(0)
+                holder.add_blocks(blocks)
+                for _ in range(events):
+                    r.event(EV)
+
+        backend.on_apply = during_load
+        holder.add_blocks(1)
+        r.event(EV)
+        await r.settle()
+        loads = len(backend.applied) - 1
+        assert bursts >= 1 and loads <= 2 * bursts
+        assert backend.applied_ends[-1] == holder.ram_end
+        assert not r.store.current.stale
+        await r.stop()
+
+    asyncio.run(scenario())

@@ -79,8 +79,9 @@ class Backend(Protocol):
         """A crash image is loaded right now (``/sys/kernel/kexec_crash_loaded``)."""
         ...
 
-    def adopt(self) -> None:
-        """The loaded crash image is the one state.json says this daemon loaded."""
+    def adopt(self) -> bool:
+        """The loaded crash image is the one state.json says this daemon loaded: take it
+        over.  False when the backend cannot confirm it (the reconciler loads afresh)."""
         ...
 
     def input_digests(self) -> dict[str, str]:

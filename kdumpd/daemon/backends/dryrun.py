@@ -69,8 +69,8 @@ class DryRunBackend:
         rec = self.last_record()
         return rec is not None and "load" in rec
 
-    def adopt(self) -> None:
-        return None
+    def adopt(self) -> bool:
+        return True
 
     def input_digests(self) -> dict[str, str]:
         return {}

@@ -174,8 +174,8 @@ class FileBackend:
     def is_loaded(self) -> bool:
         return kexec_crash_loaded(self.sysroot) is True
 
-    def adopt(self) -> None:
-        return None
+    def adopt(self) -> bool:
+        return True  # every burst reloads anyway; state.json's input digests must match
 
     def input_digests(self) -> dict[str, str]:
         """kernel and initrd: path, size and mtime (a rebuilt kdump initrd counts as a

@@ -18,6 +18,12 @@ What is read when, and why so little:
 - ``crash_hotplug`` is read once, right after our own load, to report whether the
   kernel marked the image hotplug-capable (informational; a 0 there is logged).
 
+- At adoption only (a restart finding an image state.json says is ours),
+  ``crash_hotplug`` is read up to :data:`ADOPT_READS` times: another loader may have
+  replaced our image with a ``kexec_load`` one without ``--hotplug`` while kdumpd was
+  stopped.  The image is adopted only if a read gives 1 (a 0 may just be a busy kexec
+  lock, §0.5, §8); otherwise it is loaded once afresh.
+
 A reload (one ``kexec_file_load``) happens only when ``kexec_crash_loaded`` reads 0,
 when the loaded image was not loaded by us through ``kexec_file_load`` (e.g. adopted
 from another loader), or when the kernel lacks CONFIG_CRASH_HOTPLUG.
@@ -26,6 +32,7 @@ from another loader), or when the kernel lacks CONFIG_CRASH_HOTPLUG.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +43,8 @@ log = logging.getLogger("kdumpd.daemon.backends.kernel")
 
 CPU_CRASH_HOTPLUG = "sys/devices/system/cpu/crash_hotplug"
 MEMORY_CRASH_HOTPLUG = "sys/devices/system/memory/crash_hotplug"
+ADOPT_READS = 3  # crash_hotplug reads at adoption (a single 0 is not proof, §0.5)
+ADOPT_READ_DELAY = 0.05  # seconds between them
 CRASH_ELFCOREHDR_SIZE = (
     "sys/kernel/crash_elfcorehdr_size",
     "sys/kernel/kexec/crash_elfcorehdr_size",
@@ -73,8 +82,10 @@ class KernelBackend:
         *,
         hotplug_config: bool | None = None,
         read_hotplug: Callable[[Path], bool | None] = read_crash_hotplug,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.loader = loader
+        self.sleep = sleep
         self.sysroot = Path(sysroot)
         self.read_hotplug = read_hotplug
         self.hotplug_config = (
@@ -97,8 +108,31 @@ class KernelBackend:
     def is_loaded(self) -> bool:
         return kexec_crash_loaded(self.sysroot) is True
 
-    def adopt(self) -> None:
+    def adopt(self) -> bool:
+        """Take over the loaded image only if the kernel says it is hotplug-capable
+        (``crash_hotplug`` reads 1 in one of a few reads; the kexec lock is taken by
+        each read, so this runs once, at start, never per burst)."""
+        if not self.hotplug_config:
+            self.own_file_load = True  # every burst reloads anyway
+            return True
+        flag: bool | None = None
+        for i in range(ADOPT_READS):
+            if i:
+                self.sleep(ADOPT_READ_DELAY)
+            flag = self.read_hotplug(self.sysroot)
+            if flag is not False:
+                break
+        if flag is False:
+            log.warning(
+                "crash_hotplug reads 0 %d times: the loaded image is not hotplug-capable "
+                "(another loader replaced ours?); loading afresh",
+                ADOPT_READS,
+            )
+            self.own_file_load = False
+            return False
         self.own_file_load = True
+        self.hotplug_flag = flag
+        return True
 
     def input_digests(self) -> dict[str, str]:
         return self.loader.input_digests()
@@ -119,8 +153,15 @@ class KernelBackend:
             if not why:
                 return ApplyResult(False, 0, True, "kernel updated the elfcorehdr in place")
             log.warning("%s: loading the crash image with kexec_file_load", why)
+        previous = self.own_file_load
         self.own_file_load = False
-        result = await self.loader.apply(request)
+        try:
+            result = await self.loader.apply(request)
+        except BaseException:
+            # refused before the syscall: our old image is still loaded; a failed
+            # syscall freed it (kexec_crash_loaded reads 0 then)
+            self.own_file_load = previous and self.is_loaded()
+            raise
         self.own_file_load = True
         if not self.is_loaded():
             log.error("kexec_file_load returned success but kexec_crash_loaded is not 1")
@@ -133,8 +174,13 @@ class KernelBackend:
         return ApplyResult(result.loaded, result.gap_usec, self.hotplug_config, result.detail)
 
     async def restore(self, request: LoadRequest) -> ApplyResult:
+        previous = self.own_file_load
         self.own_file_load = False
-        result = await self.loader.restore(request)
+        try:
+            result = await self.loader.restore(request)
+        except BaseException:
+            self.own_file_load = previous and self.is_loaded()
+            raise
         self.own_file_load = True
         return ApplyResult(result.loaded, result.gap_usec, self.hotplug_config, result.detail)
 
