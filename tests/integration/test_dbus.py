@@ -848,3 +848,114 @@ async def test_nobody_may_introspect_and_ping_but_not_set(running: Running) -> N
     )
     assert code != 0 and "Access denied" in err
     assert running.store.current.generation == 7
+
+
+# -- failures reach the caller; READY=1 only with the name owned -----------------
+
+
+async def test_failed_reload_reaches_dbus_and_kdumpctl(
+    system_bus: PrivateBus, client: MessageBus, tmp_path: Path
+) -> None:
+    """The real reconciler: a Reload whose load fails is org.kdumpd1.Error.Failed (and
+    `kdumpctl reload` exits 1), not OK with the state degraded behind it."""
+    import errno
+
+    from kdumpd.daemon.reconciler import Reconciler
+    from tests.unit.daemon_fakes import RecordingBackend, TopologyHolder, no_sleep
+
+    _need_owner()
+    backend = RecordingBackend()
+    store = StateStore()
+    rec = Reconciler(
+        store,
+        backend,
+        sysroot=tmp_path,
+        state_dir=tmp_path / "state",
+        read_topology=TopologyHolder(),
+        sleep=no_sleep,
+        retry_interval=3600,
+    )
+    await rec.start()
+    service = await serve(system_bus.address, store, rec)
+    try:
+        backend.faults = [errno.EINVAL]
+        backend.restore_faults = [errno.ENOMEM]
+        reply = await _call(client, "Reload")
+        assert reply.error_name == "org.kdumpd1.Error.Failed", reply.body
+        assert "EINVAL" in reply.body[0] and "\n" not in reply.body[0]
+        assert store.current.state == ImageState.FAILED
+        backend.faults = [errno.ENOEXEC]
+        root = _sysroot(tmp_path / "root", "0")
+        code, out, err = await _run(
+            *_kdumpctl("reload", address=system_bus.address, sysroot=root),
+            env=_env(system_bus.address),
+        )
+        assert code == 1, (out, err)
+        assert "ENOEXEC" in err and "Traceback" not in err
+        reply = await _call(client, "Reload")  # and a good one is OK
+        assert reply.message_type is MessageType.METHOD_RETURN, reply.body
+    finally:
+        await service.stop()
+        await rec.stop()
+
+
+async def test_ready_is_sent_with_the_bus_name_owned(
+    system_bus: PrivateBus, client: MessageBus, tmp_path: Path
+) -> None:
+    """`systemctl start kdumpd && kdumpctl status`: when READY=1 arrives, org.kdumpd1
+    must already answer."""
+    import socket
+
+    _need_owner()
+    fixture = REPO / "tests" / "fixtures" / "synthetic-x86_64-before"
+    if not (fixture / "proc" / "iomem").exists():
+        pytest.skip(f"{fixture} is missing")
+    root = tmp_path / "root"
+    shutil.copytree(fixture, root)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.setblocking(False)
+    env = {
+        **_env(system_bus.address),
+        "KDUMPD_DBUS": "true",
+        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "kdumpd.interfaces.cli",
+        "run",
+        "--backend",
+        "dry-run",
+        "--sysroot",
+        str(root),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--config",
+        "/dev/null",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            msg = (await asyncio.wait_for(loop.sock_recv(sock, 4096), 30)).decode()
+            if "READY=1" in msg:
+                break
+        reply = await client.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="NameHasOwner",
+                signature="s",
+                body=[BUS_NAME],
+            )
+        )
+        assert reply.body == [True], "READY=1 was sent before org.kdumpd1 was owned"
+    finally:
+        sock.close()
+        if proc.returncode is None:
+            proc.terminate()
+        _, stderr = await asyncio.wait_for(proc.communicate(), 15)
+        assert "Traceback" not in stderr.decode(), stderr.decode()

@@ -313,3 +313,80 @@ def test_run_replay_on_the_live_root_is_one_line_exit_1(
     assert p.returncode == 1
     assert p.stderr.count("\n") == 1 and "refusing to replay onto the live system" in p.stderr
     assert not Path("/sys/x").exists()
+
+
+class LoadingKexec:
+    """A KexecSyscalls for the file/kernel back-ends: records calls and sets
+    ``kexec_crash_loaded`` below the sysroot as the kernel would."""
+
+    def __init__(self, root: Path, calls: list[bytes]) -> None:
+        self.root = root
+        self.calls = calls
+
+    def file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes, flags: int) -> None:
+        self.calls.append(cmdline)
+        (self.root / "sys/kernel/kexec_crash_loaded").write_text("1\n")
+
+
+@pytest.mark.parametrize("backend", ["kernel", "file"])
+async def test_reload_rebuilds_a_real_backend_and_a_bad_one_changes_nothing(
+    tmp_path: Path, backend: str
+) -> None:
+    from kdumpd.core.errors import KdumpdError
+    from kdumpd.daemon.backends.file import FileBackend
+    from kdumpd.daemon.backends.kernel import KernelBackend
+    from kdumpd.daemon.state import ImageState
+
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURE, root)
+    rel = (root / "proc/sys/kernel/osrelease").read_text().strip()
+    (root / "boot").mkdir()
+    (root / f"boot/vmlinuz-{rel}").write_bytes(b"MZ fake kernel")
+    (root / "sys/kernel/kexec_crash_loaded").write_text("0\n")
+    for sub in ("cpu", "memory"):
+        (root / f"sys/devices/system/{sub}/crash_hotplug").write_text("1\n")
+    cfg = tmp_path / "kdumpd.toml"
+    cfg.write_text('[kexec]\ncmdline = "console=ttyS0"\n')
+    base = {"sysroot": str(root), "state_dir": str(tmp_path / "state"), "backend": backend}
+    base["dbus"] = False  # type: ignore[assignment]
+    calls: list[bytes] = []
+    d = Daemon(
+        load_settings(cfg, base, env={}),
+        config_path=cfg,
+        overrides=base,
+        env={},
+        syscalls_factory=lambda: LoadingKexec(root, calls),  # type: ignore[arg-type,return-value]
+        source_factory=lambda sink, s: FakeSource(sink, d),
+    )
+    task = asyncio.create_task(d.run())
+    await wait_for(lambda: d.reconciler is not None and d.store.current.loads >= 1)
+    rec = d.reconciler
+    assert rec is not None
+    await rec.settle()
+    n = len(calls)
+    first = rec.backend
+    # a good new configuration: a new backend, the last good inputs and ownership carried
+    cfg.write_text('[kexec]\ncmdline = "console=ttyS0 x=1"\n')
+    await rec.reload()
+    assert rec.backend is not first and len(calls) == n + 1 and calls[-1].startswith(b"console")
+    assert b"x=1" in calls[-1]
+    loader = getattr(rec.backend, "loader", rec.backend)
+    assert isinstance(loader, FileBackend) and loader.last_good is not None
+    if isinstance(rec.backend, KernelBackend):
+        assert rec.backend.own_file_load
+    good_backend, good_settings = rec.backend, d.settings
+    # parses, but the kernel is missing: the pre-check refuses, the old setup stays
+    cfg.write_text('[kexec]\nkernel = "/boot/vmlinuz-missing"\ncmdline = "console=ttyS0"\n')
+    with pytest.raises(KdumpdError, match="vmlinuz-missing"):
+        await rec.reload()
+    assert rec.backend is good_backend and d.settings is good_settings
+    assert d.store.current.state == ImageState.DEGRADED and len(calls) == n + 1
+    # the retry loads (file) or keeps (kernel) with the old configuration, never the bad one
+    rec._cancel_retry()
+    rec.request("retry")
+    await rec.settle()
+    assert d.store.current.state == ImageState.LOADED
+    assert all(b"x=1" in c for c in calls[n:])
+    assert d._stop is not None
+    d._stop.set()
+    await task
