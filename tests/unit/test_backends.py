@@ -575,3 +575,38 @@ async def test_file_backend_adopts_only_with_recorded_input_digests(sysroot: Pat
     await r.start()
     assert len(kexec.calls) == 2 and r.store.current.last_trigger == "start"
     await r.stop()
+
+
+async def test_dry_run_log_is_bounded_and_keeps_counting(tmp_path: Path) -> None:
+    from kdumpd.daemon.backends.base import LoadRequest
+
+    holder = TopologyHolder()
+    b = DryRunBackend(tmp_path, keep=4)
+    r = reconciler(tmp_path, b, holder)
+    await r.start()
+    for _ in range(20):
+        holder.add_blocks(1)
+        r.event(EV)
+        await r.settle()
+    await r.stop()
+    log = tmp_path / "loads.jsonl"
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert 4 <= len(lines) < 8, len(lines)
+    assert [x["load"] for x in lines] == list(range(22 - len(lines), 22))
+    assert b.is_loaded() and b.last_record() == lines[-1]
+    # a restarted backend continues the numbering and still sees the last state
+    b2 = DryRunBackend(tmp_path, keep=4)
+    assert b2.loads == 21 and b2.is_loaded()
+    await b2.unload()
+    assert not DryRunBackend(tmp_path, keep=4).is_loaded()
+    assert r.image is not None
+    await b2.apply(LoadRequest(r.image, holder.current, 99, "t"))
+    assert b2.last_record()["load"] == 22  # type: ignore[index]
+    assert len(log.read_text().splitlines()) < 8
+
+
+def test_dry_run_last_record_reads_a_long_last_line(tmp_path: Path) -> None:
+    long = json.dumps({"load": 7, "cpus": list(range(40000))})
+    (tmp_path / "loads.jsonl").write_text('{"load":6}\n' + long + "\n")
+    b = DryRunBackend(tmp_path)
+    assert b.loads == 7 and b.last_record() == json.loads(long)

@@ -5,6 +5,12 @@ elfcorehdr trimmed to the bytes in use, so ``readelf -a`` reads it) and appends
 one JSON line to ``loads.jsonl``: time, generation, trigger, counters, covered CPUs
 and ranges.  ``unload`` appends ``{"unload": true}``.  The last line tells whether
 an image is "loaded", which is what a restarted daemon adopts.
+
+With ``keep`` (the daemon always passes :data:`KEEP_LOADS`) both are bounded: the
+segment files of the last ``keep`` loads stay, and ``loads.jsonl`` is cut to its
+last ``keep`` lines whenever it reaches ``2 * keep`` (atomically: temporary file,
+rename), so a long-running dry-run daemon does not fill ``/run``.  Load numbers keep
+counting across the cut (the next number is the last recorded one + 1).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class DryRunBackend:
         self.dir = self.state_dir / LOADS_DIR
         self.log = self.state_dir / LOADS_LOG
         self.keep = keep
+        self._lines = 0
         self.loads = self._count_loads()
         self._last_good: bytes | None = None
 
@@ -43,19 +50,39 @@ class DryRunBackend:
         return "dry-run"
 
     def _count_loads(self) -> int:
+        """The last load number recorded (the log may have been cut)."""
         n = 0
         try:
             with self.log.open() as fh:
                 for line in fh:
-                    if '"load"' in line:
-                        n += 1
+                    self._lines += 1
+                    if '"load"' not in line:
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict) and isinstance(rec.get("load"), int):
+                        n = max(n, rec["load"])
         except OSError:
             pass
         return n
 
     def last_record(self) -> dict[str, Any] | None:
+        """The last line of ``loads.jsonl`` (read from the end, not the whole file)."""
         try:
-            data = self.log.read_bytes()
+            with self.log.open("rb") as fh:
+                end = fh.seek(0, os.SEEK_END)
+                chunk = 1 << 16
+                data = b""
+                pos = end
+                while pos > 0:
+                    step = min(chunk, pos)
+                    pos -= step
+                    fh.seek(pos)
+                    data = fh.read(step) + data
+                    if data.rstrip(b"\n").count(b"\n") >= 1:
+                        break
         except OSError:
             return None
         lines = data.rstrip(b"\n").rsplit(b"\n", 1)
@@ -64,6 +91,22 @@ class DryRunBackend:
         except (ValueError, IndexError):
             return None
         return rec if isinstance(rec, dict) else None
+
+    def _append(self, rec: dict[str, Any]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a") as fh:
+            fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            fh.flush()
+        self._lines += 1
+        if self.keep is not None and self._lines >= 2 * max(1, self.keep):
+            self._rotate(max(1, self.keep))
+
+    def _rotate(self, keep: int) -> None:
+        lines = self.log.read_bytes().splitlines(keepends=True)[-keep:]
+        tmp = self.log.with_name(f".{LOADS_LOG}.{os.getpid()}.tmp")
+        tmp.write_bytes(b"".join(lines))
+        os.replace(tmp, self.log)
+        self._lines = len(lines)
 
     def is_loaded(self) -> bool:
         rec = self.last_record()
@@ -105,9 +148,7 @@ class DryRunBackend:
             "elfcorehdr_used": layout.used if layout else 0,
             "elfcorehdr_capacity": layout.capacity if layout else 0,
         }
-        with self.log.open("a") as fh:
-            fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            fh.flush()
+        self._append(rec)
         self.loads = n
         if self.keep is not None and n > self.keep:
             for old in self.dir.glob(f"{n - self.keep:04d}.*"):
@@ -130,6 +171,4 @@ class DryRunBackend:
         return ApplyResult(True, gap, False, "dry-run restore of the last good elfcorehdr")
 
     async def unload(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with self.log.open("a") as fh:
-            fh.write(json.dumps({"unload": True, "time": round(time.time(), 6)}) + "\n")
+        self._append({"unload": True, "time": round(time.time(), 6)})
