@@ -15,6 +15,8 @@ delivered; ``at`` (seconds from the start) is honoured, scaled by ``speed``
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -39,6 +41,8 @@ class ReplayRecord:
     devpath: str
     files: tuple[tuple[str, str], ...] = ()
     seqnum: int | None = None
+    source: str = field(default="", compare=False)  # replay file and line, for errors
+    line: int = field(default=0, compare=False)
 
     def to_json(self) -> str:
         obj: dict[str, Any] = {
@@ -105,7 +109,9 @@ def parse_record(line: str, source: str, lineno: int) -> ReplayRecord:
             files.append((rel, v))
     except InputError as err:
         raise InputError(source, err.problem, lineno) from None
-    return ReplayRecord(float(at), ev.action, ev.subsystem, ev.devpath, tuple(files), ev.seqnum)
+    return ReplayRecord(
+        float(at), ev.action, ev.subsystem, ev.devpath, tuple(files), ev.seqnum, source, lineno
+    )
 
 
 def read_replay(path: str | Path, stats: ReplayStats | None = None) -> Iterator[ReplayRecord]:
@@ -139,29 +145,88 @@ def write_replay(path: str | Path, records: Iterable[ReplayRecord]) -> int:
     return n
 
 
-def _write(path: str, data: bytes) -> None:
-    # Overwrite in place and cut to length instead of O_TRUNC: truncating a file to 0
-    # makes ext4 (auto_da_alloc) flush it on close, ~10x slower for a storm's writes.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o644)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, flags, 0o644)
-    try:
-        os.write(fd, data)
-        os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def apply_files(sysroot: Path, files: Iterable[tuple[str, str]]) -> int:
-    """Write each ``(relative path, content)`` below ``sysroot``; returns the count."""
-    root = os.fspath(sysroot)
+class SysrootWriter:
+    """Writes files below a sysroot and nowhere else: every component is opened
+    relative to its parent's directory fd with ``O_NOFOLLOW``, so a symlink in the
+    sysroot (``escape -> /outside``, or a captured ``proc/device-tree`` pointing at
+    the live ``/sys/firmware/devicetree/base``) is refused, never followed.  Directory
+    fds are cached for the writer's lifetime (a storm writes the same directories)."""
+
+    def __init__(self, sysroot: str | Path) -> None:
+        self.sysroot = os.fspath(sysroot)
+        self._dirs: dict[str, int] = {}
+
+    def close(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+
+    def __enter__(self) -> SysrootWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _dir(self, rel: str) -> int:
+        fd = self._dirs.get(rel)
+        if fd is not None:
+            return fd
+        if rel == "":
+            fd = os.open(self.sysroot, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            parent, _, name = rel.rpartition("/")
+            pfd = self._dir(parent)
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o755, dir_fd=pfd)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+        self._dirs[rel] = fd
+        return fd
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Raises InputError(rel, ...) for a symlink (or a non-directory) on the way."""
+        parent, _, name = rel.rpartition("/")
+        try:
+            dfd = self._dir(parent)
+            fd = os.open(name, _FILE_FLAGS, 0o644, dir_fd=dfd)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                raise InputError(
+                    rel,
+                    "a symlink (or non-directory) on the way: refusing to write outside "
+                    f"the sysroot {self.sysroot}",
+                ) from None
+            raise InputError(rel, f"cannot write below {self.sysroot}: {err.strerror}") from None
+        # Overwrite in place and cut to length instead of O_TRUNC: truncating a file to 0
+        # makes ext4 (auto_da_alloc) flush it on close, ~10x slower for a storm's writes.
+        try:
+            os.write(fd, data)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+
+
+def apply_files(
+    sysroot: Path | str, files: Iterable[tuple[str, str]], writer: SysrootWriter | None = None
+) -> int:
+    """Write each ``(relative path, content)`` below ``sysroot``; returns the count.
+    Raises InputError for a path that would leave the sysroot through a symlink."""
+    own = writer is None
+    w = writer if writer is not None else SysrootWriter(sysroot)
     n = 0
-    for rel, content in files:
-        _write(os.path.join(root, rel), content.encode())
-        n += 1
+    try:
+        for rel, content in files:
+            w.write(rel, content.encode())
+            n += 1
+    finally:
+        if own:
+            w.close()
     return n
 
 
@@ -187,6 +252,10 @@ class Replayer:
         self.stats = ReplayStats()
 
     async def run(self, records: Iterable[ReplayRecord]) -> ReplayStats:
+        with SysrootWriter(self.sysroot) as writer:
+            return await self._run(records, writer)
+
+    async def _run(self, records: Iterable[ReplayRecord], writer: SysrootWriter) -> ReplayStats:
         t0 = self.clock()
         for rec in records:
             if self.speed > 0:
@@ -197,7 +266,20 @@ class Replayer:
                     await asyncio.sleep(0)
             else:
                 await asyncio.sleep(0)
-            self.stats.files_written += apply_files(self.sysroot, rec.files)
+            try:
+                self.stats.files_written += apply_files(self.sysroot, rec.files, writer)
+            except InputError as err:
+                msg = str(
+                    InputError(
+                        rec.source or "replay",
+                        f"{err.source}: {err.problem}; event skipped",
+                        rec.line or None,
+                    )
+                )
+                log.error("%s", msg, extra={"REPLAY_FILE": rec.source, "REPLAY_LINE": rec.line})
+                self.stats.skipped += 1
+                self.stats.errors.append(msg)
+                continue
             self.sink(
                 HotplugEvent(rec.action, rec.subsystem, rec.devpath, rec.seqnum, self.clock())
             )

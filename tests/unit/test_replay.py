@@ -95,3 +95,38 @@ def test_memory_storm_grows_ram_by_blocks() -> None:
     assert len(last_iomem.splitlines()) == len(base.splitlines()) + 1
     assert last_iomem != first_iomem
     assert RESIZE_BLOCKS * (128 << 20) == (512 - 32) << 30
+
+
+async def test_replay_never_writes_through_a_symlink_out_of_the_sysroot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    (root / "sys/devices/system/memory/memory9").mkdir(parents=True)
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)  # a directory link, absolute
+    (root / "proc").mkdir()
+    (root / "proc/device-tree").symlink_to(outside)  # like a captured ppc64le tree
+    (outside / "target").write_text("keep\n")
+    (root / "link-file").symlink_to(outside / "target")  # the last component
+    p = tmp_path / "r.jsonl"
+    ev = '"action": "online", "subsystem": "memory", "devpath": "/devices/system/memory/memory9"'
+    lines = [
+        f'{{"at": 0, {ev}, "files": {{"escape/pwned": "x"}}}}',
+        f'{{"at": 0, {ev}, "files": {{"proc/device-tree/cpus/x": "x"}}}}',
+        f'{{"at": 0, {ev}, "files": {{"link-file": "x"}}}}',
+        f'{{"at": 0, {ev}, "files": {{"sys/devices/system/memory/memory9/online": "1",'
+        ' "sys/new/dir/file": "y"}}',
+    ]
+    p.write_text("\n".join(lines) + "\n")
+    got: list[HotplugEvent] = []
+    stats = await Replayer(root, got.append, speed=0).run_file(p)
+    assert not (outside / "pwned").exists() and not (outside / "cpus").exists()
+    assert (outside / "target").read_text() == "keep\n"
+    assert stats.delivered == 1 and stats.skipped == 3 and len(got) == 1
+    assert (root / "sys/devices/system/memory/memory9/online").read_text() == "1"
+    assert (root / "sys/new/dir/file").read_text() == "y"
+    for n, err in enumerate(stats.errors, 1):
+        assert err.startswith(f"{p}:{n}: ") and "event skipped" in err and "\n" not in err
+    assert "escape/pwned" in stats.errors[0] and "symlink" in stats.errors[0]
+    assert sum(f"{p}:" in m for m in caplog.messages) == 3
