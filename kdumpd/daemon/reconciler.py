@@ -157,6 +157,7 @@ class Reconciler:
         self.unloaded_on_request = False
         self.loaded_inputs: dict[str, str] = {}  # Backend.input_digests() of the loaded image
         self.model_error = ""  # why kdumpd's own elfcorehdr model could not be built
+        self._read_failed = False
 
     # ---------------------------------------------------------------- events
     def event(self, ev: HotplugEvent) -> None:
@@ -337,14 +338,19 @@ class Reconciler:
     # --------------------------------------------------------------- reconcile
     def _read(self) -> Topology | None:
         try:
-            return self.read_topology(self.sysroot)
+            topology = self.read_topology(self.sysroot)
         except KdumpdError as err:
             log.error("cannot read the topology: %s", err)
+            self._read_failed = True
             self.model_error = f"no elfcorehdr model: {err}"
             self.store.update(last_error=str(err), stale=True)
             if self.backend.consumes_image:
                 self._schedule_retry()
             return None
+        if self._read_failed:  # a transient read error is over: stop reporting it
+            self._read_failed = False
+            self.model_error = ""
+        return topology
 
     def _regenerate(self, topology: Topology) -> CrashImage:
         image = self.image

@@ -704,3 +704,84 @@ def test_storm_during_loads_costs_at_most_two_loads_per_burst(
         await r.stop()
 
     asyncio.run(scenario())
+
+
+async def test_transient_read_error_is_cleared_by_the_next_good_read(tmp_path: Path) -> None:
+    from kdumpd.core.errors import InputError
+
+    holder, backend = TopologyHolder(), RecordingBackend()
+    fail = False
+
+    def reader(sysroot: Path):  # type: ignore[no-untyped-def]
+        if fail:
+            raise InputError("/proc/iomem", "truncated read", 7)
+        return holder(sysroot)
+
+    r = make(tmp_path, holder, backend, read_topology=reader, retry_interval=3600)
+    await r.start()
+    fail = True
+    await r.rescan()
+    assert "truncated read" in r.store.current.last_error and r.store.current.stale
+    fail = False
+    await r.rescan()  # same topology as the loaded image: nothing to load, error gone
+    s = r.store.current
+    assert s.last_error == "" and not s.stale and len(backend.applied) == 1
+    await r.stop()
+
+
+async def test_read_failure_on_the_recheck_pass_loads_nothing_blind(tmp_path: Path) -> None:
+    from kdumpd.core.errors import InputError
+
+    holder = TopologyHolder()
+    backend = RecordingBackend("file", consumes_image=False, load_syscall="kexec_file_load")
+    reads = 0
+    fail_at = -1
+
+    def reader(sysroot: Path):  # type: ignore[no-untyped-def]
+        nonlocal reads
+        reads += 1
+        if reads == fail_at:
+            raise InputError("/proc/iomem", "read while the kernel rewrote it", 1)
+        return holder(sysroot)
+
+    r = make(tmp_path, holder, backend, read_topology=reader, retry_interval=3600)
+    await r.start()
+    n = len(backend.applied)
+    fail_at = reads + 2  # the burst's read works, the recheck's read fails
+    holder.add_blocks(1)
+    r.event(EV)
+    await r.settle()
+    assert len(backend.applied) == n + 1, "a blind load on the recheck pass"
+    assert r.store.current.stale and r.store.current.state == ImageState.LOADED
+    await r.stop()
+
+
+async def test_a_rescan_mid_storm_does_not_say_current(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend, quiet=60, max_staleness=60)
+    await r.start()
+    r.store.update(stale=False)
+    r.event(EV)  # pending in the debouncer, not applied yet
+    await r.rescan()
+    assert r.store.current.stale, "stale cleared while events are pending"
+    await r.stop()
+
+
+async def test_a_failed_load_does_not_use_up_a_generation(tmp_path: Path) -> None:
+    import errno
+    import json
+
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend, retry_interval=3600)
+    await r.start()
+    backend.faults = [errno.EINVAL]
+    holder.add_blocks(1)
+    r.event(EV)
+    await r.settle()
+    assert r.store.current.state == ImageState.DEGRADED  # restored the last good image
+    assert json.loads((tmp_path / "state/state.json").read_text())["generation"] == 1
+    r._cancel_retry()
+    r.request("retry")
+    await r.settle()
+    assert r.store.current.generation == 2 and [q.generation for q in backend.applied] == [1, 2]
+    await r.stop()
