@@ -171,8 +171,9 @@ class Daemon:
                 replay_stats = await replayer.run_file(self.replay)
                 last_event = rec.last_event_at
                 await rec.settle()
-                if last_event is not None and rec.last_applied_at is not None:
-                    gap = max(0.0, rec.last_applied_at - last_event)
+                applied = rec.last_applied_at
+                if last_event is not None and applied is not None and applied >= last_event:
+                    gap = applied - last_event  # None: nothing was applied after the events
                 if self.exit_after_replay:
                     return RunResult(replay_stats, gap, await rec.report())
             await self._stop.wait()

@@ -158,6 +158,8 @@ class Reconciler:
         self.loaded_inputs: dict[str, str] = {}  # Backend.input_digests() of the loaded image
         self.model_error = ""  # why kdumpd's own elfcorehdr model could not be built
         self._read_failed = False
+        self._burst_first_at: float | None = None  # first event of the closed bursts
+        self._pass_first_at: float | None = None  # ... that the running pass applies
 
     # ---------------------------------------------------------------- events
     def event(self, ev: HotplugEvent) -> None:
@@ -173,6 +175,8 @@ class Reconciler:
             self.store.update(pending_events=self.debouncer.pending)
 
     def _on_burst(self, burst: Burst) -> None:
+        if self._burst_first_at is None or burst.first_at < self._burst_first_at:
+            self._burst_first_at = burst.first_at  # LastUpdateDurationUSec starts here
         self.store.update(
             events_received=self.debouncer.received,
             events_coalesced=self.debouncer.coalesced,
@@ -239,12 +243,14 @@ class Reconciler:
             trigger, self._trigger = self._trigger or "request", ""
             async with self._lock:
                 self._operation = "reconcile"
+                self._pass_first_at, self._burst_first_at = self._burst_first_at, None
                 try:
                     await self._reconcile(trigger)
                 except Exception as err:  # the daemon keeps running; state says why
                     self._unexpected(trigger, err)
                 finally:
                     self._operation = ""
+                    self._pass_first_at = None
             if not self._wake.is_set() and self.debouncer.pending == 0:
                 self._idle.set()
 
@@ -539,7 +545,7 @@ class Reconciler:
             events_coalesced=self.debouncer.coalesced,
             pending_events=self.debouncer.pending,
             last_update_usec=time.time_ns() // 1000,
-            last_update_duration_usec=(time.monotonic_ns() - t0) // 1000,
+            last_update_duration_usec=self._duration_usec(t0),
             kernel_hotplug_support=result.kernel_updates_in_place,
         )
         if result.loaded:
@@ -556,6 +562,14 @@ class Reconciler:
         )
         self.store.image_updated(self.generation, trigger)
         return True
+
+    def _duration_usec(self, t0: int) -> int:
+        """From the first event of the burst(s) this pass applies (as documented for
+        LastUpdateDurationUSec), else from the start of the pass (start, Reload, ...)."""
+        first, self._pass_first_at = self._pass_first_at, None
+        if first is not None:
+            return max(0, round((self.clock() - first) * 1_000_000))
+        return (time.monotonic_ns() - t0) // 1000
 
     def _counters(self) -> dict[str, int]:
         return {
@@ -683,7 +697,7 @@ class Reconciler:
         present_set = set(present)
         noted = {n.cpu for n in topology.crash_notes if n.cpu in present_set}
         stale = ranges != covered or not noted <= set(covered_cpus) or image is None
-        duration = (time.monotonic_ns() - t0) // 1000
+        duration = self._duration_usec(t0)
         changes: dict[str, Any] = {
             "state": ImageState.LOADED,
             "backend": self.backend.name,

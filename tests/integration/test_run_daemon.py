@@ -390,3 +390,32 @@ async def test_reload_rebuilds_a_real_backend_and_a_bad_one_changes_nothing(
     assert d._stop is not None
     d._stop.set()
     await task
+
+
+async def test_sighup_cancelled_at_shutdown_sends_no_ready_after_stopping(
+    env: tuple[dict[str, str], socket.socket, Path],
+) -> None:
+    e, _sock, tmp = env
+    d = Daemon(
+        daemon_settings(tmp),
+        env={"NOTIFY_SOCKET": e["NOTIFY_SOCKET"]},
+        source_factory=lambda sink, s: FakeSource(sink, d),
+    )
+    task = asyncio.create_task(d.run())
+    await wait_for(lambda: d.notifier is not None and d.notifier.ready)
+    assert d.notifier is not None and d.reconciler is not None
+    never = asyncio.Event()
+
+    async def hanging_reload() -> None:
+        await never.wait()
+
+    d.reconciler.reload = hanging_reload  # type: ignore[method-assign]
+    d.on_sighup()
+    await asyncio.sleep(0.01)  # the reload is running
+    assert d._stop is not None
+    d._stop.set()  # SIGTERM: run() sends STOPPING=1 and cancels the SIGHUP task
+    await task
+    await asyncio.sleep(0.01)
+    sent = d.notifier.sent
+    stop = max(i for i, m in enumerate(sent) if m.startswith("STOPPING=1"))
+    assert not any("READY=1" in m for m in sent[stop:]), sent

@@ -785,3 +785,16 @@ async def test_a_failed_load_does_not_use_up_a_generation(tmp_path: Path) -> Non
     await r.settle()
     assert r.store.current.generation == 2 and [q.generation for q in backend.applied] == [1, 2]
     await r.stop()
+
+
+async def test_last_update_duration_counts_from_the_bursts_first_event(tmp_path: Path) -> None:
+    holder, backend = TopologyHolder(), RecordingBackend()
+    r = make(tmp_path, holder, backend, quiet=0.04, max_staleness=1.0)
+    await r.start()
+    holder.add_blocks(1)
+    r.event(EV)
+    await r.settle()  # the quiet period (40 ms) runs out before the pass starts
+    assert r.store.current.last_update_duration_usec >= 40_000
+    await r.reload()  # no burst: the pass alone, well below the quiet period
+    assert r.store.current.last_update_duration_usec < 40_000
+    await r.stop()

@@ -1,8 +1,9 @@
 """``kdumpd replay``: feed a recorded event file to the daemon, exit once it is applied.
 
 The replay writes the file's ``files`` below ``--sysroot``, so the sysroot must not be
-``/``, and the back-end is always dry-run (``auto`` means dry-run; ``kernel``/``file``
-are refused with exit status 1): a fixture must never reach kexec.
+``/``, and the back-end is always dry-run (``--backend`` accepts only ``auto``, which
+means dry-run, and ``dry-run``; anything else is a usage error, exit status 2): a
+fixture must never reach kexec.
 
 Exit status 0 when every valid event was delivered and the resulting image applied
 (the final state is ``loaded`` and not stale), 1 otherwise.  Bad lines are reported
@@ -27,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE")
     parser.add_argument("--sysroot", metavar="DIR", required=True)
     parser.add_argument(
-        "--backend", choices=("auto", "kernel", "file", "dry-run"), default="dry-run"
+        "--backend",
+        choices=("auto", "dry-run"),
+        default="dry-run",
+        help="always dry-run (auto means dry-run): a fixture must never reach kexec",
     )
     parser.add_argument("--state-dir", metavar="DIR", required=True)
     parser.add_argument(
@@ -87,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1))
     else:
         for k, v in summary.items():
-            print(f"{k:26} {v}")
+            print(f"{k:26} {'none' if v is None else v}")
     ok = st["state"] == "loaded" and not st["stale"] and summary["lines_skipped"] == 0
     if not ok:
         print(
