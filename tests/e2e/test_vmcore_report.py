@@ -1,0 +1,76 @@
+"""Fast checks of the harness's own parsing (no QEMU): the capture kernel's report,
+range arithmetic, the sampler's no-image accounting."""
+
+from __future__ import annotations
+
+import struct
+
+from tests.e2e import vmcore
+from tests.e2e.scenarios import _gaps
+
+
+def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
+    n = name + b"\0"
+    pad = lambda b: b + b"\0" * (-len(b) % 4)  # noqa: E731
+    return struct.pack("<III", len(n), len(desc), ntype) + pad(n) + pad(desc)
+
+
+def _prstatus(pid: int, regs: bool) -> bytes:
+    desc = bytearray(336)
+    struct.pack_into("<i", desc, vmcore.PRSTATUS_PID_OFFSET, pid)
+    if regs:
+        struct.pack_into("<Q", desc, vmcore.PRSTATUS_REG_OFFSET + 16 * 8, 0xFFFFFFFF81000000)
+    return bytes(desc)
+
+
+def test_parse_report_counts_prstatus_and_loads() -> None:
+    notes = (
+        _note(b"CORE", 1, _prstatus(163, True))
+        + _note(b"CORE", 1, _prstatus(0, True))
+        + _note(b"VMCOREINFO", 0, b"OSRELEASE=6.1.0\n")
+    )
+    body = "\n".join(
+        [
+            "size 1396000000",
+            "  NOTE 0x001000 0x0000000000000000 0x0000000000000000 0x000e64 0x000e64 0",
+            "  LOAD 0x002000 0xffffffffa3a00000 0x0000000011600000 0x3430000 0x3430000 RWE 0",
+            "  LOAD 0x34d1000 0xff2b74bb40100000 0x0000000000100000 0x2ef00000 0x2ef00000 RWE 0",
+            f"notes 4096 {len(notes)}",
+            "noteshex " + (notes + b"\0" * (4096 - len(notes))).hex(),
+        ]
+    )
+    rep = vmcore.parse(body)
+    assert rep.size == 1396000000
+    assert rep.loads == [(0x11600000, 0x11600000 + 0x3430000 - 1), (0x100000, 0x2EFFFFFF)]
+    assert [(p.index, p.pid, p.has_regs) for p in rep.prstatus] == [(0, 163, True), (1, 0, True)]
+    assert rep.other_notes == ["VMCOREINFO/0"]
+
+
+def test_empty_prstatus_has_no_regs() -> None:
+    notes = _note(b"CORE", 1, _prstatus(0, False))
+    rep = vmcore.parse(f"notes 0 {len(notes)}\nnoteshex {notes.hex()}")
+    assert [p.has_regs for p in rep.prstatus] == [False]
+
+
+def test_ranges() -> None:
+    ram = [(0x1000, 0x9FBFF), (0x100000, 0x3FFDFFFF), (0x100000000, 0x11FFFFFFF)]
+    need = vmcore.subtract(ram, [(0x2F000000, 0x3EFFFFFF)])
+    assert need == [(0x1000, 0x9FBFF), (0x100000, 0x2EFFFFFF), (0x3F000000, 0x3FFDFFFF),
+                    (0x100000000, 0x11FFFFFFF)]  # fmt: skip
+    loads = [(0x100000, 0x2EFFFFFF), (0x3F000000, 0x3FFDFFFF)]
+    assert vmcore.uncovered(need, loads) == [(0x1000, 0x9FBFF), (0x100000000, 0x11FFFFFFF)]
+    assert vmcore.uncovered(loads, need) == []
+    assert vmcore.merge([(5, 9), (0, 4), (20, 30), (25, 26)]) == [(0, 9), (20, 30)]
+
+
+def test_no_image_gaps_after_first_load_only() -> None:
+    samples = [
+        {"kind": "crash_loaded", "v": "0", "mono": 1.0},  # before the first load: ignored
+        {"kind": "crash_loaded", "v": "1", "mono": 5.0},
+        {"kind": "crash_loaded", "v": "0", "mono": 6.0},
+        {"kind": "crash_loaded", "v": "1", "mono": 6.5},
+        {"kind": "uevent", "mono": 7.0},
+        {"kind": "crash_loaded", "v": "0", "mono": 8.0},
+        {"kind": "uevent", "mono": 8.25},  # last record: the open gap ends here
+    ]
+    assert _gaps(samples) == (750.0, 2)
