@@ -268,7 +268,10 @@ async def test_sighup_with_a_bad_environment_still_sends_ready(
 
 async def test_replay_refuses_the_live_system_and_real_backends(tmp_path: Path) -> None:
     replay = tmp_path / "r.jsonl"
-    replay.write_text("")
+    replay.write_text(
+        '{"action": "online", "subsystem": "memory", '
+        '"devpath": "/devices/system/memory/memory9", "files": {"replayed": "1"}}\n'
+    )
     s = daemon_settings(tmp_path)
     live = s.model_copy(update={"sysroot": Path("/")})
     with pytest.raises(InputError, match="refusing to replay onto the live system"):
@@ -277,11 +280,14 @@ async def test_replay_refuses_the_live_system_and_real_backends(tmp_path: Path) 
         real = s.model_copy(update={"backend": name})
         with pytest.raises(InputError, match="dry-run backend only"):
             await Daemon(real, replay=replay, exit_after_replay=True, env={}).run()
+    # refused before anything ran: nothing replayed, nothing loaded or recorded
+    assert not (tmp_path / "root/replayed").exists() and not (tmp_path / "state").exists()
     auto = s.model_copy(update={"backend": "auto"})
     (tmp_path / "root/sys/kernel/kexec_crash_size").write_text("268435456\n")
     result = await Daemon(auto, replay=replay, exit_after_replay=True, env={}).run()
     assert result.state["backend"] == "dry-run"
-    assert not (tmp_path / "root/proc/iomem").is_symlink()
+    assert (tmp_path / "root/replayed").read_text() == "1" and result.replay is not None
+    assert result.replay.delivered == 1
 
 
 def test_run_replay_on_the_live_root_is_one_line_exit_1(

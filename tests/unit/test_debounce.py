@@ -108,3 +108,23 @@ async def test_async_debouncer_fires_once_per_burst() -> None:
     assert len(got) == 1  # no wake-up storm afterwards
     ad.event()
     assert ad.flush() is not None and len(got) == 2
+
+
+async def test_async_debouncer_staleness_bound_under_an_endless_storm() -> None:
+    """Events every 2 ms (well inside quiet = 20 ms) forever: the loop timer must still
+    close a burst no later than max_staleness after its first event, again and again."""
+    import time
+
+    got: list[tuple[float, Burst]] = []
+    bound = 0.1
+    ad = AsyncDebouncer(Debouncer(0.02, bound), lambda b: got.append((time.monotonic(), b)))
+    end = time.monotonic() + 0.6
+    while time.monotonic() < end:
+        ad.event()
+        await asyncio.sleep(0.002)
+    ad.close()
+    assert len(got) >= 3, got  # ~0.6 s / 0.1 s bursts, none waited for a quiet gap
+    slack = 0.05  # loop scheduling
+    for fired, burst in got:
+        assert burst.reason == "staleness"
+        assert fired - burst.first_at <= bound + slack, (fired - burst.first_at, burst)

@@ -32,8 +32,31 @@ def test_garbage_is_ignored(tmp_path: Path) -> None:
 
 
 def test_digest_tracks_image_key() -> None:
+    from kdumpd.system.sysfs import read_topology
+    from tests.unit.daemon_fakes import FIXTURE
+
     h = TopologyHolder()
     a = key_digest(h.current.image_key())
-    assert a == key_digest(h(Path("/")).image_key())
+    # stable across two independent reads of the same sysroot (new objects, same key)
+    again = read_topology(FIXTURE)
+    assert again is not h.current and key_digest(again.image_key()) == a
+    assert len(a) == 64 and int(a, 16) >= 0
     h.add_blocks()
-    assert key_digest(h.current.image_key()) != a
+    b = key_digest(h.current.image_key())
+    assert b != a
+    h.set_blocks(0)  # back to the same topology: the same digest
+    assert key_digest(h.current.image_key()) == a
+
+
+def test_unloaded_on_request_roundtrip_and_old_files(tmp_path: Path) -> None:
+    import json
+
+    sf = StateFile(tmp_path)
+    sf.save(Recorded(3, "file", False, "", "boot", unloaded_on_request=True))
+    got = sf.load()
+    assert got is not None and got.unloaded_on_request and not got.loaded
+    raw = json.loads(sf.path.read_text())
+    del raw["unloaded_on_request"]  # a state.json from before the field existed
+    sf.path.write_text(json.dumps(raw))
+    got = sf.load()
+    assert got is not None and not got.unloaded_on_request
