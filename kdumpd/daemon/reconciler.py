@@ -3,10 +3,12 @@
 Events only bump counters and feed the debouncer.  When a burst is due, one worker
 task re-reads the topology from the sysroot, compares ``Topology.image_key()`` with
 what the loaded image describes, regenerates the :class:`CrashImage` in place,
-applies it through the backend, updates the :class:`StateStore`, records
-``state.json``, and then re-reads the topology once more: if it moved while the
-load ran, it applies again; if not, it stops.  Every later burst goes through the
-same comparison, so no event is lost and nothing is applied twice for nothing.
+applies it through the backend, updates the :class:`StateStore` and records
+``state.json``.  Then, if events arrived while the load ran, their burst drives the
+next pass (so a sustained storm costs one load per ``max_ms``, not one per pass);
+only when none is pending is the topology re-read at once (a change without a
+uevent) and re-applied, at most once.  Every later burst goes through the same
+comparison, so no event is lost and nothing is applied twice for nothing.
 
 Fault policy (one place, for every backend):
 - ``EBUSY``: retry with exponential backoff;
@@ -21,6 +23,15 @@ Fault policy (one place, for every backend):
   every retry — never silently without a crash kernel.  A backend that refuses
   before the syscall (an unreadable kernel, a command line too long) leaves the old
   image loaded: degraded, nothing restored.
+- any other exception (e.g. ``OSError`` ENOSPC from a backend): one error line,
+  ``degraded`` or ``failed`` from ``Backend.is_loaded()``, retry later — never stuck
+  in ``updating``/``loading``, and the daemon keeps running (also at start).
+
+``reload()`` and ``load()`` raise :class:`KdumpdError` (after the state and
+``state.json`` are written) when their load fails, so D-Bus answers
+``org.kdumpd1.Error.Failed``.  A Reload whose new configuration does not load is
+rolled back (the ``reconfigure`` hook returns the rollback): the old back-end and
+settings stay.
 
 kdumpd's own elfcorehdr model (:class:`CrashImage`) is needed only by backends that
 load it (``Backend.consumes_image``).  For ``file``/``kernel`` the kernel builds its
@@ -33,9 +44,10 @@ see), and never retries the read on a timer.
 
 ``unload()`` on request makes every later burst, retry and rescan a no-op (the
 topology is still tracked, the state stays ``unloaded``/stale) until ``load()`` or
-``reload()``.  ``reload()`` first runs the daemon's ``reconfigure`` hook (re-read the
-configuration, rebuild the backend), then loads; it waits for a running burst
-instead of failing with Busy.
+``reload()``; it is recorded in ``state.json`` (before it is published), so a restart
+in the same boot stays unloaded.  ``reload()`` first runs the daemon's
+``reconfigure`` hook (re-read the configuration, rebuild the backend), then loads;
+it waits for a running burst instead of failing with Busy.
 """
 
 from __future__ import annotations
