@@ -28,15 +28,15 @@ def test_unit_verifies_with_systemd_analyze(tmp_path: Path) -> None:
     if tool is None:
         pytest.skip("systemd-analyze not installed (Debian package systemd)")
     unit = tmp_path / "kdumpd.service"
-    unit.write_text(UNIT.read_text().replace("/usr/bin/kdumpd", "/bin/true"))
+    # Documentation=man:kdumpd(8) is installed by `make install`, not present here.
+    text = "\n".join(
+        line for line in UNIT.read_text().splitlines() if not line.startswith("Documentation=")
+    )
+    unit.write_text(text.replace("/usr/bin/kdumpd", "/bin/true") + "\n")
     proc = subprocess.run([tool, "verify", str(unit)], check=False, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     # verify prints warnings for unknown or misspelt directives without failing
-    noise = [
-        line
-        for line in proc.stderr.splitlines()
-        if "kdumpd.service" in line and "Documentation" not in line
-    ]
+    noise = [line for line in proc.stderr.splitlines() if "kdumpd.service" in line]
     assert noise == []
 
 
