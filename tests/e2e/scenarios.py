@@ -45,7 +45,7 @@ DAEMON_FIELDS = (
     "last_error",
 )
 
-BURST_DIMMS = int(os.environ.get("KDUMPD_E2E_BURST_DIMMS", "24"))
+BURST_DIMMS = int(os.environ.get("KDUMPD_E2E_BURST_DIMMS", "48"))
 BURST_DIMM_MB = int(os.environ.get("KDUMPD_E2E_BURST_DIMM_MB", "256"))
 
 
