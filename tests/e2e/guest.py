@@ -291,7 +291,7 @@ _T0 = time.monotonic()
 
 
 def trace(msg: str) -> None:
-    """Progress on stderr when KDUMPD_E2E_TRACE is set (or always into trace.log)."""
+    """Progress on stderr when KDUMPD_E2E_TRACE is set."""
     line = f"[{time.monotonic() - _T0:8.2f}] {msg}"
     if os.environ.get("KDUMPD_E2E_TRACE"):
         print(line, file=sys.stderr, flush=True)
@@ -320,7 +320,3 @@ def parse_cpulist(text: str) -> list[int]:
         else:
             cpus.append(int(part))
     return cpus
-
-
-def cwd_env() -> dict[str, str]:
-    return dict(os.environ)

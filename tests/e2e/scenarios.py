@@ -365,12 +365,12 @@ def run(kernel_key: str, scenario: str, build: Path) -> Result:
         kern = kernels.fetch(kernel_key)
         res.release = kern.release
         ird = initramfs.build(kern)
-        slots = 32 if scenario.startswith(("burst", "crash-during")) else 8
+        bursty = scenario.startswith(("burst", "crash-during"))
         g = Guest(
             kern,
             ird,
             build / f"{kern.key.replace('/', '_')}-{scenario}",
-            slots=max(slots, BURST_DIMMS + 2) if slots == 32 else slots,
+            slots=BURST_DIMMS + 2 if bursty else 8,
             maxmem=f"{1 + (BURST_DIMMS * BURST_DIMM_MB + 1023) // 1024 + 2}G",
             cpu_hotplug=cpu_hotplug_mode(kern.key),
         )
