@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.e2e.kernels import Kernel
+from tests.e2e.kernels import CACHE, Kernel
 from tests.e2e.qmp import QMP
 
 QEMU = "qemu-system-x86_64"
@@ -80,6 +80,10 @@ class Guest:
         self.cpu_hotplug = cpu_hotplug
         if cpu_hotplug == "logical":
             extra_append = f"maxcpus=1 {extra_append}"
+        keep = ":".join(
+            str(p) for p in (Path(__file__).resolve().parents[2], CACHE) if " " not in str(p)
+        )
+        extra_append = f"e2e.keep={keep} {extra_append}"
         self.append = (
             f"console=ttyS0 crashkernel={crashkernel} panic=-1 "
             f"memhp_default_state=online_movable loglevel=6 {extra_append}"

@@ -63,10 +63,24 @@ o=trans=virtio,version=9p2000.L
 mount -t 9p -o $o,ro,cache=loose hostroot /host || echo "@@ERROR 9p hostroot"
 mount -t 9p -o $o,rw out /out || echo "@@ERROR 9p out"
 for d in proc sys dev; do mount --bind /$d /host/$d; done
+mkdir -p /hostorig
+mount --bind /host /hostorig
 mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
 mkdir -p /host/run/kdumpd /host/run/lock
 mount -t tmpfs varlib /host/var/tmp
+# Host paths the guest needs (the checkout, the kernel cache) that the tmpfs mounts
+# above would hide, e.g. a CI checkout under /tmp: e2e.keep=/a:/b on the cmdline.
+for w in $(cat /proc/cmdline); do
+  case "$w" in e2e.keep=*)
+    for p in $(echo "${w#e2e.keep=}" | tr ':' ' '); do
+      case "$p" in /tmp/*|/run/*|/var/tmp/*)
+        mkdir -p "/host$p" && mount --bind "/hostorig$p" "/host$p" \
+          || echo "@@ERROR keep $p";;
+      esac
+    done;;
+  esac
+done
 mount --bind /out /host/mnt 2>/dev/null || echo "@@ERROR bind /out"
 echo "@@READY"
 stty -F /dev/ttyS1 raw -echo
