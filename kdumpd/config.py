@@ -26,7 +26,7 @@ Example file::
     kernel = ""                 # "" = /boot/vmlinuz-$(uname -r)
     initrd = ""                 # "" = the kdump initrd of the running kernel
     cmdline = ""                # "" = /proc/cmdline minus crashkernel= plus append
-    append = "irqpoll nr_cpus=1 reset_devices"
+    append = "irqpoll nr_cpus=1 reset_devices acpi_no_memhotplug"
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from kdumpd.core.errors import InputError
+from kdumpd.system.kdumpconf import DEFAULT_CAPTURE_APPEND
 
 DEFAULT_CONFIG = Path("/etc/kdumpd/kdumpd.toml")
 ENV_PREFIX = "KDUMPD_"
@@ -83,7 +84,7 @@ class KexecSettings(_Frozen):
     kernel: str = ""
     initrd: str = ""
     cmdline: str = ""
-    append: str = "irqpoll nr_cpus=1 reset_devices"
+    append: str = DEFAULT_CAPTURE_APPEND
 
 
 class Settings(BaseSettings):

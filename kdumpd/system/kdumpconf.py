@@ -85,6 +85,12 @@ ALWAYS_REMOVED = (
     "iscsi_initiator",
 )
 
+#: What kdumpd appends to the capture kernel's command line when nothing else says:
+#: the core of kdump-utils' x86_64 KDUMP_COMMANDLINE_APPEND (kexec-internals §6.4).
+#: ``acpi_no_memhotplug`` matters after hotplug: without it the capture kernel re-adds
+#: every hot-plugged DIMM from ACPI and runs out of its reservation (docs/e2e.md).
+DEFAULT_CAPTURE_APPEND = "irqpoll nr_cpus=1 reset_devices acpi_no_memhotplug"
+
 # gen-kdump-sysconfig.sh's common KDUMP_COMMANDLINE_REMOVE (kexec-internals §6.4) plus
 # the default ``cma``: what the capture kernel must not inherit when no
 # /etc/sysconfig/kdump says otherwise.
@@ -377,7 +383,7 @@ def prepare_cmdline(
     builds it (watchdog pretimeout handling aside).  When ``KDUMP_COMMANDLINE_REMOVE``
     / ``_APPEND`` are not set at all (no /etc/sysconfig/kdump, only /etc/kdump.conf),
     kdump-utils' default remove list and ``default_append`` (kdumpd's
-    ``[kexec] append``: ``irqpoll nr_cpus=1 reset_devices``) apply instead."""
+    ``[kexec] append``, by default :data:`DEFAULT_CAPTURE_APPEND`) apply instead."""
     base = sysconfig.commandline or proc_cmdline
     remove = sysconfig.commandline_remove
     if not sysconfig.remove_set:

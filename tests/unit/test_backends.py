@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from kdumpd.daemon.backends.dryrun import DryRunBackend
-from kdumpd.daemon.backends.file import FileBackend, crash_cmdline, default_files
+from kdumpd.daemon.backends.file import (
+    DEFAULT_APPEND,
+    FileBackend,
+    crash_cmdline,
+    default_files,
+)
 from kdumpd.daemon.backends.kernel import KernelBackend
 from kdumpd.daemon.backends.probe import probe_backend
 from kdumpd.daemon.reconciler import Reconciler
@@ -65,7 +70,7 @@ def reconciler(sysroot: Path, backend: object, holder: TopologyHolder, **kw: obj
 def test_crash_cmdline_like_kdump_utils() -> None:
     assert (
         crash_cmdline("BOOT_IMAGE=/v root=/dev/sda crashkernel=1G-:256M nr_cpus=8 quiet")
-        == "root=/dev/sda irqpoll nr_cpus=1 reset_devices"
+        == "root=/dev/sda irqpoll nr_cpus=1 reset_devices acpi_no_memhotplug"
     )
     # kdump-utils' default KDUMP_COMMANDLINE_REMOVE and prepare_cmdline() removals
     boot = (
@@ -82,7 +87,7 @@ def test_default_files_resolve_below_sysroot(sysroot: Path) -> None:
     f = default_files(sysroot)
     assert f.kernel.startswith(str(sysroot / "boot/vmlinuz-"))
     assert f.initrd is not None and "/var/lib/kdump/initrd.img-" in f.initrd
-    assert "crashkernel" not in f.cmdline and f.cmdline.endswith("reset_devices")
+    assert "crashkernel" not in f.cmdline and f.cmdline.endswith(DEFAULT_APPEND)
 
 
 async def test_file_backend_one_syscall_never_unload(sysroot: Path) -> None:
@@ -97,7 +102,7 @@ async def test_file_backend_one_syscall_never_unload(sysroot: Path) -> None:
     assert len(kexec.calls) == 2
     assert all(flags == KEXEC_FILE_ON_CRASH for _, flags in kexec.calls)
     assert not any(flags & KEXEC_FILE_UNLOAD for _, flags in kexec.calls)
-    assert kexec.calls[0][0].endswith(b"irqpoll nr_cpus=1 reset_devices")
+    assert kexec.calls[0][0].endswith(DEFAULT_APPEND.encode())
     await r.stop()
 
 
@@ -610,3 +615,31 @@ def test_dry_run_last_record_reads_a_long_last_line(tmp_path: Path) -> None:
     (tmp_path / "loads.jsonl").write_text('{"load":6}\n' + long + "\n")
     b = DryRunBackend(tmp_path)
     assert b.loads == 7 and b.last_record() == json.loads(long)
+
+
+async def test_kernel_backend_reloads_once_after_ram_is_hot_removed(sysroot: Path) -> None:
+    """The kernel rebuilds its elfcorehdr at MEM_OFFLINE, while the block's System RAM
+    resource still exists, and not at removal: after a hot-remove the loaded header
+    still lists the gone range (seen on Debian 6.12 in QEMU).  One reload repairs it;
+    adding RAM, or the burst after, costs nothing."""
+    kexec = ScriptedKexec()
+    hotplug_sysroot(sysroot)
+    kb = KernelBackend(file_backend(sysroot, kexec), sysroot, read_hotplug=lambda _p: True)
+    holder = TopologyHolder()
+    holder.set_blocks(4)
+    r = reconciler(sysroot, kb, holder)
+    await r.start()
+    assert len(kexec.calls) == 1
+    holder.add_blocks(2)  # hot-add: the kernel updates in place
+    r.event(EV)
+    await r.settle()
+    assert len(kexec.calls) == 1
+    holder.set_blocks(3)  # three blocks removed from /proc/iomem
+    r.event(EV)
+    await r.settle()
+    assert len(kexec.calls) == 2, "a hot-remove must be repaired with one load"
+    r.event(EV)  # e.g. the remove's trailing uevents: nothing changed any more
+    await r.settle()
+    assert len(kexec.calls) == 2
+    assert r.store.current.stale is False
+    await r.stop()

@@ -27,7 +27,11 @@ from pathlib import Path
 
 from kdumpd.core.errors import KdumpdError
 from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, kexec_crash_loaded
-from kdumpd.system.kdumpconf import DEFAULT_COMMANDLINE_REMOVE, split_cmdline
+from kdumpd.system.kdumpconf import (
+    DEFAULT_CAPTURE_APPEND,
+    DEFAULT_COMMANDLINE_REMOVE,
+    split_cmdline,
+)
 from kdumpd.system.kexec import (
     MAX_DMCRYPTKEYS_STR_LEN,
     KexecSyscalls,
@@ -37,7 +41,7 @@ from kdumpd.system.kexec import (
 
 log = logging.getLogger("kdumpd.daemon.backends.file")
 
-DEFAULT_APPEND = "irqpoll nr_cpus=1 reset_devices"
+DEFAULT_APPEND = DEFAULT_CAPTURE_APPEND
 
 
 @dataclass(frozen=True, slots=True)

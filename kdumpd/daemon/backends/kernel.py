@@ -26,7 +26,9 @@ What is read when, and why so little:
 
 A reload (one ``kexec_file_load``) happens only when ``kexec_crash_loaded`` reads 0,
 when the loaded image was not loaded by us through ``kexec_file_load`` (e.g. adopted
-from another loader), or when the kernel lacks CONFIG_CRASH_HOTPLUG.
+from another loader), when the kernel lacks CONFIG_CRASH_HOTPLUG, or once after System
+RAM was hot-removed: the kernel rebuilds its header at MEM_OFFLINE, before the range
+is released, and not again at removal (:meth:`KernelBackend._ram_removed`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from kdumpd.core.ranges import subtract
+from kdumpd.core.topology import MemRange, Topology
 from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, kexec_crash_loaded
 from kdumpd.daemon.backends.file import FileBackend
 
@@ -100,6 +104,9 @@ class KernelBackend:
         # on a CONFIG_CRASH_HOTPLUG kernel): set by our loads and by adopt().
         self.own_file_load = False
         self.hotplug_flag: bool | None = None  # crash_hotplug as read after our last load
+        # System RAM as of the previous burst: a range that disappears from /proc/iomem
+        # was hot-removed, which the kernel's own update does not see (see _ram_removed).
+        self._last_ram: tuple[MemRange, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -147,9 +154,37 @@ class KernelBackend:
             return "the loaded image was not loaded by kdumpd with kexec_file_load"
         return ""
 
+    def _ram_removed(self, topology: Topology | None) -> str:
+        """Why the kernel's in-place header still lists RAM that is gone, or "".
+
+        The kernel rebuilds the elfcorehdr on MEM_OFFLINE (kexec-internals §4.5), while
+        the block's ``System RAM`` resource still exists; the resource is released
+        only when the memory is removed, and no notifier runs then (§4.6).  So after a
+        hot-remove the loaded header keeps a PT_LOAD over memory that is no longer
+        there (seen on Debian 6.12 in QEMU: docs/e2e.md) until the next memory event.
+        An offline without a removal leaves /proc/iomem unchanged and needs nothing.
+        """
+        if topology is None:
+            return ""
+        now = topology.system_ram
+        before, self._last_ram = self._last_ram, now
+        if before is None:
+            return ""
+        gone = subtract(((r.start, r.end) for r in before), ((r.start, r.end) for r in now))
+        if not gone:
+            return ""
+        first = gone[0]
+        return (
+            f"System RAM {first.start:#x}-{first.end:#x}"
+            + (f" and {len(gone) - 1} more range(s)" if len(gone) > 1 else "")
+            + " was hot-removed, but the kernel rebuilt its elfcorehdr at MEM_OFFLINE"
+            " while the range still existed"
+        )
+
     async def apply(self, request: LoadRequest) -> ApplyResult:
+        removed = self._ram_removed(request.topology)
         if not request.force_load:
-            why = self._in_place()
+            why = self._in_place() or removed
             if not why:
                 return ApplyResult(False, 0, True, "kernel updated the elfcorehdr in place")
             log.warning("%s: loading the crash image with kexec_file_load", why)
