@@ -739,32 +739,30 @@ async def test_kdumpd_status_over_bus(running: Running) -> None:
 # -- the real daemon on the test bus --------------------------------------------
 
 
-async def test_real_daemon_over_bus(system_bus: PrivateBus, tmp_path: Path) -> None:
-    """`kdumpd run --backend dry-run` on a captured sysroot: the reconciler is the
-    Controller, its StateStore drives the properties, Reload produces ImageUpdated."""
-    _need_owner()
+async def _start_real_daemon(
+    system_bus: PrivateBus, tmp_path: Path, **env: str
+) -> asyncio.subprocess.Process:
+    """`kdumpd run --backend dry-run` on a copy of a captured sysroot, on the test bus."""
     fixture = REPO / "tests" / "fixtures" / "synthetic-x86_64-before"
     if not (fixture / "proc" / "iomem").exists():
         pytest.skip(f"{fixture} is missing")
     root = tmp_path / "root"
     shutil.copytree(fixture, root)
-    env = {**_env(system_bus.address), "KDUMPD_DBUS": "true"}
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         PYTHON,
-        "-m",
-        "kdumpd.interfaces.cli",
-        "run",
-        "--backend",
-        "dry-run",
-        "--sysroot",
-        str(root),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--config",
-        "/dev/null",
-        env=env,
+        *("-m", "kdumpd.interfaces.cli", "run", "--backend", "dry-run"),
+        *("--sysroot", str(root), "--state-dir", str(tmp_path / "state")),
+        *("--config", "/dev/null"),
+        env={**_env(system_bus.address), "KDUMPD_DBUS": "true", **env},
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def test_real_daemon_over_bus(system_bus: PrivateBus, tmp_path: Path) -> None:
+    """`kdumpd run --backend dry-run` on a captured sysroot: the reconciler is the
+    Controller, its StateStore drives the properties, Reload produces ImageUpdated."""
+    _need_owner()
+    proc = await _start_real_daemon(system_bus, tmp_path)
     client = await MessageBus(bus_address=system_bus.address).connect()
     try:
         values: dict[str, Any] = {}
@@ -819,7 +817,7 @@ async def test_real_daemon_over_bus(system_bus: PrivateBus, tmp_path: Path) -> N
         assert isinstance(report, dict) and report
 
         code, _out, err = await _run(
-            *_kdumpctl("status", address=system_bus.address, sysroot=root),
+            *_kdumpctl("status", address=system_bus.address, sysroot=tmp_path / "root"),
             env=_env(system_bus.address),
         )
         assert code == 0, err
@@ -907,34 +905,11 @@ async def test_ready_is_sent_with_the_bus_name_owned(
     import socket
 
     _need_owner()
-    fixture = REPO / "tests" / "fixtures" / "synthetic-x86_64-before"
-    if not (fixture / "proc" / "iomem").exists():
-        pytest.skip(f"{fixture} is missing")
-    root = tmp_path / "root"
-    shutil.copytree(fixture, root)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify.sock"))
     sock.setblocking(False)
-    env = {
-        **_env(system_bus.address),
-        "KDUMPD_DBUS": "true",
-        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "kdumpd.interfaces.cli",
-        "run",
-        "--backend",
-        "dry-run",
-        "--sysroot",
-        str(root),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--config",
-        "/dev/null",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
+    proc = await _start_real_daemon(
+        system_bus, tmp_path, NOTIFY_SOCKET=str(tmp_path / "notify.sock")
     )
     loop = asyncio.get_running_loop()
     try:
