@@ -25,6 +25,8 @@ Capacity policy (kexec-internals.md §1.9, §3.1, §4.4):
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from kdumpd.core.arch import Arch, FdtArch
 from kdumpd.core.elfcorehdr import (
     EHDR_SIZE,
@@ -35,12 +37,43 @@ from kdumpd.core.elfcorehdr import (
 from kdumpd.core.image import SegmentKind
 from kdumpd.core.topology import Topology
 
-__all__ = ["Arch", "FdtArch", "default_digested_segments", "default_elfcorehdr_capacity"]
+__all__ = [
+    "Arch",
+    "ArchIdentity",
+    "FdtArch",
+    "default_digested_segments",
+    "default_elfcorehdr_capacity",
+]
 
 #: Default number of memory ranges to size for (kernel CONFIG_CRASH_MAX_MEMORY_RANGES).
 DEFAULT_MAX_RANGES = 8192
 #: kexec-tools' minimum elfcorehdr segment without --hotplug (crashdump-x86.c).
 MIN_ELFCOREHDR_SIZE = 16 * 1024
+
+
+class ArchIdentity:
+    """What every back-end states the same way: subclasses set ``NAME``,
+    ``ELF_MACHINE`` and ``REGENERATED`` (the segment kinds hotplug rewrites)."""
+
+    __slots__ = ()
+    NAME: ClassVar[str]
+    ELF_MACHINE: ClassVar[int]
+    REGENERATED: ClassVar[frozenset[SegmentKind]]
+
+    @property
+    def name(self) -> str:
+        return self.NAME
+
+    @property
+    def elf_machine(self) -> int:
+        return self.ELF_MACHINE
+
+    @property
+    def regenerated_segments(self) -> frozenset[SegmentKind]:
+        return self.REGENERATED
+
+    def digested_segments(self, *, hotplug: bool) -> frozenset[SegmentKind]:
+        return default_digested_segments(self.REGENERATED, hotplug=hotplug)
 
 
 def default_digested_segments(

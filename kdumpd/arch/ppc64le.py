@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kdumpd.arch.base import DEFAULT_MAX_RANGES, default_digested_segments
+from kdumpd.arch.base import DEFAULT_MAX_RANGES, ArchIdentity
 from kdumpd.core.elfcorehdr import (
     EHDR_SIZE,
     ELF_CORE_HEADER_ALIGN,
@@ -84,25 +84,13 @@ def ppc64_elfcorehdr_size(cpus: int, ranges: int) -> int:
     return round_up(EHDR_SIZE + (cpus + 1 + ranges) * PHDR_SIZE, ELF_CORE_HEADER_ALIGN)
 
 
-class Ppc64le:
+class Ppc64le(ArchIdentity):
     """The ppc64le back-end (stateless)."""
 
     __slots__ = ()
-
-    @property
-    def name(self) -> str:
-        return "ppc64le"
-
-    @property
-    def elf_machine(self) -> int:
-        return EM_PPC64
-
-    @property
-    def regenerated_segments(self) -> frozenset[SegmentKind]:
-        return _REGENERATED
-
-    def digested_segments(self, *, hotplug: bool) -> frozenset[SegmentKind]:
-        return default_digested_segments(_REGENERATED, hotplug=hotplug)
+    NAME = "ppc64le"
+    ELF_MACHINE = EM_PPC64
+    REGENERATED = _REGENERATED
 
     # ----------------------------------------------------------------- elfcorehdr
 

@@ -23,7 +23,7 @@ in-place rebuild writes it (§4.6).
 
 from __future__ import annotations
 
-from kdumpd.arch.base import default_digested_segments, default_elfcorehdr_capacity
+from kdumpd.arch.base import ArchIdentity, default_elfcorehdr_capacity
 from kdumpd.core.elfcorehdr import (
     Elfcorehdr,
     ElfLoads,
@@ -48,25 +48,13 @@ def present_crash_notes(topology: Topology) -> list[CrashNote]:
     return [n for n in topology.crash_notes if n.cpu in present]  # writer orders by CPU
 
 
-class X86_64:
+class X86_64(ArchIdentity):
     """The x86_64 back-end (stateless)."""
 
     __slots__ = ()
-
-    @property
-    def name(self) -> str:
-        return "x86_64"
-
-    @property
-    def elf_machine(self) -> int:
-        return EM_X86_64
-
-    @property
-    def regenerated_segments(self) -> frozenset[SegmentKind]:
-        return _REGENERATED
-
-    def digested_segments(self, *, hotplug: bool) -> frozenset[SegmentKind]:
-        return default_digested_segments(_REGENERATED, hotplug=hotplug)
+    NAME = "x86_64"
+    ELF_MACHINE = EM_X86_64
+    REGENERATED = _REGENERATED
 
     def elfcorehdr_capacity(
         self, topology: Topology, *, max_cpus: int | None = None, max_ranges: int | None = None
