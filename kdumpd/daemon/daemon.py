@@ -38,6 +38,7 @@ from kdumpd.daemon.state import StateStore
 from kdumpd.events.event import EventSink
 from kdumpd.events.replay import Replayer, ReplayStats
 from kdumpd.interfaces.notify import Notifier
+from kdumpd.system import malloc
 from kdumpd.system.kexec import KexecSyscalls
 
 log = logging.getLogger("kdumpd.daemon")
@@ -165,6 +166,7 @@ class Daemon:
             await self._start_dbus()
             await rec.start()
             self.notifier.mark_ready()
+            malloc.trim()  # start-up's freed heap back to the kernel (idle RSS)
             self.notifier.start_watchdog(loop)
             if self.replay is not None:
                 replayer = Replayer(s.sysroot, rec.event, speed=self.speed, progress=self.progress)

@@ -67,7 +67,6 @@ to a directory descriptor, so an 8,192-CPU / 8,192-block tree costs one ``open``
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
 import platform
@@ -79,7 +78,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
+from elftools.construct import ConstructError
+from elftools.elf.structs import ELFStructs
 
 from kdumpd.core.errors import InputError
 from kdumpd.core.iomem import parse_iomem
@@ -469,16 +469,24 @@ def _kcore_loads(root: _Root) -> tuple[list[tuple[int, int]], str | None] | None
     if data[:4] != b"\x7fELF":
         raise InputError(KCORE, "not an ELF file")
     try:
-        elf = ELFFile(io.BytesIO(data))
-        if elf.elfclass != 64:
+        structs = ELFStructs(little_endian=data[5] == 1, elfclass=64 if data[4] == 2 else 32)
+        structs.create_basic_structs()
+        ehdr = structs.Elf_Ehdr.parse(data)
+        if ehdr["e_ident"]["EI_CLASS"] != "ELFCLASS64":
             raise InputError(KCORE, "not ELFCLASS64")
-        loads = [
-            (seg["p_vaddr"], seg["p_memsz"])
-            for seg in elf.iter_segments()
-            if seg["p_type"] == "PT_LOAD"
-        ]
-        machine = elf["e_machine"]
-    except (ELFError, struct.error, ValueError) as err:
+        structs.create_advanced_structs(
+            ehdr["e_type"], ehdr["e_machine"], ehdr["e_ident"]["EI_OSABI"]
+        )
+        off, size = ehdr["e_phoff"], ehdr["e_phentsize"]
+        if off + ehdr["e_phnum"] * size > len(data):
+            raise ValueError(f"{ehdr['e_phnum']} program headers end past byte {len(data)}")
+        loads = []
+        for i in range(ehdr["e_phnum"]):
+            phdr = structs.Elf_Phdr.parse(data[off + i * size : off + (i + 1) * size])
+            if phdr["p_type"] == "PT_LOAD":
+                loads.append((phdr["p_vaddr"], phdr["p_memsz"]))
+        machine = ehdr["e_machine"]
+    except (ELFError, ConstructError, struct.error, ValueError) as err:
         raise InputError(
             KCORE, f"program headers unreadable in the first {len(data)} bytes: {err}"
         ) from None
