@@ -33,6 +33,7 @@ from kdumpd.interfaces.dbus import (
     DBusService,
     serve,
 )
+from tests import nobody
 from tests.integration.dbusbus import REPO, PrivateBus, dbus_daemon_path, start_bus
 from tests.nobody import setpriv_nobody
 
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.dbus
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 XML_DOC = REPO / "docs" / "org.kdumpd1.Manager.xml"
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+NOBODY = ["setpriv", *nobody.NOBODY]
 
 SAMPLE = DaemonState(
     state=ImageState.LOADED,
@@ -221,6 +222,20 @@ def _need_root() -> None:
         pytest.skip("setpriv (util-linux) is not installed")
 
 
+def _busctl_call(address: str, member: str, *args: str) -> list[str]:
+    """argv of ``busctl call`` on our object and interface."""
+    return [
+        "busctl",
+        f"--address={address}",
+        "call",
+        BUS_NAME,
+        OBJECT_PATH,
+        INTERFACE,
+        member,
+        *args,
+    ]
+
+
 def _nobody_can_run_venv() -> None:
     setpriv_nobody()  # skips, with the reason, when uid 65534 cannot run the venv
 
@@ -384,9 +399,7 @@ async def test_reload_as_root_calls_controller(running: Running, client: Message
 
 
 async def test_busctl_reload_as_root(running: Running) -> None:
-    code, _out, err = await _run(
-        "busctl", f"--address={running.address}", "call", BUS_NAME, OBJECT_PATH, INTERFACE, "Reload"
-    )
+    code, _out, err = await _run(*_busctl_call(running.address, "Reload"))
     assert code == 0, err
     assert running.controller.calls == ["reload"]
 
@@ -421,13 +434,7 @@ async def test_busctl_reload_as_nobody_denied(running: Running) -> None:
     _need_root()
     code, _out, err = await _run(
         *NOBODY,
-        "busctl",
-        f"--address={running.address}",
-        "call",
-        BUS_NAME,
-        OBJECT_PATH,
-        INTERFACE,
-        "Reload",
+        *_busctl_call(running.address, "Reload"),
     )
     assert code != 0
     assert "Access denied" in err
@@ -484,15 +491,7 @@ async def test_wrong_argument_types(running: Running, client: MessageBus) -> Non
     assert reply.message_type is MessageType.ERROR
     assert running.controller.calls == []
     code, _out, err = await _run(
-        "busctl",
-        f"--address={running.address}",
-        "call",
-        BUS_NAME,
-        OBJECT_PATH,
-        INTERFACE,
-        "Reload",
-        "t",
-        "5",
+        *_busctl_call(running.address, "Reload", "t", "5"),
     )
     assert code != 0
     assert "Traceback" not in err and "takes signature" in err
