@@ -370,6 +370,13 @@ class Reconciler:
             self.model_error = ""
         return topology
 
+    def _current_key(self) -> str | None:
+        """The topology's image-key digest now (LoadRequest.read_key); None if unreadable."""
+        try:
+            return key_digest(self.read_topology(self.sysroot).image_key())
+        except KdumpdError:
+            return None
+
     def _regenerate(self, topology: Topology) -> CrashImage:
         image = self.image
         if image is not None:
@@ -492,6 +499,7 @@ class Reconciler:
                 trigger=trigger,
                 counters=self._counters(),
                 force_load=force_load,
+                read_key=self._current_key,
             )
             self.store.update(
                 state=ImageState.UPDATING if self.last_good else ImageState.LOADING,
@@ -540,6 +548,7 @@ class Reconciler:
             trigger=trigger,
             counters=self._counters(),
             force_load=force_load,
+            read_key=self._current_key,
         )
         self.store.update(state=ImageState.UPDATING if self.last_good else ImageState.LOADING)
         result = await self._apply(request)
@@ -610,7 +619,7 @@ class Reconciler:
             try:
                 result = await self.backend.apply(request)
                 if result.loaded:
-                    self.loads += 1
+                    self.loads += result.load_count
                     self.loaded_inputs = self.backend.input_digests()
                 return result
             except KexecError as err:
@@ -657,7 +666,7 @@ class Reconciler:
             try:
                 result = await self.backend.restore(request)
                 if result.loaded:
-                    self.loads += 1
+                    self.loads += result.load_count
                     self.loaded_inputs = {"restored": "last good inputs"}
                 restored = True
                 log.warning(

@@ -643,3 +643,74 @@ async def test_kernel_backend_reloads_once_after_ram_is_hot_removed(sysroot: Pat
     assert len(kexec.calls) == 2
     assert r.store.current.stale is False
     await r.stop()
+
+
+class HotplugDuringLoad(ScriptedKexec):
+    """A kexec_file_load during which memory is hot-added (``during`` = which calls).
+
+    While a load syscall runs it holds the kexec lock, and the kernel's crash-hotplug
+    handler skips its in-place update ("kexec_trylock() failed")."""
+
+    def __init__(self, holder: TopologyHolder, during: set[int]) -> None:
+        super().__init__()
+        self.holder = holder
+        self.during = during
+
+    def file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes, flags: int) -> None:
+        super().file_load(kernel_fd, initrd_fd, cmdline, flags)
+        if len(self.calls) in self.during:
+            self.holder.add_blocks(2)
+
+
+async def test_kernel_backend_loads_again_when_the_topology_moved_during_its_load(
+    sysroot: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hotplug_sysroot(sysroot)
+    holder = TopologyHolder()
+    kexec = HotplugDuringLoad(holder, during={1})
+    kb = KernelBackend(file_backend(sysroot, kexec), sysroot, read_hotplug=lambda _p: True)
+    r = reconciler(sysroot, kb, holder)
+    with caplog.at_level("INFO"):
+        await r.start()
+    assert len(kexec.calls) == 2, "the update skipped during our load must be reloaded, once"
+    assert r.store.current.loads == 2
+    assert "changed while the load syscall held the kexec lock" in caplog.text
+    assert "loaded twice" in caplog.text  # the reconciler's "generation N applied" line
+    r.event(EV)  # the DIMM's uevents, read after the load
+    await r.settle()
+    assert len(kexec.calls) == 2, "the extra load covered the new DIMM already"
+    assert r.store.current.covered_ranges[-1][1] == holder.ram_end
+    # a later load (Reload) during which nothing happens costs one syscall
+    await r.reload()
+    assert len(kexec.calls) == 3 and r.store.current.loads == 3
+    await r.stop()
+
+
+async def test_kernel_backend_extra_load_is_made_once_then_the_next_burst_loads(
+    sysroot: Path,
+) -> None:
+    from kdumpd.daemon.backends.base import LoadRequest
+    from kdumpd.daemon.statefile import key_digest
+
+    hotplug_sysroot(sysroot)
+    holder = TopologyHolder()
+    kexec = HotplugDuringLoad(holder, during={1, 2})  # and again during the extra load
+    kb = KernelBackend(file_backend(sysroot, kexec), sysroot, read_hotplug=lambda _p: True)
+
+    def read_key() -> str:
+        return key_digest(holder(sysroot).image_key())
+
+    req = LoadRequest(None, holder.current, 1, "start", force_load=True, read_key=read_key)
+    res = await kb.apply(req)
+    assert len(kexec.calls) == 2 and res.load_count == 2, "one extra load, never a loop"
+    assert kb.race.suspect
+    # the burst of those events: not trusted to the kernel's in-place update
+    req2 = LoadRequest(None, holder.current, 2, "1 events (quiet)", read_key=read_key)
+    res = await kb.apply(req2)
+    assert res.loaded and len(kexec.calls) == 3 and not kb.race.suspect
+    res = await kb.apply(req2)
+    assert not res.loaded and len(kexec.calls) == 3
+    # without a key reader (no topology) nothing is compared
+    kexec.during = {4}
+    await kb.apply(LoadRequest(None, None, 3, "reload", force_load=True))
+    assert len(kexec.calls) == 4

@@ -25,7 +25,7 @@ Two class attributes tell the reconciler what a backend needs and does:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -58,6 +58,10 @@ class LoadRequest:
     trigger: str
     counters: Mapping[str, int] = field(default_factory=dict)
     force_load: bool = False  # a full load even where an in-place update would do
+    # Re-reads the topology and returns its image-key digest (None: unreadable).  A
+    # back-end whose image the kernel updates in place compares it around its load
+    # syscall (kdumpd.daemon.backends.inplace); None: no such check.
+    read_key: Callable[[], str | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,13 @@ class ApplyResult:
     gap_usec: int  # how long no crash image was loaded (0 for in-kernel updates)
     kernel_updates_in_place: bool  # the kernel rewrites the elfcorehdr on hotplug
     detail: str = ""
+    loads: int | None = None  # load syscalls made (None: one if ``loaded``, else none)
+
+    @property
+    def load_count(self) -> int:
+        if self.loads is not None:
+            return self.loads
+        return 1 if self.loaded else 0
 
 
 class Backend(Protocol):

@@ -29,6 +29,11 @@ when the loaded image was not loaded by us through ``kexec_file_load`` (e.g. ado
 from another loader), when the kernel lacks CONFIG_CRASH_HOTPLUG, or once after System
 RAM was hot-removed: the kernel rebuilds its header at MEM_OFFLINE, before the range
 is released, and not again at removal (:meth:`KernelBackend._ram_removed`).
+
+Our own load holds the kexec lock for the whole syscall, and the kernel skips (does
+not defer) a hotplug update that finds the lock taken.  Every load this back-end
+makes is therefore wrapped by :class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard`:
+if the topology changed while the syscall ran, it loads once more.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from kdumpd.core.ranges import subtract
 from kdumpd.core.topology import MemRange, Topology
 from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, kexec_crash_loaded
 from kdumpd.daemon.backends.file import FileBackend
+from kdumpd.daemon.backends.inplace import LoadRaceGuard
 
 log = logging.getLogger("kdumpd.daemon.backends.kernel")
 
@@ -107,6 +113,9 @@ class KernelBackend:
         # System RAM as of the previous burst: a range that disappears from /proc/iomem
         # was hot-removed, which the kernel's own update does not see (see _ram_removed).
         self._last_ram: tuple[MemRange, ...] | None = None
+        # Our own load holds the kexec lock: a hotplug event during it is skipped by
+        # the kernel.  The guard compares the topology around the syscall.
+        self.race = LoadRaceGuard(self.name)
 
     @property
     def name(self) -> str:
@@ -152,7 +161,7 @@ class KernelBackend:
             return "kexec_crash_loaded reads 0"
         if not self.own_file_load:
             return "the loaded image was not loaded by kdumpd with kexec_file_load"
-        return ""
+        return self.race.suspect
 
     def _ram_removed(self, topology: Topology | None) -> str:
         """Why the kernel's in-place header still lists RAM that is gone, or "".
@@ -191,7 +200,10 @@ class KernelBackend:
         previous = self.own_file_load
         self.own_file_load = False
         try:
-            result = await self.loader.apply(request)
+            if self.hotplug_config:
+                result = await self.race.load(lambda: self.loader.apply(request), request.read_key)
+            else:  # nothing updates the image in place: nothing can be skipped
+                result = await self.loader.apply(request)
         except BaseException:
             # refused before the syscall: our old image is still loaded; a failed
             # syscall freed it (kexec_crash_loaded reads 0 then)
@@ -206,18 +218,27 @@ class KernelBackend:
                 "crash_hotplug reads 0 right after our kexec_file_load (the kexec lock was "
                 "busy?); the image is hotplug-capable by construction"
             )
-        return ApplyResult(result.loaded, result.gap_usec, self.hotplug_config, result.detail)
+        return ApplyResult(
+            result.loaded, result.gap_usec, self.hotplug_config, result.detail, result.loads
+        )
 
     async def restore(self, request: LoadRequest) -> ApplyResult:
         previous = self.own_file_load
         self.own_file_load = False
         try:
-            result = await self.loader.restore(request)
+            if self.hotplug_config:
+                result = await self.race.load(
+                    lambda: self.loader.restore(request), request.read_key
+                )
+            else:
+                result = await self.loader.restore(request)
         except BaseException:
             self.own_file_load = previous and self.is_loaded()
             raise
         self.own_file_load = True
-        return ApplyResult(result.loaded, result.gap_usec, self.hotplug_config, result.detail)
+        return ApplyResult(
+            result.loaded, result.gap_usec, self.hotplug_config, result.detail, result.loads
+        )
 
     async def unload(self) -> None:
         await self.loader.unload()

@@ -1,0 +1,93 @@
+"""A load on a kernel that keeps the loaded crash image current itself: check the
+topology around the syscall, and load once more if it moved meanwhile.
+
+Why (docs/kernel-interfaces.md, "Skipped in-kernel updates"): a load syscall holds
+the kernel's kexec lock from start to end.  The kernel's crash-hotplug handler only
+*try*-locks it; when a CPU or memory block comes or goes while any load runs, the
+handler prints ``crash hp: kexec_trylock() failed, kdump image may be inaccurate``
+and returns without touching the image.  The image the syscall installs describes
+the machine as the kernel read it inside the syscall, so whatever changed after that
+point is missing from the dump, and nothing will update it until the next hotplug
+event.  kdumpd's own loads (start, Reload, repairs) are such loads.
+
+The check: read the topology key (``Topology.image_key()`` digest, the same key the
+reconciler compares) right before the syscall and right after it.  Equal keys: any
+event during the syscall changed nothing the image depends on (or the syscall saw it
+already).  Different keys: an update may have been skipped, so load once more; a
+fresh load rebuilds everything from the live state.  If the topology moves again
+during that one extra load, the guard does not loop: it records the reason in
+:attr:`LoadRaceGuard.suspect`, and the back-end's next apply (the burst of those very
+events) loads instead of trusting the in-place update.
+
+Used by the ``kernel`` back-end; a ``kexec_load`` back-end that passes
+``KEXEC_UPDATE_ELFCOREHDR`` has the same race and wraps its syscall the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from kdumpd.daemon.backends.base import ApplyResult
+
+log = logging.getLogger("kdumpd.daemon.backends.inplace")
+
+#: Reads the topology now and returns its image-key digest; None when it cannot be
+#: read (then nothing can be compared and no extra load is made).
+KeyReader = Callable[[], "str | None"]
+
+RACE_REASON = (
+    "the topology changed while the load syscall held the kexec lock, so the kernel "
+    "may have skipped its in-place update"
+)
+
+
+def _key(read_key: KeyReader | None) -> str | None:
+    if read_key is None:
+        return None
+    try:
+        return read_key()
+    except Exception as err:  # a read error must not fail a load that succeeded
+        log.warning("cannot re-read the topology around the load: %s", err)
+        return None
+
+
+class LoadRaceGuard:
+    """Wraps one back-end's load syscall; see the module docstring."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.suspect = ""  # why the loaded image may lack an update ("" = no reason known)
+        self.extra_loads = 0  # loads made because the topology moved during a load
+
+    async def load(
+        self, load: Callable[[], Awaitable[ApplyResult]], read_key: KeyReader | None
+    ) -> ApplyResult:
+        before = _key(read_key)
+        first = await load()
+        self.suspect = ""
+        after = _key(read_key)
+        if before is None or after is None or before == after:
+            return first
+        self.extra_loads += 1
+        log.warning(
+            "backend %s: %s; loading once more",
+            self.backend,
+            RACE_REASON,
+            extra={"BACKEND": self.backend, "RELOAD_REASON": "topology-changed-during-load"},
+        )
+        second = await load()
+        again = _key(read_key)
+        if again is not None and again != after:
+            self.suspect = (
+                "the topology changed again during the extra load (the kernel may have "
+                "skipped that update too)"
+            )
+            log.warning("backend %s: %s; the next burst loads afresh", self.backend, self.suspect)
+        return ApplyResult(
+            loaded=True,
+            gap_usec=first.gap_usec + second.gap_usec,
+            kernel_updates_in_place=second.kernel_updates_in_place,
+            detail=f"{second.detail}; loaded twice ({RACE_REASON})",
+            loads=first.load_count + second.load_count,
+        )
