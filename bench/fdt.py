@@ -49,7 +49,7 @@ import libfdt
 
 from kdumpd.core.fdt import CrashFdt, order_nodes, required_capacity
 from kdumpd.core.topology import DtNode
-from kdumpd.system.sysfs import _dt_node
+from kdumpd.system.devicetree import read_dt_node
 from tests.fixtures.make_ppc64le_fixture import cpu_node_props, crash_dts
 
 NCPUS = 2048
@@ -248,10 +248,10 @@ def shape(threads: int, runs: int) -> list[tuple[str, float, float, float | None
             d.mkdir(parents=True)
             for key, value in n.properties:
                 (d / key).write_bytes(value)
-        read = _dt_node(str(cpus_dir), "/cpus", "cpus", 0).children
+        read = read_dt_node(str(cpus_dir), "/cpus", "cpus", 0).children
         assert {n.name for n in read} == {n.name for n in cores}
         r_med, r_min = median_ms(
-            lambda: _dt_node(str(cpus_dir), "/cpus", "cpus", 0), max(3, runs // 5)
+            lambda: read_dt_node(str(cpus_dir), "/cpus", "cpus", 0), max(3, runs // 5)
         )
         rows.append(("read dt_cpus (sysfs tree, page cache hot)", r_med, r_min, None))
     return rows

@@ -4,7 +4,7 @@
 
 Rows (median and best of ``--runs``, milliseconds):
 
-* ``read_topology`` - :func:`kdumpd.system.sysfs.read_topology` of a tree written by
+* ``read_topology`` - :func:`kdumpd.system.topologyreader.read_topology` of a tree written by
   ``tests/fixtures/make_fixture.py --big`` (per CPU: crash_notes + crash_notes_size;
   per block: state + online; /proc/iomem with one System RAM line per block).
 * ``read_capabilities`` - the cheap re-probe the daemon runs after each burst.
@@ -29,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kdumpd.system.sysfs import TopologyReader, read_capabilities, read_topology  # noqa: E402
+from kdumpd.system.kexecsysfs import read_capabilities  # noqa: E402
+from kdumpd.system.topologyreader import TopologyReader, read_topology  # noqa: E402
 from tests.fixtures import make_fixture  # noqa: E402
 
 

@@ -141,7 +141,7 @@ def run_old_way(
     from kdumpd.daemon.backends.dryrun import DryRunBackend
     from kdumpd.daemon.reconciler import default_image_factory
     from kdumpd.events.replay import apply_files, read_replay
-    from kdumpd.system.sysfs import read_topology
+    from kdumpd.system.topologyreader import read_topology
 
     root = base / "sysroot-old"
     shutil.copytree(base / "sysroot-pristine", root)

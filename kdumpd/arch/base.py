@@ -32,9 +32,9 @@ from kdumpd.core.elfcorehdr import (
     EHDR_SIZE,
     ELF_CORE_HEADER_ALIGN,
     elfcorehdr_capacity,
-    round_up,
 )
 from kdumpd.core.image import SegmentKind
+from kdumpd.core.ranges import round_up
 from kdumpd.core.topology import Topology
 
 __all__ = [

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kdumpd.core.errors import CapacityError, InputError, UnsupportedError
+from kdumpd.core.ranges import round_up
 from kdumpd.core.topology import CrashNote, MemRange, VmcoreInfo
 
 # ELF constants (include/uapi/linux/elf.h, elf(5)).
@@ -88,10 +89,6 @@ def elfcorehdr_capacity(max_cpus: int, max_ranges: int) -> int:
     if max_cpus < 0 or max_ranges < 0:
         raise ValueError(f"negative elfcorehdr sizing: cpus={max_cpus} ranges={max_ranges}")
     return round_up(EHDR_SIZE + (max_cpus + 2 + max_ranges) * PHDR_SIZE, ELF_CORE_HEADER_ALIGN)
-
-
-def round_up(value: int, align: int) -> int:
-    return -(-value // align) * align
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ from typing import NamedTuple
 import libfdt
 
 from kdumpd.core.errors import CapacityError, InputError
+from kdumpd.core.ranges import round_up
 from kdumpd.core.topology import DtNode
 
 FDT_MAGIC = 0xD00DFEED
@@ -94,10 +95,6 @@ class FdtLayout:
     threads: tuple[int, ...]
     used: int
     capacity: int
-
-
-def round_up(value: int, align: int) -> int:
-    return -(-value // align) * align
 
 
 def _fdt_error(source: str, code: int) -> InputError:

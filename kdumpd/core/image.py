@@ -30,8 +30,9 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kdumpd.core.elfcorehdr import Elfcorehdr, HeaderLayout, round_up
+from kdumpd.core.elfcorehdr import Elfcorehdr, HeaderLayout
 from kdumpd.core.errors import CapacityError, UnsupportedError
+from kdumpd.core.ranges import round_up
 from kdumpd.core.topology import MemRange, Topology
 
 if TYPE_CHECKING:

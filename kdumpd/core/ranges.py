@@ -24,6 +24,12 @@ from operator import le, lt
 
 from kdumpd.core.topology import MemRange, Topology
 
+
+def round_up(value: int, align: int) -> int:
+    """``value`` rounded up to a multiple of ``align`` (any positive ``align``)."""
+    return -(-value // align) * align
+
+
 #: ``/proc/iomem`` names whose ranges never appear in the crash dump.
 EXCLUDED_RESOURCES = frozenset({"Crash kernel", "GART"})
 

@@ -1,7 +1,7 @@
 """The topology snapshot: everything about the running machine that a crash image
 describes, as plain frozen values.
 
-A :class:`Topology` is produced by :mod:`kdumpd.system.sysfs` from a sysroot and
+A :class:`Topology` is produced by :mod:`kdumpd.system.topologyreader` from a sysroot and
 consumed by the image builders.  Address ranges follow ``/proc/iomem`` and the
 kernel's ``struct resource``: ``end`` is **inclusive**.
 """

@@ -96,11 +96,11 @@ def default_image_factory(max_cpus: int = 0, max_ranges: int = 0) -> ImageFactor
 
 
 def default_topology_reader(sysroot: Path) -> TopologyReader:
-    """Reads ``sysroot`` through one :class:`kdumpd.system.sysfs.TopologyReader`, which
-    keeps the boot-constant kernel facts (kallsyms, kcore) between bursts."""
-    from kdumpd.system.sysfs import TopologyReader as SysfsReader
+    """Reads ``sysroot`` through one :class:`kdumpd.system.topologyreader.TopologyReader`,
+    which keeps the boot-constant kernel facts (kallsyms, kcore) between bursts."""
+    from kdumpd.system import topologyreader
 
-    reader = SysfsReader(sysroot)
+    reader = topologyreader.TopologyReader(sysroot)
     return lambda _sysroot: reader()
 
 

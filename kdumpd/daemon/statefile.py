@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdumpd.system.sysroot import Sysroot
+
 log = logging.getLogger("kdumpd.daemon.statefile")
 
 STATE_FILE = "state.json"
@@ -34,10 +36,7 @@ def key_digest(key: tuple[object, ...]) -> str:
 
 
 def boot_id(sysroot: str | Path = "/") -> str:
-    try:
-        return (Path(sysroot) / "proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+    return Sysroot(sysroot).read_value("/proc/sys/kernel/random/boot_id") or ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,12 +28,13 @@ import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdumpd.core.errors import InputError, KdumpdError, UnsupportedError
 from kdumpd.interfaces.dbusclient import DaemonError, DaemonUnreachable, call, get_state
-from kdumpd.system.sysfs import read_crash_loaded
+from kdumpd.system.kexecsysfs import KEXEC_CRASH_SIZE, read_crash_loaded, read_crash_size
+from kdumpd.system.sysroot import Sysroot
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -75,15 +76,16 @@ class Context:
     sysroot: Path
     bus_address: str | None
     arch: str
+    root: Sysroot = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Sysroot(self.sysroot)
 
     def path(self, absolute: str) -> Path:
-        return self.sysroot / absolute.lstrip("/")
+        return Path(self.root.path(absolute))
 
     def read(self, absolute: str) -> str | None:
-        try:
-            return self.path(absolute).read_text()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        return self.root.read_text(absolute)
 
 
 # -- crashkernel= arithmetic (kdump-lib.sh, §6.5) -------------------------------
@@ -222,18 +224,15 @@ def sysfs_crash_loaded(ctx: Context) -> bool | None:
     if (ctx.read("/sys/kernel/fadump/enabled") or "").strip() == "1":
         reg = ctx.read("/sys/kernel/fadump/registered")
         return None if reg is None else reg.strip() == "1"
-    return read_crash_loaded(ctx.sysroot)
+    return read_crash_loaded(ctx.root)
 
 
 def crash_size(ctx: Context) -> int:
-    text = ctx.read("/sys/kernel/kexec_crash_size")
-    source = str(ctx.path("/sys/kernel/kexec_crash_size"))
-    if text is None:
+    size = read_crash_size(ctx.root)
+    if size is None:
+        source = ctx.root.path(KEXEC_CRASH_SIZE[0])
         raise InputError(source, "missing (kernel without kexec support?)")
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise InputError(source, f"not a number: {text.strip()[:20]!r}") from None
+    return size
 
 
 def kernel_image_size(path: Path) -> int:

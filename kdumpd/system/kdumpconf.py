@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kdumpd.core.errors import InputError
+from kdumpd.system.sysroot import Sysroot, parse_bool01
 
 KDUMP_CONF = "/etc/kdump.conf"
 SYSCONFIG_KDUMP = "/etc/sysconfig/kdump"
@@ -132,12 +133,6 @@ class KdumpConf:
     source: str = KDUMP_CONF
 
 
-def _bool01(value: str, source: str, lineno: int, name: str) -> bool:
-    if value not in ("0", "1"):
-        raise InputError(source, f"{name} must be 0 or 1, not {value!r}", lineno)
-    return value == "1"
-
-
 def parse_kdump_conf(text: str, source: str = KDUMP_CONF) -> KdumpConf:
     """Parse the text of ``/etc/kdump.conf``."""
     values: dict[str, Any] = {"source": source}
@@ -186,7 +181,7 @@ def parse_kdump_conf(text: str, source: str = KDUMP_CONF) -> KdumpConf:
                 )
             values["final_action"] = value
         elif name in ("force_rebuild", "force_no_rebuild"):
-            values[name] = _bool01(value, source, lineno, name)
+            values[name] = parse_bool01(value, source, lineno, name)
         elif name == "auto_reset_crashkernel":
             if value not in ("yes", "no"):
                 raise InputError(source, "auto_reset_crashkernel must be yes or no", lineno)
@@ -416,32 +411,20 @@ class LoaderInputs:
     kernelver: str
 
 
-def _read(sysroot: Path, path: str) -> str | None:
-    full = sysroot / path.lstrip("/")
-    try:
-        return full.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as err:  # EACCES, EISDIR, EIO: one line naming the file
-        raise InputError(str(full), err.strerror or str(err)) from None
-    except UnicodeDecodeError:
-        raise InputError(str(full), "not a text file") from None
-
-
 def read_kdump_conf(sysroot: str | Path = "/") -> KdumpConf | None:
     """``/etc/kdump.conf`` below ``sysroot``, or None when it does not exist."""
-    root = Path(sysroot)
-    text = _read(root, KDUMP_CONF)
-    return None if text is None else parse_kdump_conf(text, str(root / KDUMP_CONF.lstrip("/")))
+    root = Sysroot(sysroot)
+    text = root.read_text(KDUMP_CONF)
+    return None if text is None else parse_kdump_conf(text, root.path(KDUMP_CONF))
 
 
 def read_sysconfig(sysroot: str | Path = "/") -> KdumpSysconfig:
     """``/etc/sysconfig/kdump`` below ``sysroot`` (defaults when it does not exist)."""
-    root = Path(sysroot)
-    text = _read(root, SYSCONFIG_KDUMP)
+    root = Sysroot(sysroot)
+    text = root.read_text(SYSCONFIG_KDUMP)
     if text is None:
         return KdumpSysconfig(remove_set=False, append_set=False)
-    return KdumpSysconfig.from_env(parse_sysconfig(text, str(root / SYSCONFIG_KDUMP.lstrip("/"))))
+    return KdumpSysconfig.from_env(parse_sysconfig(text, root.path(SYSCONFIG_KDUMP)))
 
 
 def loader_inputs(
@@ -454,17 +437,16 @@ def loader_inputs(
     """Kernel, initramfs, command line and ``KEXEC_ARGS`` as kdump-utils would use
     them.  ``release`` defaults to ``uname -r`` of the running kernel (read from
     ``/proc/sys/kernel/osrelease`` below ``sysroot``, else :func:`os.uname`)."""
-    root = Path(sysroot)
-    read_kdump_conf(root)  # validates; a bad line raises InputError
-    sysconfig = read_sysconfig(root)
+    root = Sysroot(sysroot)
+    read_kdump_conf(sysroot)  # validates; a bad line raises InputError
+    sysconfig = read_sysconfig(sysroot)
     kernelver = sysconfig.kernelver or release
     if not kernelver:
-        osrelease = _read(root, "/proc/sys/kernel/osrelease")
-        kernelver = osrelease.strip() if osrelease else os.uname().release
+        kernelver = root.read_value("/proc/sys/kernel/osrelease") or os.uname().release
     bootdir = sysconfig.bootdir.rstrip("/") or "/"
     kernel = f"{bootdir}/{sysconfig.img}-{kernelver}{sysconfig.img_ext}"
     initrd = f"{bootdir}/initramfs-{kernelver}kdump.img"
-    proc_cmdline = (_read(root, "/proc/cmdline") or "").strip()
+    proc_cmdline = (root.read_text("/proc/cmdline") or "").strip()
     cmdline = prepare_cmdline(
         sysconfig, proc_cmdline, boot_cpu_apicid=boot_cpu_apicid, default_append=default_append
     )
@@ -492,14 +474,14 @@ def kexec_defaults(
     own search.  The command line is complete (``KDUMP_COMMANDLINE_APPEND`` included).
     Raises :class:`InputError` (``file:line: reason``) on a bad line.
     """
-    root = Path(sysroot)
-    if not any((root / p.lstrip("/")).exists() for p in (SYSCONFIG_KDUMP, KDUMP_CONF)):
+    root = Sysroot(sysroot)
+    if not any(root.exists(p) for p in (SYSCONFIG_KDUMP, KDUMP_CONF)):
         return {}
-    li = loader_inputs(root, default_append=append)
+    li = loader_inputs(sysroot, default_append=append)
     out: dict[str, str] = {}
-    if not kernel and (root / li.kernel.lstrip("/")).is_file():
+    if not kernel and root.is_file(li.kernel):
         out["kernel"] = li.kernel
-    if not initrd and (root / li.initrd.lstrip("/")).is_file():
+    if not initrd and root.is_file(li.initrd):
         out["initrd"] = li.initrd
     if not cmdline:
         out["cmdline"] = li.cmdline

@@ -10,7 +10,7 @@ from pathlib import Path
 from kdumpd.core.topology import Resource, Topology
 from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
 from kdumpd.system.kexec import KexecError
-from kdumpd.system.sysfs import read_topology
+from kdumpd.system.topologyreader import read_topology
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "guest-6.1-before"
 BLOCK = 128 << 20

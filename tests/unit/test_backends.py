@@ -252,7 +252,7 @@ class CountingHotplugReader:
         self.reads = 0
 
     def __call__(self, sysroot: Path) -> bool | None:
-        from kdumpd.daemon.backends.kernel import read_crash_hotplug
+        from kdumpd.system.kexecsysfs import read_crash_hotplug
 
         self.reads += 1
         return read_crash_hotplug(sysroot)

@@ -21,7 +21,7 @@ from kdumpd.core.fdt import (
     required_capacity,
 )
 from kdumpd.core.topology import DtNode
-from kdumpd.system.sysfs import read_topology
+from kdumpd.system.topologyreader import read_topology
 
 from .fdt_support import (
     AFTER,

@@ -243,7 +243,7 @@ def test_kernel_advertised_size_leaves_room_for_the_ehdr() -> None:
     from pathlib import Path
 
     from kdumpd.arch import get_arch
-    from kdumpd.system.sysfs import read_topology
+    from kdumpd.system.topologyreader import read_topology
 
     root = Path(__file__).resolve().parents[1] / "fixtures/guest-6.12-after"
     topo = read_topology(root)

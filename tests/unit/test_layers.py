@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[2] / "kdumpd"
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "arch": {"core"},
-    "system": {"core"},
+    "system": {"core", "arch"},
     "events": {"core", "system"},
     "daemon": {"core", "arch", "system", "events", "config"},
     "interfaces": {"core", "arch", "system", "events", "daemon", "config"},

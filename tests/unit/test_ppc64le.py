@@ -22,7 +22,7 @@ from kdumpd.core.errors import CapacityError, InputError
 from kdumpd.core.image import PAGE_SIZE, CrashImage, SegmentKind
 from kdumpd.core.topology import KernelCapabilities
 from kdumpd.interfaces import cli
-from kdumpd.system.sysfs import read_topology
+from kdumpd.system.topologyreader import read_topology
 
 from .fdt_support import AFTER, BEFORE, FIXTURES, base_blob, cpus_block, decompile, totalsize
 

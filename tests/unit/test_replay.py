@@ -11,7 +11,7 @@ from kdumpd.core.errors import InputError
 from kdumpd.events.event import HotplugEvent, event_from_fields
 from kdumpd.events.replay import Replayer, ReplayStats, parse_record, read_replay, write_replay
 from kdumpd.events.storm import RESIZE_BLOCKS, cpu_add_storm, memory_resize_storm
-from kdumpd.system.sysfs import read_topology
+from kdumpd.system.topologyreader import read_topology
 from tests.unit.daemon_fakes import FIXTURE
 
 

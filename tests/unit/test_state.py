@@ -44,7 +44,7 @@ def test_format_cpulist_round_trips_through_the_kernel_parser() -> None:
     from hypothesis import strategies as st
 
     from kdumpd.core.topology import format_cpulist
-    from kdumpd.system.sysfs import parse_cpulist
+    from kdumpd.system.sysroot import parse_cpulist
 
     assert format_cpulist([8, 0, 1, 2, 3]) == "0-3,8"
     assert format_cpulist([]) == ""

@@ -32,7 +32,7 @@ def test_garbage_is_ignored(tmp_path: Path) -> None:
 
 
 def test_digest_tracks_image_key() -> None:
-    from kdumpd.system.sysfs import read_topology
+    from kdumpd.system.topologyreader import read_topology
     from tests.unit.daemon_fakes import FIXTURE
 
     h = TopologyHolder()

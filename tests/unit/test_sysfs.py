@@ -17,15 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kdumpd.arch.x86_64 import X86_64_PAGE_OFFSET
 from kdumpd.core.errors import InputError
 from kdumpd.core.topology import CrashNote, KernelText, MemRange, VmcoreInfo
 from kdumpd.interfaces.commands.inspect import cpulist as inspect_cpulist
-from kdumpd.system.sysfs import (
-    X86_64_PAGE_OFFSET,
-    parse_cpulist,
-    read_capabilities,
-    read_topology,
-)
+from kdumpd.system.kexecsysfs import read_capabilities
+from kdumpd.system.sysroot import parse_cpulist
+from kdumpd.system.topologyreader import read_topology
 from tests.fixtures import make_fixture
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -456,7 +454,7 @@ def test_kexec_crash_size_busy_during_a_load_is_none_and_logged(
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
         return open(path, "rb")
 
-    with caplog.at_level(logging.INFO, logger="kdumpd.system.sysfs"):
+    with caplog.at_level(logging.INFO, logger="kdumpd.system.sysroot"):
         caps = read_capabilities(root, opener=busy_crash_size)
     assert caps.kexec_crash_size is None
     assert caps.kexec_crash_loaded is True
@@ -485,7 +483,8 @@ def test_kcore_program_headers_agree_with_readelf(name: str) -> None:
     import re
     import subprocess
 
-    from kdumpd.system import sysfs
+    from kdumpd.system import kernelfacts
+    from kdumpd.system.sysroot import Sysroot
 
     readelf = shutil.which("readelf")
     if readelf is None:
@@ -493,7 +492,7 @@ def test_kcore_program_headers_agree_with_readelf(name: str) -> None:
     root = fixture(name)
     if not (root / "proc/kcore").exists():
         pytest.skip(f"{name} has no /proc/kcore headers")
-    parsed = sysfs._kcore_loads(sysfs._Root(root))
+    parsed = kernelfacts._kcore_loads(Sysroot(root))
     assert parsed is not None
     out = subprocess.run(
         [readelf, "-h", "-l", "-W", str(root / "proc/kcore")],
@@ -516,7 +515,7 @@ def test_topology_reader_keeps_kernel_facts_and_rereads_the_rest(tmp_path: Path)
     """kallsyms/kcore are read once (fixed until reboot); iomem is re-read every time."""
     import shutil
 
-    from kdumpd.system.sysfs import TopologyReader
+    from kdumpd.system.topologyreader import TopologyReader
 
     root = tmp_path / "root"
     shutil.copytree(FIXTURES / "guest-6.12-before", root)
@@ -540,7 +539,8 @@ def test_topology_reader_does_not_reread_lock_taking_capability_files(tmp_path: 
     must not read them again (a kernel hotplug update finding the lock taken is skipped)."""
     import shutil
 
-    from kdumpd.system.sysfs import TopologyReader, read_capabilities
+    from kdumpd.system.kexecsysfs import read_capabilities
+    from kdumpd.system.topologyreader import TopologyReader
 
     root = tmp_path / "root"
     shutil.copytree(FIXTURES / "guest-6.12-after", root)
@@ -575,7 +575,7 @@ def test_iomem_with_hidden_addresses_is_an_input_error(tmp_path: Path) -> None:
 
 
 def test_read_crash_loaded_old_and_new_sysfs_names(tmp_path: Path) -> None:
-    from kdumpd.system.sysfs import read_crash_loaded
+    from kdumpd.system.kexecsysfs import read_crash_loaded
 
     assert read_crash_loaded(tmp_path) is None
     new = tmp_path / "sys/kernel/kexec/crash_loaded"

@@ -49,11 +49,10 @@ from kdumpd.core.elfcorehdr import (
     ElfLoads,
     ElfNotes,
     HeaderLayout,
-    round_up,
 )
 from kdumpd.core.fdt import CrashFdt, FdtLayout, minimal_fdt, required_capacity
 from kdumpd.core.image import SegmentKind
-from kdumpd.core.ranges import crash_memory_ranges
+from kdumpd.core.ranges import crash_memory_ranges, round_up
 from kdumpd.core.topology import CrashNote, DtNode, MemRange, Topology
 
 EM_PPC64 = 21

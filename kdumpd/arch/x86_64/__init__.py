@@ -38,6 +38,10 @@ from kdumpd.core.topology import CrashNote, Topology
 EM_X86_64 = 62
 #: kexec-tools ``X86_64_PAGE_OFFSET`` (no KASLR of the direct map).
 X86_64_PAGE_OFFSET = 0xFFFF888000000000
+#: ``__START_KERNEL_map``: where the kernel image mapping starts.
+START_KERNEL_MAP = 0xFFFFFFFF80000000
+#: The part of that mapping kexec-tools searches for the kernel text (512 MiB).
+KERNEL_TEXT_AREA = 512 << 20
 
 _REGENERATED = frozenset({SegmentKind.ELFCOREHDR})
 

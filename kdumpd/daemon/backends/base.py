@@ -27,27 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from kdumpd.core.image import CrashImage
     from kdumpd.core.topology import Topology
-
-
-def kexec_crash_loaded(sysroot: str | Path) -> bool | None:
-    """Is a crash image loaded (:func:`kdumpd.system.sysfs.read_crash_loaded`: lock-free,
-    old and new sysfs names)?  None when the kernel has no such file or it is unreadable.
-
-    ``crash_hotplug`` and ``kexec_crash_size`` take ``kexec_trylock()`` in ``show()``;
-    this one does not, so it is the one sysfs file the burst path reads."""
-    from kdumpd.core.errors import InputError
-    from kdumpd.system.sysfs import read_crash_loaded
-
-    try:
-        return read_crash_loaded(sysroot)
-    except (InputError, OSError):
-        return None
 
 
 @dataclass(frozen=True, slots=True)

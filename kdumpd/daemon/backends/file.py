@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdumpd.core.errors import KdumpdError
-from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, kexec_crash_loaded
+from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
 from kdumpd.system.kdumpconf import (
     DEFAULT_CAPTURE_APPEND,
     DEFAULT_COMMANDLINE_REMOVE,
@@ -38,6 +38,8 @@ from kdumpd.system.kexec import (
     crash_file_load,
     crash_file_unload,
 )
+from kdumpd.system.kexecsysfs import crash_image_loaded
+from kdumpd.system.sysroot import Sysroot
 
 log = logging.getLogger("kdumpd.daemon.backends.file")
 
@@ -52,10 +54,7 @@ class KexecFiles:
 
 
 def _release(sysroot: Path) -> str:
-    try:
-        return (sysroot / "proc/sys/kernel/osrelease").read_text().strip()
-    except OSError:
-        return os.uname().release
+    return Sysroot(sysroot).read_value("/proc/sys/kernel/osrelease") or os.uname().release
 
 
 # What the capture kernel must not inherit from the first kernel's command line:
@@ -127,10 +126,8 @@ def default_files(
     if cmdline:
         c = cmdline
     else:
-        try:
-            boot = (root / "proc/cmdline").read_text()
-        except OSError as err:
-            raise KdumpdError(f"{root / 'proc/cmdline'}: {err.strerror}") from None
+        boot = Sysroot(root).read("/proc/cmdline", required=True)
+        assert boot is not None
         c = crash_cmdline(boot, append)
     if re.search(r"[\x00\n]", c):
         raise KdumpdError("kexec cmdline: contains a NUL or newline")
@@ -176,7 +173,7 @@ class FileBackend:
         return "file"
 
     def is_loaded(self) -> bool:
-        return kexec_crash_loaded(self.sysroot) is True
+        return crash_image_loaded(self.sysroot)
 
     def adopt(self) -> bool:
         return True  # every burst reloads anyway; state.json's input digests must match

@@ -45,40 +45,15 @@ from pathlib import Path
 
 from kdumpd.core.ranges import subtract
 from kdumpd.core.topology import MemRange, Topology
-from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, kexec_crash_loaded
+from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
 from kdumpd.daemon.backends.file import FileBackend
 from kdumpd.daemon.backends.inplace import LoadRaceGuard
+from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
 
 log = logging.getLogger("kdumpd.daemon.backends.kernel")
 
-CPU_CRASH_HOTPLUG = "sys/devices/system/cpu/crash_hotplug"
-MEMORY_CRASH_HOTPLUG = "sys/devices/system/memory/crash_hotplug"
 ADOPT_READS = 3  # crash_hotplug reads at adoption (a single 0 is not proof, §0.5)
 ADOPT_READ_DELAY = 0.05  # seconds between them
-CRASH_ELFCOREHDR_SIZE = (
-    "sys/kernel/crash_elfcorehdr_size",
-    "sys/kernel/kexec/crash_elfcorehdr_size",
-)
-
-
-def crash_hotplug_config(sysroot: str | Path) -> bool:
-    """CONFIG_CRASH_HOTPLUG: one of its sysfs files exists (stat only: no kexec lock)."""
-    root = Path(sysroot)
-    return any(
-        (root / p).exists()
-        for p in (CPU_CRASH_HOTPLUG, MEMORY_CRASH_HOTPLUG, *CRASH_ELFCOREHDR_SIZE)
-    )
-
-
-def read_crash_hotplug(sysroot: Path) -> bool | None:
-    """Both ``crash_hotplug`` files that exist read 1 (takes the kexec lock: use once)."""
-    flags: list[bool] = []
-    for rel in (CPU_CRASH_HOTPLUG, MEMORY_CRASH_HOTPLUG):
-        try:
-            flags.append((sysroot / rel).read_text().strip() == "1")
-        except OSError:
-            continue
-    return all(flags) if flags else None
 
 
 class KernelBackend:
@@ -99,7 +74,9 @@ class KernelBackend:
         self.sysroot = Path(sysroot)
         self.read_hotplug = read_hotplug
         self.hotplug_config = (
-            crash_hotplug_config(self.sysroot) if hotplug_config is None else hotplug_config
+            crash_hotplug_file(self.sysroot) is not None
+            if hotplug_config is None
+            else hotplug_config
         )
         if not self.hotplug_config:
             log.warning(
@@ -122,7 +99,7 @@ class KernelBackend:
         return "kernel"
 
     def is_loaded(self) -> bool:
-        return kexec_crash_loaded(self.sysroot) is True
+        return crash_image_loaded(self.sysroot)
 
     def adopt(self) -> bool:
         """Take over the loaded image only if the kernel says it is hotplug-capable

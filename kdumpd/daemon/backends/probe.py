@@ -5,8 +5,8 @@
 - ``file``: kexec is available but the kernel cannot update the image in place;
 - ``dry-run``: no kexec in this kernel, no ``crashkernel=`` reservation, or not root.
 
-This runs once at start (and on a reload that changes the backend setting): it is
-the only place ``kexec_crash_size`` is read, since that read takes the kexec lock.
+This runs once at start (and on a reload that changes the backend setting), so its
+``kexec_crash_size`` read (it takes the kexec lock) never meets a burst.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kdumpd.core.errors import InputError
 from kdumpd.daemon.backends.base import Backend
 from kdumpd.daemon.backends.dryrun import KEEP_LOADS, DryRunBackend
 from kdumpd.daemon.backends.file import FileBackend, default_files
 from kdumpd.daemon.backends.kernel import KernelBackend
-from kdumpd.system.sysfs import KEXEC_CRASH_LOADED
+from kdumpd.system.kexecsysfs import crash_hotplug_file, kexec_present, read_crash_size
+from kdumpd.system.sysroot import Sysroot
 
 if TYPE_CHECKING:
     from kdumpd.config import Settings
@@ -32,24 +34,21 @@ log = logging.getLogger("kdumpd.daemon.backends.probe")
 
 def probe_backend(sysroot: str | Path, *, euid: int | None = None) -> tuple[str, str]:
     """(backend name, reason) for ``auto``."""
-    root = Path(sysroot)
-    if not any((root / p.lstrip("/")).exists() for p in KEXEC_CRASH_LOADED):
+    root = Sysroot(sysroot)
+    if not kexec_present(root):
         return "dry-run", "the kernel has no kexec (/sys/kernel/kexec_crash_loaded missing)"
     try:
-        size = int((root / "sys/kernel/kexec_crash_size").read_text().strip() or "0")
-    except (OSError, ValueError):
-        size = -1  # EBUSY during a concurrent load: assume a reservation exists
+        size = read_crash_size(root)
+    except InputError:
+        size = None
+    # None: EBUSY during a concurrent load (or unreadable): assume a reservation exists.
     if size == 0:
         return "dry-run", "no crashkernel= reservation (kexec_crash_size is 0)"
     if (os.geteuid() if euid is None else euid) != 0:
         return "dry-run", "not running as root (kexec needs CAP_SYS_BOOT)"
-    for p in (
-        "sys/devices/system/memory/crash_hotplug",
-        "sys/devices/system/cpu/crash_hotplug",
-        "sys/kernel/crash_elfcorehdr_size",
-    ):
-        if (root / p).exists():
-            return "kernel", f"the kernel updates crash images on hotplug ({p} exists)"
+    hotplug = crash_hotplug_file(root)
+    if hotplug is not None:
+        return "kernel", f"the kernel updates crash images on hotplug ({hotplug} exists)"
     return "file", "kexec_file_load without in-kernel crash hotplug"
 
 

@@ -30,7 +30,7 @@ from kdumpd.interfaces.commands.common import (
     add_sysroot_arguments,
     write_buffer,
 )
-from kdumpd.system.sysfs import read_topology
+from kdumpd.system.topologyreader import read_topology
 
 NAME = "elfcorehdr"
 HELP = "write the elfcorehdr (full preallocated buffer) for a topology to a file"

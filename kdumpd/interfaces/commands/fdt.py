@@ -30,7 +30,8 @@ from kdumpd.interfaces.commands.common import (
     add_sysroot_arguments,
     write_buffer,
 )
-from kdumpd.system.sysfs import DT_CPUS, read_topology
+from kdumpd.system.devicetree import DT_CPUS
+from kdumpd.system.topologyreader import read_topology
 
 NAME = "fdt"
 HELP = "write the crash FDT (ppc64le) with its /cpus node regenerated for a topology"

@@ -2,7 +2,7 @@
 
 Reads what a crash image describes (CPUs and their crash_notes, System RAM,
 crashkernel reservations, vmcoreinfo, kernel text, memory blocks, kernel
-capabilities) from ``DIR`` (default ``/``) via :func:`kdumpd.system.sysfs.read_topology`
+capabilities) from ``DIR`` (default ``/``) via :func:`kdumpd.system.topologyreader.read_topology`
 and prints a readable summary, or with ``--json`` exactly one JSON object.
 
 Exit status: 0 ok, 1 bad input (one line on stderr naming the file, line and
@@ -41,7 +41,7 @@ from typing import Any
 from kdumpd.core.errors import InputError
 from kdumpd.core.topology import MemRange, Topology, format_cpulist
 from kdumpd.interfaces.commands.common import add_sysroot_arguments
-from kdumpd.system.sysfs import read_topology
+from kdumpd.system.topologyreader import read_topology
 
 NAME = "inspect"
 HELP = "print the topology snapshot a crash image is built from"

@@ -20,7 +20,7 @@ from typing import Any
 
 from kdumpd.core.errors import KdumpdError
 from kdumpd.core.topology import format_cpulist
-from kdumpd.system.sysfs import read_crash_loaded
+from kdumpd.system.kexecsysfs import read_crash_loaded
 
 NAME = "status"
 HELP = "show the daemon's state (D-Bus, or state.json when the daemon is not running)"
