@@ -36,9 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kdumpd.config import load_settings  # noqa: E402
-from kdumpd.daemon.daemon import Daemon  # noqa: E402
 from kdumpd.demo import demo_sysroot, run_old_way  # noqa: E402
 from kdumpd.events.storm import write_memory_storm  # noqa: E402
+from kdumpd.service import Daemon  # noqa: E402
 
 
 def storm_once() -> dict[str, float]:
@@ -188,7 +188,7 @@ def idle_once(watchdog_usec: int | None, seconds: float = 5.0) -> dict[str, floa
             [
                 sys.executable,
                 "-m",
-                "kdumpd.interfaces.cli",
+                "kdumpd.cli",
                 "run",
                 "--sysroot",
                 str(base / "sysroot"),

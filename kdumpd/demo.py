@@ -93,7 +93,7 @@ class Progress:
 
 def run_kdumpd(base: Path, storm: Path, events: int) -> dict[str, object]:
     from kdumpd.config import load_settings
-    from kdumpd.daemon.daemon import Daemon
+    from kdumpd.service import Daemon
 
     settings = load_settings(
         None,
@@ -176,7 +176,7 @@ def run_old_way(
 
 def show_machine(root: Path, when: str, *, inspect: bool = True) -> None:
     """What ``kdumpd inspect`` and ``kdumpd elfcorehdr`` say about the sysroot."""
-    from kdumpd.interfaces import cli
+    from kdumpd import cli
 
     print(f"--- {when}: kdumpd {'inspect + ' if inspect else ''}elfcorehdr --sysroot SYSROOT")
     if inspect:

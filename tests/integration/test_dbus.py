@@ -723,7 +723,7 @@ async def test_kdumpd_status_over_bus(running: Running) -> None:
     code, out, err = await _run(
         PYTHON,
         "-m",
-        "kdumpd.interfaces.cli",
+        "kdumpd.cli",
         "status",
         "--bus-address",
         running.address,
@@ -749,7 +749,7 @@ async def _start_real_daemon(
     shutil.copytree(fixture, root)
     return await asyncio.create_subprocess_exec(
         PYTHON,
-        *("-m", "kdumpd.interfaces.cli", "run", "--backend", "dry-run"),
+        *("-m", "kdumpd.cli", "run", "--backend", "dry-run"),
         *("--sysroot", str(root), "--state-dir", str(tmp_path / "state")),
         *("--config", "/dev/null"),
         env={**_env(system_bus.address), "KDUMPD_DBUS": "true", **env},

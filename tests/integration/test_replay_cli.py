@@ -24,7 +24,7 @@ FIXTURE = REPO / "tests/fixtures/guest-6.1-before"
 
 def kdumpd(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kdumpd.interfaces.cli", *args],
+        [sys.executable, "-m", "kdumpd.cli", *args],
         check=False,
         capture_output=True,
         text=True,

@@ -18,8 +18,8 @@ import pytest
 
 from kdumpd.config import Settings, load_settings
 from kdumpd.core.errors import InputError
-from kdumpd.daemon.daemon import Daemon
 from kdumpd.events.event import HotplugEvent
+from kdumpd.service import Daemon
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests/fixtures/guest-6.1-before"
@@ -44,7 +44,7 @@ def start(e: dict[str, str], tmp: Path, *extra: str) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "kdumpd.interfaces.cli",
+            "kdumpd.cli",
             "run",
             "--sysroot",
             str(tmp / "root"),
@@ -302,7 +302,7 @@ def test_run_replay_on_the_live_root_is_one_line_exit_1(
         [
             sys.executable,
             "-m",
-            "kdumpd.interfaces.cli",
+            "kdumpd.cli",
             "run",
             "--replay",
             str(replay),

@@ -471,7 +471,7 @@ def test_auto_on_the_live_root_without_kexec_says_dry_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from kdumpd.config import load_settings
-    from kdumpd.daemon.daemon import Daemon
+    from kdumpd.service import Daemon
 
     if probe_backend("/")[0] != "dry-run":
         pytest.skip("this machine has kexec support")

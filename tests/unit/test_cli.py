@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdumpd.interfaces import cli
+from kdumpd import cli
 
 
 def test_no_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -16,7 +16,7 @@ def test_no_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_unknown_option_exits_2_with_one_line() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "kdumpd.interfaces.cli", "inspect", "--no-such-option"],
+        [sys.executable, "-m", "kdumpd.cli", "inspect", "--no-such-option"],
         capture_output=True,
         text=True,
         check=False,
@@ -58,7 +58,7 @@ def test_bogus_log_level_is_a_warning(
 def test_a_bug_is_one_line_not_a_traceback(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kdumpd.interfaces.commands import inspect
+    from kdumpd.commands import inspect
 
     def boom(_args: object) -> int:
         raise ZeroDivisionError("division by zero")

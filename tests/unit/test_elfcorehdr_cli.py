@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from kdumpd import cli
 from kdumpd.core.elfcorehdr import elfcorehdr_capacity
-from kdumpd.interfaces import cli
 
 from .elfcorehdr_support import readelf_path, run_readelf
 
@@ -333,7 +333,7 @@ def test_unsupported_arch_is_exit_1(tmp_path: Path, capsys: pytest.CaptureFixtur
 )
 def test_usage_errors_exit_2_with_one_line(argv: list[str], tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "kdumpd.interfaces.cli", "elfcorehdr", *argv],
+        [sys.executable, "-m", "kdumpd.cli", "elfcorehdr", *argv],
         capture_output=True,
         text=True,
         check=False,
@@ -349,7 +349,7 @@ def test_missing_sysroot_is_exit_1_without_traceback(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "kdumpd.interfaces.cli",
+            "kdumpd.cli",
             "elfcorehdr",
             "--sysroot",
             str(tmp_path / "nope"),

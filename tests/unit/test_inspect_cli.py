@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kdumpd.interfaces import cli
+from kdumpd import cli
 from tests.fixtures import make_fixture
 from tests.nobody import setpriv_nobody
 from tests.unit.test_sysfs import MALFORMED, fixture
@@ -50,7 +50,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 def kdumpd_argv() -> list[str]:
     if KDUMPD.exists():
         return [str(KDUMPD)]
-    return [sys.executable, "-m", "kdumpd.interfaces.cli"]
+    return [sys.executable, "-m", "kdumpd.cli"]
 
 
 def test_json_is_one_object_with_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdumpd.interfaces.cli import COMMANDS
+from kdumpd.cli import COMMANDS
 from kdumpd.interfaces.kdumpctl import HANDLERS
 
 MAN = Path(__file__).resolve().parents[2] / "docs" / "man"

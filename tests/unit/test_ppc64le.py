@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from kdumpd import cli
 from kdumpd.arch import FdtArch, get_arch
 from kdumpd.arch.ppc64le import EM_PPC64, PPC64_PAGE_OFFSET, Ppc64le
 from kdumpd.core.elfcorehdr import Elfcorehdr
 from kdumpd.core.errors import CapacityError, InputError
 from kdumpd.core.image import PAGE_SIZE, CrashImage, SegmentKind
 from kdumpd.core.topology import KernelCapabilities
-from kdumpd.interfaces import cli
 from kdumpd.system.topologyreader import read_topology
 
 from .fdt_support import AFTER, BEFORE, FIXTURES, base_blob, cpus_block, decompile, totalsize

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdumpd.arch.x86_64 import X86_64_PAGE_OFFSET
+from kdumpd.commands.inspect import cpulist as inspect_cpulist
 from kdumpd.core.errors import InputError
 from kdumpd.core.topology import CrashNote, KernelText, MemRange, VmcoreInfo
-from kdumpd.interfaces.commands.inspect import cpulist as inspect_cpulist
 from kdumpd.system.kexecsysfs import read_capabilities
 from kdumpd.system.sysroot import parse_cpulist
 from kdumpd.system.topologyreader import read_topology

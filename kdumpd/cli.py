@@ -21,7 +21,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
-# Module names below kdumpd.interfaces.commands, in the order `--help` lists them.
+# Module names below kdumpd.commands, in the order `--help` lists them.
 COMMANDS: tuple[str, ...] = ("inspect", "elfcorehdr", "fdt", "run", "replay", "status")
 
 log = logging.getLogger("kdumpd")
@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _load(name: str) -> ModuleType:
-    return importlib.import_module(f"kdumpd.interfaces.commands.{name}")
+    return importlib.import_module(f"kdumpd.commands.{name}")
 
 
 def build_parser() -> argparse.ArgumentParser:

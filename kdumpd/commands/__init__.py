@@ -1,7 +1,7 @@
 """One module per ``kdumpd`` sub-command.
 
 Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``.  :mod:`kdumpd.interfaces.cli` lists them in ``COMMANDS``.
+``run(args) -> int``.  :mod:`kdumpd.cli` lists them in ``COMMANDS``.
 """
 
 from __future__ import annotations

@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 
 from kdumpd.arch import get_arch
-from kdumpd.core.elfcorehdr import HeaderLayout
-from kdumpd.core.image import CrashImage
-from kdumpd.interfaces.commands.common import (
+from kdumpd.commands.common import (
     add_output_argument,
     add_sysroot_arguments,
     write_buffer,
 )
+from kdumpd.core.elfcorehdr import HeaderLayout
+from kdumpd.core.image import CrashImage
 from kdumpd.system.topologyreader import read_topology
 
 NAME = "elfcorehdr"

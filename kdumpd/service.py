@@ -41,7 +41,7 @@ from kdumpd.interfaces.notify import Notifier
 from kdumpd.system import malloc
 from kdumpd.system.kexec import KexecSyscalls
 
-log = logging.getLogger("kdumpd.daemon")
+log = logging.getLogger("kdumpd.service")
 
 
 @dataclass(slots=True)

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kdumpd.config import load_settings
-    from kdumpd.daemon.daemon import Daemon
+    from kdumpd.service import Daemon
 
     if args.speed < 0:
         raise KdumpdError("--speed must be >= 0")

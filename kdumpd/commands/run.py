@@ -53,7 +53,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from kdumpd.config import load_settings
-    from kdumpd.daemon.daemon import Daemon
+    from kdumpd.service import Daemon
 
     if args.speed < 0:
         raise KdumpdError("--speed must be >= 0")

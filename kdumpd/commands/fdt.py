@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 
 from kdumpd.arch import FdtArch, get_arch
-from kdumpd.core.errors import InputError, UnsupportedError
-from kdumpd.core.fdt import FdtLayout
-from kdumpd.interfaces.commands.common import (
+from kdumpd.commands.common import (
     add_output_argument,
     add_sysroot_arguments,
     write_buffer,
 )
+from kdumpd.core.errors import InputError, UnsupportedError
+from kdumpd.core.fdt import FdtLayout
 from kdumpd.system.devicetree import DT_CPUS
 from kdumpd.system.topologyreader import read_topology
 

@@ -38,9 +38,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from kdumpd.commands.common import add_sysroot_arguments
 from kdumpd.core.errors import InputError
 from kdumpd.core.topology import MemRange, Topology, format_cpulist
-from kdumpd.interfaces.commands.common import add_sysroot_arguments
 from kdumpd.system.topologyreader import read_topology
 
 NAME = "inspect"
