@@ -137,13 +137,26 @@ class _Env(EnvSettingsSource):
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file as a dict; every failure is one InputError naming the file."""
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(str(path), f"not valid TOML: {err}") from None
+            raw = fh.read()
     except OSError as err:
         raise InputError(str(path), err.strerror or str(err)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise InputError(str(path), f"not valid UTF-8 (byte {raw[err.start]:#04x})", line) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(str(path), f"not valid TOML: {err}") from None
+    except (ValueError, RecursionError) as err:
+        # tomllib hands a 5,000-digit integer to int(), which refuses more than 4,300
+        # digits with a plain ValueError; arrays nested thousands deep exhaust the stack
+        problem = str(err).split(";")[0][:120] or type(err).__name__
+        raise InputError(str(path), f"not valid TOML: {problem}") from None
 
 
 def _nested_get(data: Mapping[str, Any], loc: tuple[str | int, ...]) -> bool:
@@ -194,6 +207,8 @@ def load_settings(
     clean = _drop_none(dict(overrides or {}))
     environ = dict(os.environ if env is None else env)
 
+    if path is not None and file_data:
+        _check_file_alone(file_data, path)
     tok_file = _FILE_LAYER.set(file_data)
     tok_env = _ENV.set(env)
     try:
@@ -217,6 +232,38 @@ def load_settings(
         _FILE_LAYER.reset(tok_file)
         _ENV.reset(tok_env)
     return _with_kdump_utils(layered)
+
+
+def _check_file_alone(file_data: dict[str, Any], path: Path) -> None:
+    """Validate the file's own values, so a bad value is reported even where the
+    environment or the command line overrides that key (it would bite at the next
+    start without the override).  Cross-field checks (``max_ms >= quiet_ms``) are
+    left to the layered settings: another layer may legitimately complete them."""
+    tok_file = _FILE_LAYER.set(file_data)
+    tok_env = _ENV.set({})
+    try:
+        Settings()
+    except ValidationError as err:
+        for first in err.errors():
+            loc = tuple(first.get("loc", ()))
+            forbidden = first.get("type") == "extra_forbidden"
+            if not forbidden and isinstance(_nested_value(file_data, loc), Mapping):
+                continue  # a table-level (cross-field) error
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            msg = "unknown key" if forbidden else first.get("msg", "invalid value")
+            raise InputError(str(path), f"{key}: {msg}") from None
+    finally:
+        _FILE_LAYER.reset(tok_file)
+        _ENV.reset(tok_env)
+
+
+def _nested_value(data: Mapping[str, Any], loc: tuple[str | int, ...]) -> Any:
+    cur: Any = data
+    for part in loc:
+        if not isinstance(cur, Mapping) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
 
 
 def _with_kdump_utils(settings: Settings) -> Settings:

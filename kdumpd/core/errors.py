@@ -6,6 +6,20 @@ print ``str(err)`` to stderr and exit 1 without a traceback.
 
 from __future__ import annotations
 
+#: Longest input name an error shows (a fuzzed or hostile path can be megabytes).
+MAX_SOURCE_CHARS = 512
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """``text`` with every non-printable character escaped (a newline from a file
+    value, a NUL, a lone surrogate from a JSON escape), so an error naming it stays
+    one line that any terminal, log or journal can take; cut at ``limit``."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
 
 class KdumpdError(Exception):
     """Base class of every error kdumpd reports to a user."""
@@ -22,8 +36,9 @@ class InputError(KdumpdError):
         self.source = source
         self.problem = problem
         self.line = line
-        where = f"{source}:{line}" if line is not None else source
-        super().__init__(f"{where}: {problem}")
+        name = one_line(source, MAX_SOURCE_CHARS)
+        where = f"{name}:{line}" if line is not None else name
+        super().__init__(f"{where}: {one_line(problem)}")
 
 
 class CapacityError(KdumpdError):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from kdumpd.core.errors import InputError
 
+#: Longest devpath accepted (the kernel's are far shorter; PATH_MAX bounds them).
+MAX_DEVPATH = 4096
 SUBSYSTEMS = frozenset({"cpu", "memory"})
 ACTIONS = frozenset({"add", "remove", "online", "offline", "change", "move", "bind", "unbind"})
 
@@ -45,15 +47,24 @@ def event_from_fields(
         raise InputError(source, f"unknown action {action!r}")
     if not isinstance(devpath, str) or not devpath.startswith(f"/devices/system/{subsystem}"):
         raise InputError(source, f"devpath {devpath!r} is not below /devices/system/{subsystem}")
-    if "\x00" in devpath or "/../" in devpath + "/":
-        raise InputError(source, f"devpath {devpath!r} is malformed")
+    # Kernel devpaths are printable ASCII (kobject names); anything else (a NUL, a
+    # control character, a lone surrogate from a JSON escape) would travel into logs,
+    # the journal and D-Bus.
+    if not devpath.isascii() or not devpath.isprintable() or "/../" in devpath + "/":
+        raise InputError(source, f"devpath {devpath[:120]!r} is malformed")
+    if len(devpath) > MAX_DEVPATH:
+        raise InputError(source, f"devpath of {len(devpath)} characters is too long")
     seq: int | None
     if seqnum is None or seqnum == "":
         seq = None
     elif isinstance(seqnum, int) and not isinstance(seqnum, bool):
         seq = seqnum
-    elif isinstance(seqnum, str) and seqnum.isdigit():
+    # ASCII digits only: str.isdigit() is also true for '²', which int() refuses, and
+    # at most 20 of them (a u64), so int() never meets Python's digit limit.
+    elif isinstance(seqnum, str) and seqnum.isascii() and seqnum.isdigit() and len(seqnum) <= 20:
         seq = int(seqnum)
     else:
-        raise InputError(source, f"seqnum {seqnum!r} is not a number")
+        raise InputError(source, f"seqnum {str(seqnum)[:40]!r} is not a number")
+    if seq is not None and not 0 <= seq < 1 << 64:
+        raise InputError(source, f"seqnum {seq} is not a 64-bit unsigned number")
     return HotplugEvent(action, subsystem, devpath, seq, received_at)

@@ -66,21 +66,62 @@ class ReplayStats:
     errors: list[str] = field(default_factory=list)
 
 
+#: Longest path (bytes) and path component a replay may name: PATH_MAX and NAME_MAX.
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+#: Deepest path a replay may name (sysfs paths are about ten components deep).
+MAX_PATH_DEPTH = 64
+#: Directory descriptors a :class:`SysrootWriter` keeps open at most.
+MAX_CACHED_DIRS = 512
+#: Longest integer literal accepted in a replay line (a u64 has 20 digits).
+MAX_INT_DIGITS = 20
+
+
+def _utf8(text: str, what: str, source: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (JSON ``"\\ud800"``) is an InputError."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(
+            source, f"{what} has a lone surrogate {text[err.start]!r} at {err.start}"
+        ) from None
+
+
 def _check_rel_path(p: object, source: str) -> str:
     if not isinstance(p, str) or not p:
         raise InputError(source, f"file path {p!r} is not a non-empty string")
+    raw = _utf8(p, "file path", source)
     pp = PurePosixPath(p)
     if pp.is_absolute() or ".." in pp.parts or "\x00" in p:
-        raise InputError(source, f"file path {p!r} must be relative to the sysroot, without '..'")
+        raise InputError(
+            source, f"file path {p[:80]!r} must be relative to the sysroot, without '..'"
+        )
+    if len(raw) > MAX_PATH_BYTES:
+        raise InputError(source, f"file path of {len(raw)} bytes is longer than {MAX_PATH_BYTES}")
+    if len(pp.parts) > MAX_PATH_DEPTH:
+        raise InputError(source, f"file path is deeper than {MAX_PATH_DEPTH} components")
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in pp.parts):
+        raise InputError(source, f"file path {p[:80]!r} has a name longer than {MAX_NAME_BYTES}")
     return str(pp)
+
+
+def _json_int(text: str) -> int:
+    """``json`` ``parse_int``: refuse a literal longer than any field can hold before
+    ``int()`` sees it (Python refuses more than 4,300 digits with a ValueError, and a
+    large one costs quadratic time)."""
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"integer with {len(text)} digits")
+    return int(text)
 
 
 def parse_record(line: str, source: str, lineno: int) -> ReplayRecord:
     """One JSON line → :class:`ReplayRecord`; InputError(source, problem, lineno)."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_int=_json_int)
     except json.JSONDecodeError as err:
         raise InputError(source, f"not JSON: {err.msg}", lineno) from None
+    except (ValueError, RecursionError) as err:  # _json_int; nesting deeper than the stack
+        raise InputError(source, f"not JSON: {str(err) or type(err).__name__}", lineno) from None
     if not isinstance(obj, dict):
         raise InputError(source, "not a JSON object", lineno)
     unknown = set(obj) - {"at", "action", "subsystem", "devpath", "files", "seqnum"}
@@ -105,7 +146,8 @@ def parse_record(line: str, source: str, lineno: int) -> ReplayRecord:
         for k, v in files_obj.items():
             rel = _check_rel_path(k, where)
             if not isinstance(v, str):
-                raise InputError(where, f"content of {k!r} must be a string")
+                raise InputError(where, f"content of {k[:80]!r} must be a string")
+            _utf8(v, f"content of {k[:80]!r}", where)
             files.append((rel, v))
     except InputError as err:
         raise InputError(source, err.problem, lineno) from None
@@ -114,25 +156,37 @@ def parse_record(line: str, source: str, lineno: int) -> ReplayRecord:
     )
 
 
+def _decode_line(raw: bytes, source: str, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        problem = f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})"
+        raise InputError(source, problem, lineno) from None
+
+
 def read_replay(path: str | Path, stats: ReplayStats | None = None) -> Iterator[ReplayRecord]:
-    """Yield valid records of a replay file; bad lines are logged and counted, not raised."""
+    """Yield valid records of a replay file; bad lines (including lines that are not
+    valid UTF-8) are logged and counted, not raised, and the lines after them are
+    still read."""
     src = str(path)
     try:
-        fh = open(path, encoding="utf-8")  # noqa: SIM115 - generator owns it
+        fh = open(path, "rb")  # noqa: SIM115 - generator owns it
     except OSError as err:
         raise InputError(src, err.strerror or str(err)) from None
     with fh:
         for lineno, raw in enumerate(fh, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
             try:
-                yield parse_record(line, src, lineno)
+                line = _decode_line(raw, src, lineno).strip()
+                if not line or line.startswith("#"):
+                    continue
+                record = parse_record(line, src, lineno)
             except InputError as err:
                 log.error("%s", err, extra={"REPLAY_FILE": src, "REPLAY_LINE": lineno})
                 if stats is not None:
                     stats.skipped += 1
                     stats.errors.append(str(err))
+                continue
+            yield record
 
 
 def write_replay(path: str | Path, records: Iterable[ReplayRecord]) -> int:
@@ -172,22 +226,31 @@ class SysrootWriter:
         self.close()
 
     def _dir(self, rel: str) -> int:
+        """The directory fd of ``rel`` (created if needed), walking down from the
+        nearest cached ancestor one component at a time (no recursion: a replay may
+        name a path thousands of components deep)."""
         fd = self._dirs.get(rel)
         if fd is not None:
             return fd
-        if rel == "":
-            fd = os.open(self.sysroot, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        else:
-            parent, _, name = rel.rpartition("/")
-            pfd = self._dir(parent)
+        if len(self._dirs) > MAX_CACHED_DIRS:  # a replay naming many directories
+            self.close()
+        if "" not in self._dirs:
+            self._dirs[""] = os.open(self.sysroot, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        parts = rel.split("/") if rel else []
+        depth = len(parts)
+        while depth > 0 and "/".join(parts[:depth]) not in self._dirs:
+            depth -= 1
+        for i in range(depth, len(parts)):
+            pfd = self._dirs["/".join(parts[:i])]
+            name = parts[i]
             try:
                 fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
             except FileNotFoundError:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, 0o755, dir_fd=pfd)
                 fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
-        self._dirs[rel] = fd
-        return fd
+            self._dirs["/".join(parts[: i + 1])] = fd
+        return self._dirs[rel]
 
     def write(self, rel: str, data: bytes) -> None:
         """Raises InputError(rel, ...) for a symlink (or a non-directory) on the way."""

@@ -112,17 +112,20 @@ class UdevSource:
             if dev is None:
                 return
             try:
+                # pyudev decodes each field strictly with the file-system encoding:
+                # bytes that are not UTF-8 raise UnicodeDecodeError on access.
+                fields = (dev.action, dev.subsystem, dev.device_path)
+                seqnum = dev.properties.get("SEQNUM")
                 ev = event_from_fields(
-                    dev.action,
-                    dev.subsystem,
-                    dev.device_path,
-                    dev.properties.get("SEQNUM"),
-                    self.clock(),
-                    source=f"uevent {dev.device_path}",
+                    *fields, seqnum, self.clock(), source=f"uevent {fields[2]!r:.200}"
                 )
             except InputError as err:
                 self.dropped += 1
                 log.warning("dropped uevent: %s", err)
+                continue
+            except UnicodeDecodeError as err:
+                self.dropped += 1
+                log.warning("dropped uevent: a field is not valid UTF-8 (%s)", err.reason)
                 continue
             self.received += 1
             self.sink(ev)
