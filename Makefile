@@ -13,7 +13,7 @@ APT_PACKAGES := python3-venv python3-dev gcc pkg-config libsystemd-dev libudev1 
 	binutils device-tree-compiler dbus dbus-daemon systemd util-linux \
 	qemu-system-x86 kexec-tools busybox-static cpio xz-utils zstd kmod
 
-.PHONY: all bootstrap apt venv test lint typecheck pytest demo bench e2e install clean
+.PHONY: all bootstrap apt venv test lint typecheck pytest fuzz demo bench e2e install clean
 
 all: test
 
@@ -49,6 +49,17 @@ pytest: venv
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest
+
+# Every reader of outside input, FUZZ_CASES mutated inputs each (>= 10^5), FUZZ_JOBS
+# targets at a time, a case longer than FUZZ_TIME_LIMIT s is a hang; a target stops
+# at FUZZ_BUDGET s (and then fails: too few cases).  About 10 minutes on 2 cores.
+FUZZ_CASES ?= 100000
+FUZZ_JOBS ?= 2
+FUZZ_TIME_LIMIT ?= 2
+FUZZ_BUDGET ?= 1800
+fuzz: venv
+	$(PY) -m tests.fuzz --cases $(FUZZ_CASES) --jobs $(FUZZ_JOBS) \
+		--time-limit $(FUZZ_TIME_LIMIT) --budget $(FUZZ_BUDGET) $(FUZZ_TARGETS)
 
 demo: venv
 	$(PY) -m kdumpd.demo
@@ -98,4 +109,4 @@ install: apt
 	@echo "installed; kdumpctl shim is $(PREFIX)/sbin/kdumpd-kdumpctl (link it to kdumpctl where kdump-utils is absent)"
 
 clean:
-	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis .fuzz-findings
