@@ -165,7 +165,33 @@ def cpu_add_storm(
         t += interval
 
 
-def write_memory_storm(sysroot: str | Path, out: str | Path, **kwargs: object) -> int:
-    """Write the memory resize storm for ``sysroot``'s current /proc/iomem to ``out``."""
-    base = (Path(sysroot) / "proc/iomem").read_text()
+def system_ram(iomem: str) -> int:
+    """Bytes of top-level ``System RAM`` in ``iomem``."""
+    return sum(e - s + 1 for _, s, e, n in _top_level(iomem) if n == "System RAM")
+
+
+def grow_ram(iomem: str, total: int) -> str:
+    """``iomem`` with one ``System RAM`` range added above the existing RAM (in a
+    hole) so that System RAM adds up to ``total`` bytes, to the page (firmware ranges
+    such as ``00001000-0009fbff`` are not page multiples)."""
+    missing = (total - system_ram(iomem) + 4095) // 4096 * 4096
+    if missing <= 0:
+        return iomem
+    start = hotplug_region(iomem, 1, 1 << 30)
+    return with_ram(iomem, start, start + missing - 1)
+
+
+def write_memory_storm(
+    sysroot: str | Path, out: str | Path, *, base_gib: int | None = None, **kwargs: object
+) -> int:
+    """Write the memory resize storm for ``sysroot``'s /proc/iomem to ``out``.
+
+    ``base_gib``: first grow the sysroot's System RAM to that many GiB (rewriting its
+    ``proc/iomem``), so the storm starts from that size: ``base_gib=32`` and the
+    default 3,840 blocks are the 32 -> 512 GiB resize."""
+    iomem_path = Path(sysroot) / "proc/iomem"
+    base = iomem_path.read_text()
+    if base_gib is not None:
+        base = grow_ram(base, base_gib << 30)
+        iomem_path.write_text(base)
     return write_replay(out, memory_resize_storm(base, **kwargs))  # type: ignore[arg-type]
