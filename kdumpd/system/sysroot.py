@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -65,12 +66,28 @@ class Sysroot:
         """Where the usual absolute path ``abspath`` is below this sysroot."""
         return self.prefix + (abspath if abspath.startswith("/") else "/" + abspath)
 
+    def _stat(self, abspath: str) -> os.stat_result | None:
+        """A stat (no sysfs ``show()`` runs); ``None`` when the file does not exist.
+        A path the kernel refuses to look up (ENAMETOOLONG, EACCES, ELOOP) or one with
+        a NUL is an InputError naming it and the reason, not "absent": a kernel path
+        from kdump-utils' files must not silently fall back to another kernel."""
+        full = self.path(abspath)
+        try:
+            return os.stat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as err:
+            raise InputError(full, err.strerror or str(err)) from None
+        except ValueError:
+            raise InputError(full, "path contains a NUL byte") from None
+
     def exists(self, abspath: str) -> bool:
         """The file exists (a stat: no sysfs ``show()`` runs)."""
-        return os.path.exists(self.path(abspath))
+        return self._stat(abspath) is not None
 
     def is_file(self, abspath: str) -> bool:
-        return os.path.isfile(self.path(abspath))
+        st = self._stat(abspath)
+        return st is not None and stat.S_ISREG(st.st_mode)
 
     def read(self, abspath: str, *, required: bool = False, limit: int = -1) -> str | None:
         """ASCII text of a file, ``None`` when it does not exist (or raise if ``required``)."""
@@ -89,12 +106,15 @@ class Sysroot:
                 data = f.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except OSError as err:  # EACCES, EISDIR, EIO: one line naming the file
+        except OSError as err:  # EACCES, EISDIR, EIO, ENAMETOOLONG: one line naming the file
             raise InputError(full, err.strerror or str(err)) from None
+        except ValueError:  # a NUL in the path
+            raise InputError(full, "path contains a NUL byte") from None
         try:
             return data.decode()
-        except UnicodeDecodeError:
-            raise InputError(full, "not a text file") from None
+        except UnicodeDecodeError as err:
+            line = data.count(b"\n", 0, err.start) + 1
+            raise InputError(full, f"not UTF-8 text (byte {data[err.start]:#04x})", line) from None
 
     def read_value(self, abspath: str) -> str | None:
         """The stripped text of a one-value file; ``None`` when it is missing, busy or

@@ -76,7 +76,8 @@ def _topology_pipeline(root: Path) -> None:
     from kdumpd.core.ranges import crash_memory_ranges
     from kdumpd.daemon.backends.probe import probe_backend
     from kdumpd.daemon.reconciler import default_image_factory
-    from kdumpd.system.sysfs import read_capabilities, read_crash_loaded, read_topology
+    from kdumpd.system.kexecsysfs import read_capabilities, read_crash_loaded
+    from kdumpd.system.topologyreader import read_topology
 
     probe_backend(root)
     read_capabilities(root)
