@@ -32,10 +32,12 @@ from typing import Any, Protocol
 from kdumpd.config import Settings, load_settings
 from kdumpd.core.errors import InputError, KdumpdError
 from kdumpd.daemon.backends.base import Backend
+from kdumpd.daemon.backends.kernel import crash_hotplug_config
 from kdumpd.daemon.backends.probe import make_backend, probe_backend
 from kdumpd.daemon.reconciler import Reconciler, default_image_factory
 from kdumpd.daemon.state import StateStore
 from kdumpd.events.event import EventSink
+from kdumpd.events.kmsg import KmsgWatcher
 from kdumpd.events.replay import Replayer, ReplayStats
 from kdumpd.interfaces.notify import Notifier
 from kdumpd.system import malloc
@@ -112,6 +114,7 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._dbus: Any = None
         self._source: EventSource | None = None
+        self._kernel_log: KmsgWatcher | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _backend_name(self, s: Settings) -> tuple[str, str]:
@@ -161,6 +164,7 @@ class Daemon:
         try:
             if self.replay is None:
                 self._start_source(rec)  # before the first read: no event is lost
+                self._start_kernel_log(rec)  # before the first load, likewise
             # D-Bus before the first load: READY=1 (sent on the first loaded state)
             # must find the name owned, so `kdumpctl status` right after start works
             await self._start_dbus()
@@ -185,6 +189,8 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             if self._source is not None:
                 self._source.stop()
+            if self._kernel_log is not None:
+                self._kernel_log.stop()
             if self._dbus is not None:
                 try:
                     await self._dbus.stop()
@@ -203,6 +209,16 @@ class Daemon:
             log.error("no hotplug events: %s (rescan via D-Bus or SIGHUP still works)", err)
             return
         self._source = src
+
+    def _start_kernel_log(self, rec: Reconciler) -> None:
+        """Watch the kernel log for skipped crash-hotplug updates, on kernels that make
+        them (CONFIG_CRASH_HOTPLUG); elsewhere the line cannot appear."""
+        if not crash_hotplug_config(self.settings.sysroot):
+            return
+        watcher = KmsgWatcher(rec.kernel_log, sysroot=self.settings.sysroot)
+        if watcher.start():
+            rec.skipped.drain = watcher.drain
+            self._kernel_log = watcher
 
     async def _start_dbus(self) -> None:
         if not self.settings.dbus or self.reconciler is None:

@@ -102,7 +102,8 @@ def format_state(s: dict[str, Any]) -> str:
         f"     elfcorehdr: {used} of {cap} bytes{pct}",
         f"   Crash kernel: {_bytes(int(s.get('crash_kernel_size', 0)))} reserved",
         f" Kernel hotplug: {'yes' if s.get('kernel_hotplug_support') else 'no'}",
-        f"          Stale: {'yes' if s.get('stale') else 'no'}",
+        f"          Stale: {'yes' if s.get('stale') or s.get('stale_reason') else 'no'}"
+        + (f" ({s['stale_reason']})" if s.get("stale_reason") else ""),
     ]
     if s.get("last_error"):
         lines.append(f"     Last error: {s['last_error']}")

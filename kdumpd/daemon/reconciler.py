@@ -64,10 +64,12 @@ from typing import TYPE_CHECKING, Any
 from kdumpd.core.errors import CapacityError, KdumpdError, UnsupportedError
 from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest
 from kdumpd.daemon.control import Busy
+from kdumpd.daemon.skipped import SkippedUpdates
 from kdumpd.daemon.state import ImageState, StateStore
 from kdumpd.daemon.statefile import Recorded, StateFile, boot_id, key_digest
 from kdumpd.events.debounce import AsyncDebouncer, Burst, Debouncer
 from kdumpd.events.event import HotplugEvent
+from kdumpd.events.kmsg import KernelLogEvent
 from kdumpd.system.kexec import KexecError
 
 if TYPE_CHECKING:
@@ -172,6 +174,7 @@ class Reconciler:
         self._read_failed = False
         self._burst_first_at: float | None = None  # first event of the closed bursts
         self._pass_first_at: float | None = None  # ... that the running pass applies
+        self.skipped = SkippedUpdates()  # kernel-log lines about skipped in-place updates
 
     # ---------------------------------------------------------------- events
     def event(self, ev: HotplugEvent) -> None:
@@ -185,6 +188,18 @@ class Reconciler:
             self.store.update(pending_events=1, stale=True)
         elif self.debouncer.pending & 0x3FF == 0:  # keep STATUS/D-Bus roughly current
             self.store.update(pending_events=self.debouncer.pending)
+
+    def kernel_log(self, ev: KernelLogEvent) -> None:
+        """Event sink for the kernel-log watcher (policy: kdumpd.daemon.skipped)."""
+        reason = self.skipped.consider(
+            ev,
+            backend=self.backend,
+            events_received=self.debouncer.received,
+            unloaded=self.unloaded_on_request,
+        )
+        if reason:
+            self.store.update(stale=True, stale_reason=reason)
+            self.request("kernel log")
 
     def _on_burst(self, burst: Burst) -> None:
         if self._burst_first_at is None or burst.first_at < self._burst_first_at:
@@ -257,7 +272,7 @@ class Reconciler:
                 self._operation = "reconcile"
                 self._pass_first_at, self._burst_first_at = self._burst_first_at, None
                 try:
-                    await self._reconcile(trigger)
+                    await self._reconcile(trigger, force_load=self.skipped.take())
                 except Exception as err:  # the daemon keeps running; state says why
                     self._unexpected(trigger, err)
                 finally:
@@ -612,6 +627,14 @@ class Reconciler:
         return fallback
 
     async def _apply(self, request: LoadRequest) -> ApplyResult | None:
+        with self.skipped.own_load():
+            result = await self._apply_with_policy(request)
+        if result is not None and result.load_count:
+            self.skipped.loaded(self.debouncer.received)
+            self.store.update(stale_reason=getattr(self.backend, "stale_reason", ""))
+        return result
+
+    async def _apply_with_policy(self, request: LoadRequest) -> ApplyResult | None:
         delay = self.busy_delay
         busy = 0
         switched = False

@@ -50,6 +50,13 @@ class DaemonState:
     crash_kernel_size: int = 0
     kernel_hotplug_support: bool = False
     last_error: str = ""
+    # Why the loaded image may be stale although the topology matches (e.g. the kernel
+    # skipped an in-place update); "" = no such reason.  A reason implies ``stale``.
+    stale_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.stale_reason and not self.stale:
+            object.__setattr__(self, "stale", True)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -89,7 +96,8 @@ class StateStore:
         """Replace fields; returns (and broadcasts) only those whose value changed."""
         old = self._state
         new = dataclasses.replace(old, **changes)
-        changed = {k: v for k, v in changes.items() if getattr(old, k) != v}
+        keys = [*changes, "stale"] if "stale_reason" in changes else list(changes)
+        changed = {k: getattr(new, k) for k in keys if getattr(old, k) != getattr(new, k)}
         if not changed:
             return changed
         self._state = new

@@ -82,6 +82,7 @@ PROPERTY_FIELDS: Final[dict[str, str]] = {
     "MemoryRanges": "memory_ranges",
     "CoveredRanges": "covered_ranges",
     "Stale": "stale",
+    "StaleReason": "stale_reason",
     "ElfcorehdrUsed": "elfcorehdr_used",
     "ElfcorehdrCapacity": "elfcorehdr_capacity",
     "CrashKernelSize": "crash_kernel_size",
@@ -122,7 +123,7 @@ def property_value(state: DaemonState, prop: str) -> Any:
     value = getattr(state, PROPERTY_FIELDS[prop])
     if prop == "State":
         return str(value)
-    if prop in ("Backend", "LastError"):
+    if prop in ("Backend", "LastError", "StaleReason"):
         return str(value)
     if prop in ("Stale", "KernelHotplugSupport"):
         return bool(value)
@@ -369,6 +370,10 @@ class ManagerInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Stale(self) -> DBusBool:
         return bool(self._p("Stale"))
+
+    @dbus_property(access=PropertyAccess.READ)
+    def StaleReason(self) -> DBusStr:
+        return str(self._p("StaleReason"))
 
     @dbus_property(access=PropertyAccess.READ)
     def ElfcorehdrUsed(self) -> DBusUInt64:

@@ -59,6 +59,7 @@ SAMPLE = DaemonState(
     memory_ranges=((0x1000, 0x9FFFF), (0x100000, 0x7FFFFFFF), (0x100000000, 0x87FFFFFFF)),
     covered_ranges=((0x1000, 0x9FFFF), (0x100000, 0x7FFFFFFF)),
     stale=True,
+    stale_reason="the kernel skipped an in-place crash-hotplug update (kernel log: 'x')",
     elfcorehdr_used=4096,
     elfcorehdr_capacity=65536,
     crash_kernel_size=256 << 20,
@@ -81,6 +82,7 @@ EXPECTED: dict[str, Any] = {
     "MemoryRanges": [(0x1000, 0x9FFFF), (0x100000, 0x7FFFFFFF), (0x100000000, 0x87FFFFFFF)],
     "CoveredRanges": [(0x1000, 0x9FFFF), (0x100000, 0x7FFFFFFF)],
     "Stale": True,
+    "StaleReason": "the kernel skipped an in-place crash-hotplug update (kernel log: 'x')",
     "ElfcorehdrUsed": 4096,
     "ElfcorehdrCapacity": 65536,
     "CrashKernelSize": 256 << 20,
@@ -358,7 +360,11 @@ async def test_properties_changed_coalesced_and_image_updated(
     for i in range(1, 3841):
         running.store.update(events_received=3840 + i, state=ImageState.UPDATING)
     running.store.update(
-        state=ImageState.LOADED, generation=8, covered_cpus=(0, 1, 2, 3), stale=False
+        state=ImageState.LOADED,
+        generation=8,
+        covered_cpus=(0, 1, 2, 3),
+        stale=False,
+        stale_reason="",  # a reason keeps Stale true
     )
     running.store.image_updated(8, "cpu")
     for _ in range(100):
@@ -732,7 +738,7 @@ async def test_kdumpd_status_over_bus(running: Running) -> None:
     assert code == 0, err
     assert "Active: loaded" in out
     assert "Generation: 7" in out
-    assert "Stale: yes" in out
+    assert "Stale: yes (the kernel skipped an in-place crash-hotplug update" in out
 
 
 # -- the real daemon on the test bus --------------------------------------------

@@ -50,6 +50,8 @@ def test_sandbox_keeps_what_the_reader_and_kexec_need() -> None:
     assert d.get("ProtectKernelLogs", "no") == "no"  # drops CAP_SYSLOG
     assert d.get("ProtectKernelTunables", "no") == "no"  # hides kcore/kallsyms
     assert "AF_NETLINK" in d["RestrictAddressFamilies"]  # uevents
+    # the kernel log (skipped crash-hotplug updates) under DevicePolicy=closed
+    assert d.get("DevicePolicy") != "closed" or "/dev/kmsg r" in UNIT.read_text()
     assert "kexec_file_load" in d["SystemCallFilter"]
     assert d["Type"] == "notify" and "WatchdogSec" in d
     assert d["RuntimeDirectoryPreserve"] == "yes"  # state.json survives restarts

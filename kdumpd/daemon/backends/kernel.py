@@ -98,6 +98,16 @@ class KernelBackend:
     def name(self) -> str:
         return "kernel"
 
+    @property
+    def updated_in_place(self) -> bool:
+        """The kernel keeps our image current (so it can also skip an update)."""
+        return self.hotplug_config
+
+    @property
+    def stale_reason(self) -> str:
+        """Why the image just loaded may lack an update ("" = no known reason)."""
+        return self.race.suspect
+
     def is_loaded(self) -> bool:
         return crash_image_loaded(self.sysroot)
 
