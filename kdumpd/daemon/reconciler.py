@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdumpd.core.errors import CapacityError, KdumpdError, UnsupportedError
+from kdumpd.daemon.adoption import Adopter
 from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest
 from kdumpd.daemon.control import Busy
 from kdumpd.daemon.skipped import SkippedUpdates
@@ -139,6 +140,7 @@ class Reconciler:
         self.backend = backend
         self.sysroot = Path(sysroot)
         self.statefile = StateFile(state_dir) if state_dir is not None else None
+        self.adopter = Adopter(self.statefile, self.sysroot)
         self.read_topology = read_topology or default_topology_reader(self.sysroot)
         self.image_factory = image_factory or default_image_factory()
         self.clock = clock
@@ -307,50 +309,11 @@ class Reconciler:
 
     # ---------------------------------------------------------------- adoption
     def _adopt_recorded(self) -> bool:
-        if self.statefile is None:
-            return False
-        rec = self.statefile.load()
+        adoption = self.adopter.decide(self.backend)
+        if adoption.unloaded_on_request:
+            self.unloaded_on_request = True
+        rec = adoption.recorded
         if rec is None:
-            return False
-        current_boot = boot_id(self.sysroot)
-        if rec.unloaded_on_request and not rec.loaded:
-            if rec.boot_id == current_boot:
-                log.info("the crash image was unloaded on request before the restart; not loading")
-                self.unloaded_on_request = True
-            return False
-        if not rec.loaded:
-            return False
-        if rec.backend != self.backend.name:
-            log.info(
-                "state.json records backend %s, now %s: loading afresh",
-                rec.backend,
-                self.backend.name,
-            )
-            return False
-        if rec.boot_id and current_boot and rec.boot_id != current_boot:
-            log.info("state.json is from another boot: loading afresh")
-            return False
-        if not self.backend.is_loaded():
-            log.info(
-                "state.json says generation %d is loaded, the kernel says no image: loading afresh",
-                rec.generation,
-            )
-            return False
-        now = self.backend.input_digests()
-        changed = sorted(k for k in set(rec.inputs) | set(now) if rec.inputs.get(k) != now.get(k))
-        if changed:
-            log.info(
-                "the %s changed since generation %d was loaded: loading afresh",
-                ", ".join(changed),
-                rec.generation,
-            )
-            return False
-        if not self.backend.adopt():
-            log.info(
-                "the loaded crash image is not verifiably the one generation %d loaded: "
-                "loading afresh",
-                rec.generation,
-            )
             return False
         self.generation = rec.generation
         self.loads = max(self.loads, rec.loads)
@@ -360,11 +323,6 @@ class Reconciler:
         self.store.update(
             kernel_hotplug_support=rec.kernel_hotplug_support,
             last_update_usec=rec.last_update_usec,
-        )
-        log.info(
-            "adopting the loaded crash image of generation %d (no reload)",
-            rec.generation,
-            extra={"GENERATION": rec.generation},
         )
         return True
 
