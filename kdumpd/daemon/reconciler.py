@@ -10,22 +10,11 @@ only when none is pending is the topology re-read at once (a change without a
 uevent) and re-applied, at most once.  Every later burst goes through the same
 comparison, so no event is lost and nothing is applied twice for nothing.
 
-Fault policy (one place, for every backend):
-- ``EBUSY``: retry with exponential backoff;
-- ``EPERM`` from a ``kexec_load``-based backend (kernel lockdown refuses unsigned
-  segments): switch to the ``kexec_file_load`` fallback and retry.  ``EPERM`` from
-  ``kexec_file_load`` itself (unsigned kernel under lockdown,
-  ``kernel.kexec_load_disabled=1``) is not retried with another backend that makes
-  the same syscall: it is a fault like the next ones;
-- ``ENOMEM``/``EINVAL``/``ENOEXEC`` (and anything else): state ``degraded`` with the
-  errno text, reload the last known good image if the kernel no longer has one, and
-  schedule a retry; if even that fails, state ``failed`` and an error in the log
-  every retry — never silently without a crash kernel.  A backend that refuses
-  before the syscall (an unreadable kernel, a command line too long) leaves the old
-  image loaded: degraded, nothing restored.
-- any other exception (e.g. ``OSError`` ENOSPC from a backend): one error line,
-  ``degraded`` or ``failed`` from ``Backend.is_loaded()``, retry later — never stuck
-  in ``updating``/``loading``, and the daemon keeps running (also at start).
+Failed loads go through one fault policy for every back-end
+(:mod:`kdumpd.daemon.faults`: EBUSY retries, the EPERM switch, restoring the last
+good image, the retry timer).  Any other exception (e.g. ``OSError`` ENOSPC from a
+back-end) is one error line, ``degraded`` or ``failed``, and a retry later: never
+stuck in ``updating``/``loading``, and the daemon keeps running (also at start).
 
 ``reload()`` and ``load()`` raise :class:`KdumpdError` (after the state and
 ``state.json`` are written) when their load fails, so D-Bus answers
@@ -54,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -65,6 +53,7 @@ from kdumpd.core.errors import CapacityError, KdumpdError, UnsupportedError
 from kdumpd.daemon.adoption import Adopter
 from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest
 from kdumpd.daemon.control import Busy
+from kdumpd.daemon.faults import FaultPolicy, RetryTimer, state_after_failure
 from kdumpd.daemon.skipped import SkippedUpdates
 from kdumpd.daemon.state import ImageState, StateStore
 from kdumpd.daemon.statefile import Recorded, StateFile, boot_id, key_digest
@@ -144,13 +133,15 @@ class Reconciler:
         self.read_topology = read_topology or default_topology_reader(self.sysroot)
         self.image_factory = image_factory or default_image_factory()
         self.clock = clock
-        self.sleep = sleep
-        self.fallback_backend = fallback_backend
         self.reconfigure = reconfigure
-        self.busy_retries = busy_retries
-        self.busy_delay = busy_delay
-        self.retry_interval = retry_interval
         self.max_passes = max_passes
+        self.faults = FaultPolicy(
+            sleep=sleep,
+            fallback_backend=fallback_backend,
+            busy_retries=busy_retries,
+            busy_delay=busy_delay,
+        )
+        self.retry = RetryTimer(retry_interval, lambda: self.request("retry"))
 
         self.debouncer = Debouncer(quiet, max_staleness, clock)
         self._async_debouncer = AsyncDebouncer(self.debouncer, self._on_burst)
@@ -168,8 +159,6 @@ class Reconciler:
         self._idle: asyncio.Event | None = None
         self._trigger = ""
         self._worker: asyncio.Task[None] | None = None
-        self._retry_handle: asyncio.TimerHandle | None = None
-        self._retry_delay = retry_interval
         self.unloaded_on_request = False
         self.loaded_inputs: dict[str, str] = {}  # Backend.input_digests() of the loaded image
         self.model_error = ""  # why kdumpd's own elfcorehdr model could not be built
@@ -244,8 +233,7 @@ class Reconciler:
 
     async def stop(self) -> None:
         self._async_debouncer.close()
-        if self._retry_handle is not None:
-            self._retry_handle.cancel()
+        self.retry.cancel()
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -299,13 +287,10 @@ class Reconciler:
         except Exception:
             loaded = False
         self.applied_digest = None
-        if self.unloaded_on_request:
-            state = ImageState.UNLOADED
-        else:
-            state = ImageState.DEGRADED if loaded else ImageState.FAILED
+        state = ImageState.UNLOADED if self.unloaded_on_request else state_after_failure(loaded)
         self.store.update(state=state, last_error=f"{type(err).__name__}: {err}", stale=True)
         if not self.unloaded_on_request:
-            self._schedule_retry()
+            self.retry.schedule()
 
     # ---------------------------------------------------------------- adoption
     def _adopt_recorded(self) -> bool:
@@ -336,7 +321,7 @@ class Reconciler:
             self.model_error = f"no elfcorehdr model: {err}"
             self.store.update(last_error=str(err), stale=True)
             if self.backend.consumes_image:
-                self._schedule_retry()
+                self.retry.schedule()
             return None
         if self._read_failed:  # a transient read error is over: stop reporting it
             self._read_failed = False
@@ -421,7 +406,7 @@ class Reconciler:
                     return True
                 if not self.backend.consumes_image:
                     return await self._load_blind(trigger, force_load, t0)
-                state = ImageState.DEGRADED if self.backend.is_loaded() else ImageState.FAILED
+                state = state_after_failure(self.backend.is_loaded())
                 if self.store.current.state in (ImageState.LOADING, ImageState.UPDATING):
                     self.store.update(state=state)
                 return False
@@ -460,9 +445,9 @@ class Reconciler:
                 if not isinstance(err, KdumpdError):
                     log.exception("building the crash image failed")
                 log.error("cannot build the crash image: %s", err)
-                state = ImageState.DEGRADED if self.last_good else ImageState.FAILED
+                state = state_after_failure(self.last_good)
                 self.store.update(state=state, last_error=str(err), stale=True)
-                self._schedule_retry()
+                self.retry.schedule()
                 return False
             self.regenerations += 1
             request = LoadRequest(
@@ -485,7 +470,7 @@ class Reconciler:
             self.generation = request.generation
             self.applied_digest = digest
             self.last_good = True
-            self._cancel_retry()
+            self.retry.cancel()
             self._publish(topology, trigger, result, t0)
             if self.debouncer.pending > 0 or rechecked:
                 return True  # the pending burst drives the next pass
@@ -530,7 +515,7 @@ class Reconciler:
             return False
         self.generation = request.generation
         self.last_good = True
-        self._cancel_retry()
+        self.retry.cancel()
         changes.update(
             generation=self.generation,
             last_trigger=trigger,
@@ -573,17 +558,6 @@ class Reconciler:
             "loads": self.loads,
         }
 
-    def _eperm_fallback(self) -> Backend | None:
-        """A backend using another load syscall, for EPERM from ``kexec_load`` (lockdown
-        refuses unsigned segments, a signed kernel via ``kexec_file_load`` may pass).
-        None when the retry would make the same syscall and fail the same way."""
-        if self.fallback_backend is None or self.backend.load_syscall != "kexec_load":
-            return None
-        fallback = self.fallback_backend()
-        if fallback.load_syscall in ("", self.backend.load_syscall):
-            return None
-        return fallback
-
     async def _apply(self, request: LoadRequest) -> ApplyResult | None:
         with self.skipped.own_load():
             result = await self._apply_with_policy(request)
@@ -593,41 +567,17 @@ class Reconciler:
         return result
 
     async def _apply_with_policy(self, request: LoadRequest) -> ApplyResult | None:
-        delay = self.busy_delay
-        busy = 0
-        switched = False
-        while True:
-            try:
-                result = await self.backend.apply(request)
-                if result.loaded:
-                    self.loads += result.load_count
-                    self.loaded_inputs = self.backend.input_digests()
-                return result
-            except KexecError as err:
-                if err.errno == errno.EBUSY and busy < self.busy_retries:
-                    busy += 1
-                    log.info("%s; retrying in %.0f ms", err, delay * 1000)
-                    await self.sleep(delay)
-                    delay *= 2
-                    continue
-                if err.errno == errno.EPERM:
-                    fallback = None if switched else self._eperm_fallback()
-                    if fallback is not None:
-                        switched = True
-                        old = self.backend.name
-                        self.backend = fallback
-                        log.warning(
-                            "%s (kernel lockdown?); switching backend %s -> %s",
-                            err,
-                            old,
-                            self.backend.name,
-                        )
-                        self.store.update(backend=self.backend.name)
-                        continue
-                    return await self._degrade(request, eperm_message(err))
-                return await self._degrade(request, str(err))
-            except KdumpdError as err:  # refused before any syscall
-                return await self._degrade(request, str(err))
+        outcome = await self.faults.apply(self.backend, request, self._switch_backend)
+        if isinstance(outcome, str):
+            return await self._degrade(request, outcome)
+        if outcome.loaded:
+            self.loads += outcome.load_count
+            self.loaded_inputs = self.backend.input_digests()
+        return outcome
+
+    def _switch_backend(self, backend: Backend) -> None:
+        self.backend = backend
+        self.store.update(backend=backend.name)
 
     async def _degrade(self, request: LoadRequest, error: str) -> ApplyResult | None:
         """The load failed: put the last good image back, say so, retry later."""
@@ -637,55 +587,21 @@ class Reconciler:
             error,
             extra={"GENERATION": request.generation, "TRIGGER": request.trigger},
         )
-        restored = False
-        if self.backend.is_loaded():
-            # EBUSY, EPERM from kexec_load_permitted(), a refusal before the syscall:
-            # the kernel did not free the old image, and a restore would only open
-            # another window without a crash kernel.
-            log.warning("the previous crash image is still loaded; not restoring it")
-        elif self.last_good:
-            try:
-                result = await self.backend.restore(request)
-                if result.loaded:
-                    self.loads += result.load_count
-                    self.loaded_inputs = {"restored": "last good inputs"}
-                restored = True
-                log.warning(
-                    "restored the last known good crash image; it may not cover the "
-                    "current CPUs and memory"
-                )
-            except (KexecError, KdumpdError) as err:
-                log.error("restoring the last good crash image failed too: %s", err)
-        loaded = self.backend.is_loaded() or restored
-        state = ImageState.DEGRADED if loaded else ImageState.FAILED
-        if not loaded:
-            log.error("NO CRASH KERNEL IS LOADED: a crash now will not be dumped (%s)", error)
-        self.store.update(state=state, last_error=error, stale=True, loads=self.loads)
-        self._save(loaded=loaded)
-        self._schedule_retry()
+        restored = await self.faults.restore(
+            self.backend, request, last_good=self.last_good, error=error
+        )
+        if restored.result is not None and restored.result.loaded:
+            self.loads += restored.result.load_count
+            self.loaded_inputs = {"restored": "last good inputs"}
+        self.store.update(
+            state=state_after_failure(restored.loaded),
+            last_error=error,
+            stale=True,
+            loads=self.loads,
+        )
+        self._save(loaded=restored.loaded)
+        self.retry.schedule()
         return None
-
-    def _schedule_retry(self) -> None:
-        if self._retry_handle is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        delay = self._retry_delay
-        self._retry_delay = min(self._retry_delay * 2, 300.0)
-
-        def fire() -> None:
-            self._retry_handle = None
-            self.request("retry")
-
-        self._retry_handle = loop.call_later(delay, fire)
-
-    def _cancel_retry(self) -> None:
-        if self._retry_handle is not None:
-            self._retry_handle.cancel()
-            self._retry_handle = None
-        self._retry_delay = self.retry_interval
 
     def _publish(
         self, topology: Topology, trigger: str, result: ApplyResult | None, t0: int
@@ -848,7 +764,7 @@ class Reconciler:
             self.applied_digest = None
             self.last_good = False
             self.unloaded_on_request = True
-            self._cancel_retry()
+            self.retry.cancel()
             self._save(loaded=False)  # record first: a restart must stay unloaded
             self.store.update(state=ImageState.UNLOADED, stale=True)
             log.warning("crash image unloaded on request")
@@ -859,13 +775,3 @@ class Reconciler:
         out["debounce_quiet_ms"] = round(self.debouncer.quiet * 1000)
         out["debounce_max_ms"] = round(self.debouncer.max_staleness * 1000)
         return out
-
-
-def eperm_message(err: KexecError) -> str:
-    """One line for EPERM from a load syscall: what the kernel refused, and why."""
-    if err.op == "kexec_file_load":
-        return (
-            "kexec_file_load: EPERM — unsigned kernel under lockdown or "
-            "kernel.kexec_load_disabled=1"
-        )
-    return f"{err}: kernel lockdown or kernel.kexec_load_disabled=1"

@@ -388,7 +388,7 @@ async def test_reload_rebuilds_a_real_backend_and_a_bad_one_changes_nothing(
     assert rec.backend is good_backend and d.settings is good_settings
     assert d.store.current.state == ImageState.DEGRADED and len(calls) == n + 1
     # the retry loads (file) or keeps (kernel) with the old configuration, never the bad one
-    rec._cancel_retry()
+    rec.retry.cancel()
     rec.request("retry")
     await rec.settle()
     assert d.store.current.state == ImageState.LOADED

@@ -219,7 +219,7 @@ async def test_hard_fault_degrades_and_restores_last_good(sysroot: Path, err: in
     assert s.state == ImageState.DEGRADED, s
     assert name in s.last_error and s.stale
     assert len(kexec.calls) == 3  # start, failed load, restore of the last good files
-    assert r._retry_handle is not None  # a retry is scheduled
+    assert r.retry.scheduled  # a retry is scheduled
     # the retry succeeds and clears the degraded state
     r.request("retry")
     await r.settle()

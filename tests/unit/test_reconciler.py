@@ -526,7 +526,7 @@ async def test_failed_reload_and_load_raise_after_recording_the_state(tmp_path: 
     assert r.store.current.state == ImageState.FAILED
     recorded = json.loads((tmp_path / "state/state.json").read_text())
     assert recorded["loaded"] is False
-    assert r._retry_handle is not None
+    assert r.retry.scheduled
     backend.faults = [errno.ENOEXEC]
     with pytest.raises(KdumpdError, match="ENOEXEC"):
         await r.load()
@@ -566,7 +566,7 @@ async def test_failed_reload_rolls_the_configuration_back(tmp_path: Path) -> Non
     s = r.store.current
     assert s.backend == "old" and s.state == ImageState.DEGRADED
     # the retry loads with the old configuration
-    r._cancel_retry()
+    r.retry.cancel()
     r.request("retry")
     await r.settle()
     assert r.store.current.state == ImageState.LOADED and len(old.applied) == 2
@@ -622,9 +622,9 @@ async def test_unexpected_error_degrades_and_retries(tmp_path: Path) -> None:
     await r.settle()
     s = r.store.current
     assert s.state == ImageState.DEGRADED and "No space left" in s.last_error and s.stale
-    assert r._retry_handle is not None and r.applied_digest is None
+    assert r.retry.scheduled and r.applied_digest is None
     backend.apply = orig  # type: ignore[method-assign]
-    r._cancel_retry()
+    r.retry.cancel()
     r.request("retry")
     await r.settle()
     assert r.store.current.state == ImageState.LOADED
@@ -644,9 +644,9 @@ async def test_unexpected_error_at_start_keeps_the_daemon_running(tmp_path: Path
     await r.start()  # must not raise
     s = r.store.current
     assert s.state == ImageState.FAILED and "No space left" in s.last_error
-    assert r._worker is not None and r._retry_handle is not None
+    assert r._worker is not None and r.retry.scheduled
     backend.apply = orig  # type: ignore[method-assign]
-    r._cancel_retry()
+    r.retry.cancel()
     r.request("retry")
     await r.settle()
     assert r.store.current.state == ImageState.LOADED
@@ -796,7 +796,7 @@ async def test_a_failed_load_does_not_use_up_a_generation(tmp_path: Path) -> Non
     await r.settle()
     assert r.store.current.state == ImageState.DEGRADED  # restored the last good image
     assert json.loads((tmp_path / "state/state.json").read_text())["generation"] == 1
-    r._cancel_retry()
+    r.retry.cancel()
     r.request("retry")
     await r.settle()
     assert r.store.current.generation == 2 and [q.generation for q in backend.applied] == [1, 2]
