@@ -32,7 +32,6 @@ from typing import Any, Protocol
 from kdumpd.config import Settings, load_settings
 from kdumpd.core.errors import InputError, KdumpdError
 from kdumpd.daemon.backends.base import Backend
-from kdumpd.daemon.backends.kernel import crash_hotplug_config
 from kdumpd.daemon.backends.probe import make_backend, probe_backend
 from kdumpd.daemon.reconciler import Reconciler, default_image_factory
 from kdumpd.daemon.state import StateStore
@@ -42,6 +41,7 @@ from kdumpd.events.replay import Replayer, ReplayStats
 from kdumpd.interfaces.notify import Notifier
 from kdumpd.system import malloc
 from kdumpd.system.kexec import KexecSyscalls
+from kdumpd.system.kexecsysfs import crash_hotplug_file
 
 log = logging.getLogger("kdumpd.service")
 
@@ -213,7 +213,7 @@ class Daemon:
     def _start_kernel_log(self, rec: Reconciler) -> None:
         """Watch the kernel log for skipped crash-hotplug updates, on kernels that make
         them (CONFIG_CRASH_HOTPLUG); elsewhere the line cannot appear."""
-        if not crash_hotplug_config(self.settings.sysroot):
+        if crash_hotplug_file(self.settings.sysroot) is None:
             return
         watcher = KmsgWatcher(rec.kernel_log, sysroot=self.settings.sysroot)
         if watcher.start():
