@@ -54,9 +54,10 @@ from kdumpd.daemon.adoption import Adopter
 from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest
 from kdumpd.daemon.control import Busy
 from kdumpd.daemon.faults import FaultPolicy, RetryTimer, state_after_failure
+from kdumpd.daemon.projection import Holding, Publisher, coverage, crash_ranges, load_outcome
 from kdumpd.daemon.skipped import SkippedUpdates
-from kdumpd.daemon.state import ImageState, StateStore
-from kdumpd.daemon.statefile import Recorded, StateFile, boot_id, key_digest
+from kdumpd.daemon.state import ImageState, StateChanges, StateStore
+from kdumpd.daemon.statefile import StateFile, key_digest
 from kdumpd.events.debounce import AsyncDebouncer, Burst, Debouncer
 from kdumpd.events.event import HotplugEvent
 from kdumpd.events.kmsg import KernelLogEvent
@@ -96,12 +97,6 @@ def default_topology_reader(sysroot: Path) -> TopologyReader:
     return lambda _sysroot: reader()
 
 
-def _crash_ranges(topology: Topology) -> tuple[tuple[int, int], ...]:
-    from kdumpd.core.ranges import crash_memory_ranges
-
-    return tuple((r.start, r.end) for r in crash_memory_ranges(topology))
-
-
 class Reconciler:
     """Implements :class:`kdumpd.daemon.control.Controller`."""
 
@@ -130,6 +125,7 @@ class Reconciler:
         self.sysroot = Path(sysroot)
         self.statefile = StateFile(state_dir) if state_dir is not None else None
         self.adopter = Adopter(self.statefile, self.sysroot)
+        self.publisher = Publisher(store, self.statefile, self.sysroot)
         self.read_topology = read_topology or default_topology_reader(self.sysroot)
         self.image_factory = image_factory or default_image_factory()
         self.clock = clock
@@ -375,7 +371,7 @@ class Reconciler:
             state=ImageState.UNLOADED,
             stale=True,
             present_cpus=tuple(topology.present_cpus),
-            memory_ranges=_crash_ranges(topology),
+            memory_ranges=crash_ranges(topology),
         )
         if trigger != "recheck":
             log.info(
@@ -450,15 +446,7 @@ class Reconciler:
                 self.retry.schedule()
                 return False
             self.regenerations += 1
-            request = LoadRequest(
-                image=image,
-                topology=topology,
-                generation=self.generation + 1,
-                trigger=trigger,
-                counters=self._counters(),
-                force_load=force_load,
-                read_key=self._current_key,
-            )
+            request = self._request(image, topology, trigger, force_load)
             self.store.update(
                 state=ImageState.UPDATING if self.last_good else ImageState.LOADING,
                 regenerations=self.regenerations,
@@ -486,28 +474,14 @@ class Reconciler:
         if self.unloaded_on_request:
             self.store.update(state=ImageState.UNLOADED, stale=True)
             return True
-        changes: dict[str, Any] = {
-            "state": ImageState.LOADED,
-            "backend": self.backend.name,
-            "covered_cpus": (),
-            "covered_ranges": (),
-            "elfcorehdr_used": 0,
-            "elfcorehdr_capacity": 0,
-            "stale": True,
-            "last_error": self.model_error,
-        }
         if trigger == "adopt":  # our image is loaded; nothing to compare it with
+            changes = StateChanges(
+                state=ImageState.LOADED, backend=self.backend.name, last_error=self.model_error
+            )
+            changes.update(coverage(None, None))
             self.store.update(**changes)
             return True
-        request = LoadRequest(
-            image=None,
-            topology=None,
-            generation=self.generation + 1,
-            trigger=trigger,
-            counters=self._counters(),
-            force_load=force_load,
-            read_key=self._current_key,
-        )
+        request = self._request(None, None, trigger, force_load)
         self.store.update(state=ImageState.UPDATING if self.last_good else ImageState.LOADING)
         result = await self._apply(request)
         self.applied_digest = None  # unknown: the next burst applies again
@@ -516,21 +490,10 @@ class Reconciler:
         self.generation = request.generation
         self.last_good = True
         self.retry.cancel()
-        changes.update(
-            generation=self.generation,
-            last_trigger=trigger,
-            loads=self.loads,
-            events_received=self.debouncer.received,
-            events_coalesced=self.debouncer.coalesced,
-            pending_events=self.debouncer.pending,
-            last_update_usec=time.time_ns() // 1000,
-            last_update_duration_usec=self._duration_usec(t0),
-            kernel_hotplug_support=result.kernel_updates_in_place,
-        )
-        if result.loaded:
-            changes["last_load_gap_usec"] = result.gap_usec
-        self._save(loaded=True, changes=changes)
-        self.store.update(**changes)
+        changes = self._applied(trigger)
+        changes.update(coverage(None, None))
+        changes.update(load_outcome(result, self._duration_usec(t0)))
+        self.publisher.publish(self._holding(), changes)
         self.last_applied_at = self.clock()
         log.warning(
             "generation %d applied (%s) without a topology: %s",
@@ -549,14 +512,6 @@ class Reconciler:
         if first is not None:
             return max(0, round((self.clock() - first) * 1_000_000))
         return (time.monotonic_ns() - t0) // 1000
-
-    def _counters(self) -> dict[str, int]:
-        return {
-            "events_received": self.debouncer.received,
-            "events_coalesced": self.debouncer.coalesced,
-            "regenerations": self.regenerations,
-            "loads": self.loads,
-        }
 
     async def _apply(self, request: LoadRequest) -> ApplyResult | None:
         with self.skipped.own_load():
@@ -603,59 +558,74 @@ class Reconciler:
         self.retry.schedule()
         return None
 
+    def _holding(self) -> Holding:
+        return Holding(
+            generation=self.generation,
+            backend=self.backend.name,
+            topology_digest=self.applied_digest or "",
+            loads=self.loads,
+            inputs=self.loaded_inputs,
+            unloaded_on_request=self.unloaded_on_request,
+        )
+
+    def _save(self, *, loaded: bool) -> None:
+        self.publisher.record(self._holding(), loaded=loaded)
+
+    def _applied(self, trigger: str) -> StateChanges:
+        """The fields every applied (or re-confirmed) image publishes."""
+        return StateChanges(
+            state=ImageState.LOADED,
+            backend=self.backend.name,
+            generation=self.generation,
+            last_trigger=trigger,
+            regenerations=self.regenerations,
+            loads=self.loads,
+            events_received=self.debouncer.received,
+            events_coalesced=self.debouncer.coalesced,
+            pending_events=self.debouncer.pending,
+            last_error=self.model_error,
+        )
+
+    def _request(
+        self,
+        image: CrashImage | None,
+        topology: Topology | None,
+        trigger: str,
+        force_load: bool,
+    ) -> LoadRequest:
+        return LoadRequest(
+            image=image,
+            topology=topology,
+            generation=self.generation + 1,
+            trigger=trigger,
+            counters={
+                "events_received": self.debouncer.received,
+                "events_coalesced": self.debouncer.coalesced,
+                "regenerations": self.regenerations,
+                "loads": self.loads,
+            },
+            force_load=force_load,
+            read_key=self._current_key,
+        )
+
     def _publish(
         self, topology: Topology, trigger: str, result: ApplyResult | None, t0: int
     ) -> None:
-        image = self.image
-        layout = image.layout if image is not None else None
-        covered_cpus = tuple(layout.cpus) if layout else ()
-        covered = tuple((r.start, r.end) for r in layout.ranges) if layout else ()
-        ranges = _crash_ranges(topology)
-        present = tuple(topology.present_cpus)
-        present_set = set(present)
-        noted = {n.cpu for n in topology.crash_notes if n.cpu in present_set}
-        stale = ranges != covered or not noted <= set(covered_cpus) or image is None
         duration = self._duration_usec(t0)
-        changes: dict[str, Any] = {
-            "state": ImageState.LOADED,
-            "backend": self.backend.name,
-            "generation": self.generation,
-            "last_trigger": trigger,
-            "regenerations": self.regenerations,
-            "loads": self.loads,
-            "events_received": self.debouncer.received,
-            "events_coalesced": self.debouncer.coalesced,
-            "pending_events": self.debouncer.pending,
-            "present_cpus": present,
-            "covered_cpus": covered_cpus,
-            "memory_ranges": ranges,
-            "covered_ranges": covered,
-            "stale": stale or self.debouncer.pending > 0,
-            "elfcorehdr_used": layout.used if layout else 0,
-            "elfcorehdr_capacity": layout.capacity if layout else 0,
-            "crash_kernel_size": sum(r.size for r in topology.crashkernel),
-            "last_error": self.model_error,
-        }
+        changes = self._applied(trigger)
+        changes.update(coverage(topology, self.image))
+        changes["stale"] = changes["stale"] or self.debouncer.pending > 0
         if result is not None:
-            changes.update(
-                last_update_usec=time.time_ns() // 1000,
-                last_update_duration_usec=duration,
-                kernel_hotplug_support=result.kernel_updates_in_place,
-            )
-            if result.loaded:
-                changes["last_load_gap_usec"] = result.gap_usec
-        # Record first, then publish: whoever sees the new generation (D-Bus, STATUS)
-        # may restart us, and the restarted daemon must find it in state.json.
-        self._save(loaded=True, changes=changes)
-        self.store.update(**changes)
+            changes.update(load_outcome(result, duration))
+        self.publisher.publish(self._holding(), changes)
         self.last_applied_at = self.clock()
         if result is not None:
             log.info(
                 "generation %d applied (%s): %d CPUs, %d ranges, %s",
                 self.generation,
                 trigger,
-                len(covered_cpus),
-                len(covered),
+                len(changes["covered_cpus"]),
+                len(changes["covered_ranges"]),
                 result.detail,
                 extra={
                     "GENERATION": self.generation,
@@ -665,31 +635,6 @@ class Reconciler:
                 },
             )
             self.store.image_updated(self.generation, trigger)
-
-    def _save(self, *, loaded: bool, changes: dict[str, Any] | None = None) -> None:
-        if self.statefile is None:
-            return
-        cur = self.store.current
-        new = changes or {}
-        try:
-            self.statefile.save(
-                Recorded(
-                    generation=self.generation,
-                    backend=self.backend.name,
-                    loaded=loaded,
-                    topology_digest=self.applied_digest or "",
-                    boot_id=boot_id(self.sysroot),
-                    loads=self.loads,
-                    inputs=self.loaded_inputs if loaded else {},
-                    kernel_hotplug_support=bool(
-                        new.get("kernel_hotplug_support", cur.kernel_hotplug_support)
-                    ),
-                    last_update_usec=int(new.get("last_update_usec", cur.last_update_usec)),
-                    unloaded_on_request=self.unloaded_on_request,
-                )
-            )
-        except OSError as err:
-            log.warning("cannot record %s: %s", self.statefile.path, err.strerror)
 
     # ------------------------------------------------------------- controller
     def _busy(self, operation: str) -> None:

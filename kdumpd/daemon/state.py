@@ -11,7 +11,7 @@ import dataclasses
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 
 class ImageState(enum.StrEnum):
@@ -68,6 +68,34 @@ class DaemonState:
         return out
 
 
+class StateChanges(TypedDict, total=False):
+    """The fields of :class:`DaemonState` an update may replace, with their types."""
+
+    state: ImageState
+    backend: str
+    generation: int
+    last_update_usec: int
+    last_update_duration_usec: int
+    last_load_gap_usec: int
+    last_trigger: str
+    events_received: int
+    events_coalesced: int
+    regenerations: int
+    loads: int
+    pending_events: int
+    present_cpus: tuple[int, ...]
+    covered_cpus: tuple[int, ...]
+    memory_ranges: tuple[tuple[int, int], ...]
+    covered_ranges: tuple[tuple[int, int], ...]
+    stale: bool
+    elfcorehdr_used: int
+    elfcorehdr_capacity: int
+    crash_kernel_size: int
+    kernel_hotplug_support: bool
+    last_error: str
+    stale_reason: str
+
+
 StateListener = Callable[[DaemonState, Mapping[str, Any]], None]
 ImageListener = Callable[[int, str], None]
 
@@ -92,7 +120,7 @@ class StateStore:
         """``listener(generation, trigger)`` runs each time a new image is applied."""
         self._image_listeners.append(listener)
 
-    def update(self, **changes: Any) -> Mapping[str, Any]:
+    def update(self, **changes: Unpack[StateChanges]) -> Mapping[str, Any]:
         """Replace fields; returns (and broadcasts) only those whose value changed."""
         old = self._state
         new = dataclasses.replace(old, **changes)

@@ -55,3 +55,12 @@ def test_format_cpulist_round_trips_through_the_kernel_parser() -> None:
         assert (parse_cpulist(text + "\n", "cpulist") if cpus else ()) == tuple(sorted(cpus))
 
     round_trip()
+
+
+def test_state_changes_name_every_state_field() -> None:
+    """The typed update (StateChanges) and the snapshot (DaemonState) list the same fields."""
+    import dataclasses
+
+    from kdumpd.daemon.state import DaemonState, StateChanges
+
+    assert set(StateChanges.__annotations__) == {f.name for f in dataclasses.fields(DaemonState)}
