@@ -7,13 +7,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Debian packages: build deps of systemd-python/pylibfdt, the real tools the tests
+# Debian packages: build deps of systemd-python/pylibfdt and of the purgatory (gcc,
+# binutils, make; libc6-dev for the host-compiled purgatory tests), the real tools the tests
 # check against (readelf, dtc, dbus-daemon, busctl, setpriv) and the e2e harness.
-APT_PACKAGES := python3-venv python3-dev gcc pkg-config libsystemd-dev libudev1 \
+APT_PACKAGES := python3-venv python3-dev gcc libc6-dev make pkg-config libsystemd-dev libudev1 \
 	binutils device-tree-compiler dbus dbus-daemon systemd util-linux \
 	qemu-system-x86 kexec-tools busybox-static cpio xz-utils zstd kmod
 
-.PHONY: all bootstrap apt venv test lint typecheck pytest fuzz demo bench e2e install clean
+.PHONY: all bootstrap apt venv purgatory test lint typecheck pytest fuzz demo bench e2e install clean
 
 all: test
 
@@ -28,13 +29,18 @@ apt:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml | apt
+$(STAMP): pyproject.toml setup.py | apt
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-venv: apt $(STAMP)
+venv: apt $(STAMP) purgatory
+
+# The x86_64 purgatory blob (docs/purgatory.md): build/purgatory/x86_64/purgatory.bin.
+# `pip install .` builds it too (setup.py) and ships it inside the package.
+purgatory: apt
+	$(MAKE) -C purgatory/x86_64 O=$(CURDIR)/build/purgatory/x86_64
 
 bootstrap: venv
 
@@ -103,7 +109,7 @@ install: apt
 	install -D -m 0644 docs/man/kdumpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/kdumpd.8
 	install -D -m 0644 docs/man/kdumpctl.8 $(DESTDIR)$(PREFIX)/share/man/man8/kdumpctl.8
 	install -d $(DESTDIR)$(PREFIX)/share/doc/kdumpd
-	install -m 0644 README.md docs/design.md docs/dbus-api.md docs/replay-format.md \
+	install -m 0644 README.md docs/design.md docs/purgatory.md docs/dbus-api.md docs/replay-format.md \
 		docs/org.kdumpd1.Manager.xml $(DESTDIR)$(PREFIX)/share/doc/kdumpd/
 	install -m 0644 udev/README.md $(DESTDIR)$(PREFIX)/share/doc/kdumpd/udev-rules.md
 	@echo "installed; kdumpctl shim is $(PREFIX)/sbin/kdumpd-kdumpctl (link it to kdumpctl where kdump-utils is absent)"
