@@ -33,6 +33,7 @@ from kdumpd.config import Settings, load_settings
 from kdumpd.core.errors import InputError, KdumpdError
 from kdumpd.daemon.backends.base import Backend
 from kdumpd.daemon.backends.probe import make_backend, probe_backend
+from kdumpd.daemon.control import Operations
 from kdumpd.daemon.reconciler import Reconciler, default_image_factory
 from kdumpd.daemon.state import StateStore
 from kdumpd.events.event import EventSink
@@ -110,6 +111,7 @@ class Daemon:
         self.source_factory = source_factory or udev_source
         self.load_config = load_config or (lambda: load_settings(self.config_path, self.overrides))
         self.reconciler: Reconciler | None = None
+        self.control: Operations | None = None
         self.notifier: Notifier | None = None
         self._stop: asyncio.Event | None = None
         self._dbus: Any = None
@@ -155,6 +157,7 @@ class Daemon:
             reconfigure=self.reconfigure,
         )
         self.reconciler = rec
+        control = self.control = Operations(rec)
         self.notifier = Notifier(self.store, self.env)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -181,9 +184,9 @@ class Daemon:
                 if last_event is not None and applied is not None and applied >= last_event:
                     gap = applied - last_event  # None: nothing was applied after the events
                 if self.exit_after_replay:
-                    return RunResult(replay_stats, gap, await rec.report())
+                    return RunResult(replay_stats, gap, await control.report())
             await self._stop.wait()
-            return RunResult(replay_stats, gap, await rec.report())
+            return RunResult(replay_stats, gap, await control.report())
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -221,14 +224,14 @@ class Daemon:
             self._kernel_log = watcher
 
     async def _start_dbus(self) -> None:
-        if not self.settings.dbus or self.reconciler is None:
+        if not self.settings.dbus or self.control is None:
             return
         if importlib.util.find_spec("kdumpd.interfaces.dbus") is None:
             return
         from kdumpd.interfaces import dbus
 
         try:
-            self._dbus = await dbus.serve(None, self.store, self.reconciler)
+            self._dbus = await dbus.serve(None, self.store, self.control)
         except (KdumpdError, OSError) as err:
             log.warning("D-Bus interface not available: %s", err)
 
@@ -260,31 +263,23 @@ class Daemon:
                 log.info("reload: backend %s (%s)", name, why, extra={"BACKEND": name})
             if name != "dry-run" or backend.name != "dry-run":
                 backend = make_backend(name, new, self.syscalls_factory)
-                _carry_last_good(rec.backend, backend)
         # everything that can fail has run: commit (undone by the rollback)
-        old_backend = rec.backend
-        old_factory, old_image = rec.image_factory, rec.image
-        old_quiet, old_max = rec.debouncer.quiet, rec.debouncer.max_staleness
+        undo = rec.retune(
+            quiet=new.debounce.quiet_ms / 1000,
+            max_staleness=new.debounce.max_ms / 1000,
+            image_factory=(
+                default_image_factory(new.elfcorehdr.max_cpus, new.elfcorehdr.max_ranges)
+                if new.elfcorehdr != old.elfcorehdr
+                else None
+            ),
+            backend=backend,
+        )
+        self.settings = new
 
         def rollback() -> None:
             self.settings = old
-            rec.debouncer.quiet, rec.debouncer.max_staleness = old_quiet, old_max
-            rec.image_factory, rec.image = old_factory, old_image
-            if rec.backend is not old_backend:
-                _carry_last_good(rec.backend, old_backend)
-                rec.backend = old_backend
-                self.store.update(backend=old_backend.name)
+            undo()
 
-        self.settings = new
-        rec.debouncer.quiet = new.debounce.quiet_ms / 1000
-        rec.debouncer.max_staleness = new.debounce.max_ms / 1000
-        if new.elfcorehdr != old.elfcorehdr:
-            rec.use_image_factory(
-                default_image_factory(new.elfcorehdr.max_cpus, new.elfcorehdr.max_ranges)
-            )
-        if backend is not rec.backend:
-            rec.backend = backend
-            self.store.update(backend=backend.name)
         log.info("configuration re-read; loading a fresh crash image")
         return rollback
 
@@ -297,8 +292,8 @@ class Daemon:
         if self.notifier is not None:
             self.notifier.reloading()
         try:
-            if self.reconciler is not None:
-                await self.reconciler.reload()
+            if self.control is not None:
+                await self.control.reload()
         except asyncio.CancelledError:  # shutting down: no READY=1 after STOPPING=1
             raise
         except KdumpdError as err:
@@ -307,16 +302,3 @@ class Daemon:
             log.exception("SIGHUP: reload failed")
         if self.notifier is not None:
             self.notifier.reloaded()
-
-
-def _carry_last_good(old: Backend, new: Backend) -> None:
-    """Keep the inputs that last loaded, so a bad new kernel can fall back to them."""
-    from kdumpd.daemon.backends.file import FileBackend
-    from kdumpd.daemon.backends.kernel import KernelBackend
-
-    src = getattr(old, "loader", old)
-    dst = getattr(new, "loader", new)
-    if isinstance(src, FileBackend) and isinstance(dst, FileBackend):
-        dst.last_good = src.last_good
-    if isinstance(old, KernelBackend) and isinstance(new, KernelBackend):
-        new.own_file_load = old.own_file_load

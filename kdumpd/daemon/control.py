@@ -1,15 +1,22 @@
-"""The control surface of the daemon: what D-Bus, kdumpctl and signals may ask for.
+"""The control surface of the daemon: what D-Bus, kdumpctl and SIGHUP may ask for.
 
-The reconciler implements :class:`Controller`; interface layers (D-Bus, the
-kdumpctl shim, SIGHUP) call it and never drive a backend themselves.  Every method
-is a coroutine that returns once the request has been carried out (or failed).
+:class:`Operations` carries each request out on the :class:`Reconciler` (interface
+layers never drive a back-end themselves).  Every method is a coroutine that returns
+once the request has been carried out, or raises.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import logging
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from kdumpd.core.errors import KdumpdError
+from kdumpd.system.kexec import KexecError
+
+if TYPE_CHECKING:
+    from kdumpd.daemon.reconciler import Reconciler
+
+log = logging.getLogger("kdumpd.daemon.control")
 
 
 class Busy(KdumpdError):
@@ -50,3 +57,62 @@ class Controller(Protocol):
     async def report(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot: state, backend, generation, counters."""
         ...
+
+
+class Operations:
+    """Implements :class:`Controller` on one reconciler (holds no state of its own)."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.rec = reconciler
+
+    def _refuse_if_busy(self, operation: str) -> None:
+        running = self.rec.running
+        if running:
+            raise Busy(operation, running)
+
+    async def rescan(self) -> None:
+        async with self.rec.exclusive("rescan"):
+            await self.rec.reconcile("rescan")
+
+    async def reload(self) -> None:
+        """Queues behind a running burst: a reload asked for must happen, with the new
+        kernel and cmdline.  A configuration that does not load is rolled back."""
+        rec = self.rec
+        async with rec.exclusive("reload"):
+            rollback = rec.reconfigure() if rec.reconfigure is not None else None
+            rec.unloaded_on_request = False
+            if not await rec.reconcile("reload", force_load=True):
+                if rollback is not None:
+                    rollback()  # a configuration that does not load changes nothing
+                    rec.republish_backend()
+                    log.error("reload: the new configuration did not load; kept the old one")
+                raise KdumpdError(rec.failure("reload"))
+
+    async def load(self) -> None:
+        self._refuse_if_busy("load")
+        rec = self.rec
+        if rec.holds_current_image():
+            return
+        async with rec.exclusive("load"):
+            rec.unloaded_on_request = False
+            if not await rec.reconcile("load", force_load=True):
+                raise KdumpdError(rec.failure("load"))
+
+    async def unload(self) -> None:
+        self._refuse_if_busy("unload")
+        rec = self.rec
+        async with rec.exclusive("unload"):
+            try:
+                await rec.backend.unload()
+            except KexecError as err:
+                rec.store.update(last_error=str(err))
+                raise
+            rec.unloaded()
+
+    async def report(self) -> dict[str, Any]:
+        rec = self.rec
+        out = rec.store.current.to_json()
+        out["operation"] = rec.operation
+        out["debounce_quiet_ms"] = round(rec.debouncer.quiet * 1000)
+        out["debounce_max_ms"] = round(rec.debouncer.max_staleness * 1000)
+        return out

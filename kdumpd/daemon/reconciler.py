@@ -16,11 +16,10 @@ good image, the retry timer).  Any other exception (e.g. ``OSError`` ENOSPC from
 back-end) is one error line, ``degraded`` or ``failed``, and a retry later: never
 stuck in ``updating``/``loading``, and the daemon keeps running (also at start).
 
-``reload()`` and ``load()`` raise :class:`KdumpdError` (after the state and
-``state.json`` are written) when their load fails, so D-Bus answers
-``org.kdumpd1.Error.Failed``.  A Reload whose new configuration does not load is
-rolled back (the ``reconfigure`` hook returns the rollback): the old back-end and
-settings stay.
+The operations D-Bus and SIGHUP ask for (Reload, Load, Unload, Rescan) are carried
+out by :class:`kdumpd.daemon.control.Operations` through :meth:`Reconciler.exclusive`
+and :meth:`Reconciler.reconcile`; a reload applies new settings with
+:meth:`Reconciler.retune`, which returns the rollback.
 
 kdumpd's own elfcorehdr model (:class:`CrashImage`) is needed only by backends that
 load it (``Backend.consumes_image``).  For ``file``/``kernel`` the kernel builds its
@@ -31,12 +30,10 @@ at all (``/proc/iomem`` with every address 0) does not: such a backend loads
 "blind" at start, on Load/Reload and on every burst (an event is a change we cannot
 see), and never retries the read on a timer.
 
-``unload()`` on request makes every later burst, retry and rescan a no-op (the
-topology is still tracked, the state stays ``unloaded``/stale) until ``load()`` or
-``reload()``; it is recorded in ``state.json`` (before it is published), so a restart
-in the same boot stays unloaded.  ``reload()`` first runs the daemon's
-``reconfigure`` hook (re-read the configuration, rebuild the backend), then loads;
-it waits for a running burst instead of failing with Busy.
+An Unload on request makes every later burst, retry and rescan a no-op (the
+topology is still tracked, the state stays ``unloaded``/stale) until Load or Reload;
+it is recorded in ``state.json`` before it is published, so a restart in the same
+boot stays unloaded.
 """
 
 from __future__ import annotations
@@ -45,14 +42,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kdumpd.core.errors import CapacityError, KdumpdError, UnsupportedError
 from kdumpd.daemon.adoption import Adopter
 from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest
-from kdumpd.daemon.control import Busy
+from kdumpd.daemon.backends.probe import carry_last_good
 from kdumpd.daemon.faults import FaultPolicy, RetryTimer, state_after_failure
 from kdumpd.daemon.projection import Holding, Publisher, coverage, crash_ranges, load_outcome
 from kdumpd.daemon.skipped import SkippedUpdates
@@ -61,7 +58,6 @@ from kdumpd.daemon.statefile import StateFile, key_digest
 from kdumpd.events.debounce import AsyncDebouncer, Burst, Debouncer
 from kdumpd.events.event import HotplugEvent
 from kdumpd.events.kmsg import KernelLogEvent
-from kdumpd.system.kexec import KexecError
 
 if TYPE_CHECKING:
     from kdumpd.core.image import CrashImage
@@ -98,7 +94,8 @@ def default_topology_reader(sysroot: Path) -> TopologyReader:
 
 
 class Reconciler:
-    """Implements :class:`kdumpd.daemon.control.Controller`."""
+    """The worker and the reconcile pass; :class:`kdumpd.daemon.control.Operations`
+    carries out what D-Bus and SIGHUP ask for on it."""
 
     def __init__(
         self,
@@ -214,15 +211,12 @@ class Reconciler:
         if self._trigger:  # a burst closed before start (the event source runs first)
             self._wake.set()
         self.store.update(backend=self.backend.name, state=ImageState.LOADING)
-        async with self._lock:
-            self._operation = "start"
+        async with self.exclusive("start"):
             try:
                 adopted = self._adopt_recorded()
-                await self._reconcile("adopt" if adopted else "start", force_load=not adopted)
+                await self.reconcile("adopt" if adopted else "start", force_load=not adopted)
             except Exception as err:  # keep running, degraded, and retry
                 self._unexpected("start", err)
-            finally:
-                self._operation = ""
         self._worker = asyncio.create_task(self._run(), name="kdumpd-reconciler")
         if not self._wake.is_set() and self.debouncer.pending == 0:
             self._idle.set()
@@ -254,15 +248,13 @@ class Reconciler:
             await self._wake.wait()
             self._wake.clear()
             trigger, self._trigger = self._trigger or "request", ""
-            async with self._lock:
-                self._operation = "reconcile"
+            async with self.exclusive("reconcile"):
                 self._pass_first_at, self._burst_first_at = self._burst_first_at, None
                 try:
-                    await self._reconcile(trigger, force_load=self.skipped.take())
+                    await self.reconcile(trigger, force_load=self.skipped.take())
                 except Exception as err:  # the daemon keeps running; state says why
                     self._unexpected(trigger, err)
                 finally:
-                    self._operation = ""
                     self._pass_first_at = None
             if not self._wake.is_set() and self.debouncer.pending == 0:
                 self._idle.set()
@@ -381,7 +373,7 @@ class Reconciler:
                 extra={"TRIGGER": trigger},
             )
 
-    async def _reconcile(self, trigger: str, *, force_load: bool = False) -> bool:
+    async def reconcile(self, trigger: str, *, force_load: bool = False) -> bool:
         """Bring the applied image in line with the topology.  True when it matches (or
         nothing was to be done), False when the read, the model or the load failed.
 
@@ -636,87 +628,82 @@ class Reconciler:
             )
             self.store.image_updated(self.generation, trigger)
 
-    # ------------------------------------------------------------- controller
-    def _busy(self, operation: str) -> None:
-        if self._lock.locked():
-            raise Busy(operation, self._operation or "an operation")
-
-    async def rescan(self) -> None:
+    # ------------------------------------------- for the operations (daemon/control.py)
+    @contextlib.asynccontextmanager
+    async def exclusive(self, operation: str) -> AsyncIterator[None]:
+        """Hold the reconciler for ``operation`` (waits for a running pass)."""
         async with self._lock:
-            self._operation = "rescan"
+            self._operation = operation
             try:
-                await self._reconcile("rescan")
+                yield
             finally:
                 self._operation = ""
 
-    async def reload(self) -> None:
-        """Re-read the configuration (the ``reconfigure`` hook; a bad one raises
-        InputError and changes nothing), then one fresh load.  Queues behind a running
-        burst: a reload asked for must happen, with the new kernel and cmdline."""
-        async with self._lock:
-            self._operation = "reload"
-            try:
-                rollback = self.reconfigure() if self.reconfigure is not None else None
-                self.unloaded_on_request = False
-                ok = await self._reconcile("reload", force_load=True)
-                if not ok:
-                    if rollback is not None:
-                        rollback()  # a configuration that does not load changes nothing
-                        self.store.update(backend=self.backend.name)
-                        self._save(loaded=self.backend.is_loaded())
-                        log.error("reload: the new configuration did not load; kept the old one")
-                    raise KdumpdError(self._failure("reload"))
-            finally:
-                self._operation = ""
+    @property
+    def running(self) -> str:
+        """The operation holding the reconciler; "" when it is idle."""
+        return (self._operation or "an operation") if self._lock.locked() else ""
 
-    def _failure(self, operation: str) -> str:
+    @property
+    def operation(self) -> str:
+        return self._operation
+
+    def failure(self, operation: str) -> str:
+        """One line saying why ``operation`` failed, from the published state."""
         cur = self.store.current
         return f"{operation} failed ({cur.state}): {cur.last_error or 'see the journal'}"
 
-    def use_image_factory(self, factory: ImageFactory) -> None:
-        """A new elfcorehdr sizing (configuration reload): rebuild the model next pass."""
-        self.image_factory = factory
-        self.image = None
-
-    async def load(self) -> None:
-        self._busy("load")
-        if (
+    def holds_current_image(self) -> bool:
+        """A crash image is loaded and it is the one this reconciler applied."""
+        return (
             not self.unloaded_on_request
             and self.backend.is_loaded()
             and self.applied_digest is not None
-        ):
-            return
-        async with self._lock:
-            self._operation = "load"
-            try:
-                self.unloaded_on_request = False
-                if not await self._reconcile("load", force_load=True):
-                    raise KdumpdError(self._failure("load"))
-            finally:
-                self._operation = ""
+        )
 
-    async def unload(self) -> None:
-        self._busy("unload")
-        async with self._lock:
-            self._operation = "unload"
-            try:
-                await self.backend.unload()
-            except KexecError as err:
-                self.store.update(last_error=str(err))
-                raise
-            finally:
-                self._operation = ""
-            self.applied_digest = None
-            self.last_good = False
-            self.unloaded_on_request = True
-            self.retry.cancel()
-            self._save(loaded=False)  # record first: a restart must stay unloaded
-            self.store.update(state=ImageState.UNLOADED, stale=True)
-            log.warning("crash image unloaded on request")
+    def republish_backend(self) -> None:
+        """After a reload was rolled back: publish and record the back-end in use."""
+        self.store.update(backend=self.backend.name)
+        self._save(loaded=self.backend.is_loaded())
 
-    async def report(self) -> dict[str, Any]:
-        out = self.store.current.to_json()
-        out["operation"] = self._operation
-        out["debounce_quiet_ms"] = round(self.debouncer.quiet * 1000)
-        out["debounce_max_ms"] = round(self.debouncer.max_staleness * 1000)
-        return out
+    def unloaded(self) -> None:
+        """The back-end unloaded the image on request: load nothing until asked."""
+        self.applied_digest = None
+        self.last_good = False
+        self.unloaded_on_request = True
+        self.retry.cancel()
+        self._save(loaded=False)  # record first: a restart must stay unloaded
+        self.store.update(state=ImageState.UNLOADED, stale=True)
+        log.warning("crash image unloaded on request")
+
+    def retune(
+        self,
+        *,
+        quiet: float,
+        max_staleness: float,
+        image_factory: ImageFactory | None = None,
+        backend: Backend | None = None,
+    ) -> Callable[[], None]:
+        """Apply reloaded settings: the debounce times, a new elfcorehdr sizing
+        (``image_factory``; the model is rebuilt next pass) and a new back-end.
+        Returns the rollback that restores the previous ones."""
+        old_backend = self.backend
+        old_factory, old_image = self.image_factory, self.image
+        old_quiet, old_max = self.debouncer.quiet, self.debouncer.max_staleness
+
+        def rollback() -> None:
+            self.debouncer.quiet, self.debouncer.max_staleness = old_quiet, old_max
+            self.image_factory, self.image = old_factory, old_image
+            if self.backend is not old_backend:
+                carry_last_good(self.backend, old_backend)
+                self.backend = old_backend
+                self.store.update(backend=old_backend.name)
+
+        self.debouncer.quiet, self.debouncer.max_staleness = quiet, max_staleness
+        if image_factory is not None:
+            self.image_factory, self.image = image_factory, None
+        if backend is not None and backend is not self.backend:
+            carry_last_good(self.backend, backend)
+            self.backend = backend
+            self.store.update(backend=backend.name)
+        return rollback

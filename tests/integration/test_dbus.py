@@ -863,6 +863,7 @@ async def test_failed_reload_reaches_dbus_and_kdumpctl(
     `kdumpctl reload` exits 1), not OK with the state degraded behind it."""
     import errno
 
+    from kdumpd.daemon.control import Operations
     from kdumpd.daemon.reconciler import Reconciler
     from tests.unit.daemon_fakes import RecordingBackend, TopologyHolder, no_sleep
 
@@ -879,7 +880,7 @@ async def test_failed_reload_reaches_dbus_and_kdumpctl(
         retry_interval=3600,
     )
     await rec.start()
-    service = await serve(system_bus.address, store, rec)
+    service = await serve(system_bus.address, store, Operations(rec))
     try:
         backend.faults = [errno.EINVAL]
         backend.restore_faults = [errno.ENOMEM]

@@ -225,14 +225,14 @@ async def test_reload_rereads_the_configuration(tmp_path: Path) -> None:
     assert rec is not None
     await rec.settle()
     cfg.write_text("[debounce]\nquiet_ms = 40\nmax_ms = 400\n[elfcorehdr]\nmax_cpus = 64\n")
-    await rec.reload()  # what D-Bus Reload and `kdumpctl reload` call
+    await d.control.reload()  # what D-Bus Reload and `kdumpctl reload` call
     assert rec.debouncer.quiet == 0.04 and rec.debouncer.max_staleness == 0.4
     assert d.settings.elfcorehdr.max_cpus == 64
     assert d.store.current.last_trigger == "reload" and d.store.current.loads == 2
     # a bad file: InputError to the caller, nothing changes
     cfg.write_text("[debounce]\nquiet_ms = 'soon'\n")
     with pytest.raises(InputError, match=str(cfg)):
-        await rec.reload()
+        await d.control.reload()
     assert rec.debouncer.quiet == 0.04 and d.store.current.loads == 2
     assert d._stop is not None
     d._stop.set()
@@ -373,7 +373,7 @@ async def test_reload_rebuilds_a_real_backend_and_a_bad_one_changes_nothing(
     first = rec.backend
     # a good new configuration: a new backend, the last good inputs and ownership carried
     cfg.write_text('[kexec]\ncmdline = "console=ttyS0 x=1"\n')
-    await rec.reload()
+    await d.control.reload()
     assert rec.backend is not first and len(calls) == n + 1 and calls[-1].startswith(b"console")
     assert b"x=1" in calls[-1]
     loader = getattr(rec.backend, "loader", rec.backend)
@@ -384,7 +384,7 @@ async def test_reload_rebuilds_a_real_backend_and_a_bad_one_changes_nothing(
     # parses, but the kernel is missing: the pre-check refuses, the old setup stays
     cfg.write_text('[kexec]\nkernel = "/boot/vmlinuz-missing"\ncmdline = "console=ttyS0"\n')
     with pytest.raises(KdumpdError, match="vmlinuz-missing"):
-        await rec.reload()
+        await d.control.reload()
     assert rec.backend is good_backend and d.settings is good_settings
     assert d.store.current.state == ImageState.DEGRADED and len(calls) == n + 1
     # the retry loads (file) or keeps (kernel) with the old configuration, never the bad one
@@ -409,13 +409,13 @@ async def test_sighup_cancelled_at_shutdown_sends_no_ready_after_stopping(
     )
     task = asyncio.create_task(d.run())
     await wait_for(lambda: d.notifier is not None and d.notifier.ready)
-    assert d.notifier is not None and d.reconciler is not None
+    assert d.notifier is not None and d.control is not None
     never = asyncio.Event()
 
     async def hanging_reload() -> None:
         await never.wait()
 
-    d.reconciler.reload = hanging_reload  # type: ignore[method-assign]
+    d.control.reload = hanging_reload  # type: ignore[method-assign]
     d.on_sighup()
     await asyncio.sleep(0.01)  # the reload is running
     assert d._stop is not None

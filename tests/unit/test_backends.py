@@ -20,6 +20,7 @@ from kdumpd.daemon.backends.file import (
 )
 from kdumpd.daemon.backends.kernel import KernelBackend
 from kdumpd.daemon.backends.probe import probe_backend
+from kdumpd.daemon.control import Operations
 from kdumpd.daemon.reconciler import Reconciler
 from kdumpd.daemon.state import ImageState, StateStore
 from kdumpd.events.event import HotplugEvent
@@ -681,7 +682,7 @@ async def test_kernel_backend_loads_again_when_the_topology_moved_during_its_loa
     assert len(kexec.calls) == 2, "the extra load covered the new DIMM already"
     assert r.store.current.covered_ranges[-1][1] == holder.ram_end
     # a later load (Reload) during which nothing happens costs one syscall
-    await r.reload()
+    await Operations(r).reload()
     assert len(kexec.calls) == 3 and r.store.current.loads == 3
     await r.stop()
 

@@ -18,6 +18,7 @@ import pytest
 
 from kdumpd.daemon.backends.file import FileBackend, default_files
 from kdumpd.daemon.backends.kernel import KernelBackend
+from kdumpd.daemon.control import Operations
 from kdumpd.daemon.reconciler import Reconciler
 from kdumpd.daemon.state import DaemonState, StateStore
 from kdumpd.events.event import HotplugEvent
@@ -320,7 +321,7 @@ async def test_ignored_when_nothing_relies_on_in_place_updates(sysroot: Path) ->
     await r.stop()
     r2 = kernel_reconciler(sysroot, kexec, holder)
     await r2.start()
-    await r2.unload()
+    await Operations(r2).unload()
     r2.kernel_log(skip_event())
     await r2.settle()
     assert len(kexec.calls) == 3  # start's load, the unload; no load after the line

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdumpd.daemon.control import Busy, Controller
+from kdumpd.daemon.control import Busy, Controller, Operations
 from kdumpd.daemon.reconciler import Reconciler
 from kdumpd.daemon.state import ImageState, StateStore
 from kdumpd.events.event import HotplugEvent
@@ -36,7 +36,7 @@ def make(
 async def test_start_loads_once_and_burst_applies_once(tmp_path: Path) -> None:
     holder, backend = TopologyHolder(), RecordingBackend()
     r = make(tmp_path, holder, backend)
-    assert isinstance(r, Controller)
+    assert isinstance(Operations(r), Controller)
     await r.start()
     assert len(backend.applied) == 1 and r.store.current.state == ImageState.LOADED
     for _ in range(200):
@@ -137,15 +137,15 @@ async def test_unload_while_busy_raises_busy(tmp_path: Path) -> None:
         return await orig(req)
 
     backend.apply = slow_apply  # type: ignore[method-assign]
-    task = asyncio.create_task(r.reload())
+    task = asyncio.create_task(Operations(r).reload())
     await asyncio.sleep(0.01)
     with pytest.raises(Busy):
-        await r.unload()
+        await Operations(r).unload()
     gate.set()
     await task
-    await r.unload()
+    await Operations(r).unload()
     assert backend.unloaded == 1 and r.store.current.state == ImageState.UNLOADED
-    rep = await r.report()
+    rep = await Operations(r).report()
     assert rep["state"] == "unloaded" and rep["loads"] == 2
     await r.stop()
 
@@ -316,23 +316,23 @@ async def test_unload_on_request_sticks_until_load_or_reload(tmp_path: Path) -> 
     holder, backend = TopologyHolder(), RecordingBackend()
     r = make(tmp_path, holder, backend)
     await r.start()
-    await r.unload()
+    await Operations(r).unload()
     for _ in range(3):  # bursts, a rescan and a retry must not undo the unload
         holder.add_blocks(1)
         r.event(EV)
         await r.settle()
-    await r.rescan()
+    await Operations(r).rescan()
     r.request("retry")
     await r.settle()
     s = r.store.current
     assert len(backend.applied) == 1 and not backend.loaded
     assert s.state == ImageState.UNLOADED and s.stale
     assert s.memory_ranges[-1][1] == holder.ram_end  # the topology is still followed
-    await r.load()
+    await Operations(r).load()
     assert len(backend.applied) == 2 and r.store.current.state == ImageState.LOADED
     assert backend.applied_ends[-1] == holder.ram_end
-    await r.unload()
-    await r.reload()
+    await Operations(r).unload()
+    await Operations(r).reload()
     assert len(backend.applied) == 3 and r.store.current.state == ImageState.LOADED
     holder.add_blocks(1)
     r.event(EV)
@@ -363,7 +363,7 @@ async def test_reload_queues_behind_a_burst_and_runs_the_reconfigure_hook(
         if r._operation == "reconcile":
             break
     assert r._operation == "reconcile"
-    reload = asyncio.create_task(r.reload())  # no Busy: it waits
+    reload = asyncio.create_task(Operations(r).reload())  # no Busy: it waits
     await asyncio.sleep(0.01)
     assert not reload.done() and calls == []
     gate.set()
@@ -384,7 +384,7 @@ async def test_bad_configuration_on_reload_changes_nothing(tmp_path: Path) -> No
     r = make(tmp_path, holder, backend, reconfigure=bad)
     await r.start()
     with pytest.raises(InputError):
-        await r.reload()
+        await Operations(r).reload()
     assert len(backend.applied) == 1 and r.store.current.state == ImageState.LOADED
     assert r._operation == "" and not r._lock.locked()
     await r.stop()
@@ -522,15 +522,15 @@ async def test_failed_reload_and_load_raise_after_recording_the_state(tmp_path: 
     backend.faults = [errno.EINVAL]
     backend.restore_faults = [errno.ENOMEM]
     with pytest.raises(KdumpdError, match="EINVAL"):
-        await r.reload()
+        await Operations(r).reload()
     assert r.store.current.state == ImageState.FAILED
     recorded = json.loads((tmp_path / "state/state.json").read_text())
     assert recorded["loaded"] is False
     assert r.retry.scheduled
     backend.faults = [errno.ENOEXEC]
     with pytest.raises(KdumpdError, match="ENOEXEC"):
-        await r.load()
-    await r.reload()  # and a good one says nothing
+        await Operations(r).load()
+    await Operations(r).reload()  # and a good one says nothing
     assert r.store.current.state == ImageState.LOADED
     await r.stop()
 
@@ -561,7 +561,7 @@ async def test_failed_reload_rolls_the_configuration_back(tmp_path: Path) -> Non
     r.reconfigure = reconfigure
     await r.start()
     with pytest.raises(KdumpdError, match="vmlinuz-missing"):
-        await r.reload()
+        await Operations(r).reload()
     assert rolled == ["rollback"] and r.backend is old
     s = r.store.current
     assert s.backend == "old" and s.state == ImageState.DEGRADED
@@ -588,7 +588,7 @@ async def test_unload_survives_a_restart_in_the_same_boot(tmp_path: Path) -> Non
             json.loads((tmp_path / "state/state.json").read_text())["unloaded_on_request"]
         )
     )
-    await r.unload()
+    await Operations(r).unload()
     assert seen and all(seen)
     await r.stop()
     r2 = make(tmp_path, holder, backend)
@@ -736,10 +736,10 @@ async def test_transient_read_error_is_cleared_by_the_next_good_read(tmp_path: P
     r = make(tmp_path, holder, backend, read_topology=reader, retry_interval=3600)
     await r.start()
     fail = True
-    await r.rescan()
+    await Operations(r).rescan()
     assert "truncated read" in r.store.current.last_error and r.store.current.stale
     fail = False
-    await r.rescan()  # same topology as the loaded image: nothing to load, error gone
+    await Operations(r).rescan()  # same topology as the loaded image: nothing to load, error gone
     s = r.store.current
     assert s.last_error == "" and not s.stale and len(backend.applied) == 1
     await r.stop()
@@ -778,7 +778,7 @@ async def test_a_rescan_mid_storm_does_not_say_current(tmp_path: Path) -> None:
     await r.start()
     r.store.update(stale=False)
     r.event(EV)  # pending in the debouncer, not applied yet
-    await r.rescan()
+    await Operations(r).rescan()
     assert r.store.current.stale, "stale cleared while events are pending"
     await r.stop()
 
@@ -811,6 +811,6 @@ async def test_last_update_duration_counts_from_the_bursts_first_event(tmp_path:
     r.event(EV)
     await r.settle()  # the quiet period (40 ms) runs out before the pass starts
     assert r.store.current.last_update_duration_usec >= 40_000
-    await r.reload()  # no burst: the pass alone, well below the quiet period
+    await Operations(r).reload()  # no burst: the pass alone, well below the quiet period
     assert r.store.current.last_update_duration_usec < 40_000
     await r.stop()

@@ -73,3 +73,13 @@ def make_backend(
     if name == "kernel":
         return KernelBackend(loader, settings.sysroot)
     raise ValueError(f"unknown backend {name!r}")
+
+
+def carry_last_good(old: Backend, new: Backend) -> None:
+    """Keep the inputs that last loaded, so a bad new kernel can fall back to them."""
+    src = getattr(old, "loader", old)
+    dst = getattr(new, "loader", new)
+    if isinstance(src, FileBackend) and isinstance(dst, FileBackend):
+        dst.last_good = src.last_good
+    if isinstance(old, KernelBackend) and isinstance(new, KernelBackend):
+        new.own_file_load = old.own_file_load
