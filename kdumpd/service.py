@@ -9,7 +9,7 @@ start-up is debounced into a burst that runs after the first load, never lost.
 
 Reload: one daemon-owned hook, :meth:`Daemon.reconfigure`, re-reads the
 configuration (file, environment, command line), rebuilds the back-end when its
-inputs changed and is run by :meth:`Reconciler.reload` before the fresh load — so
+inputs changed and is run by :meth:`Operations.reload` before the fresh load — so
 D-Bus ``Reload`` (``kdumpctl reload``) and SIGHUP do the same thing.  A bad
 configuration is one error line; the running configuration and image stay.  SIGHUP
 sends ``RELOADING=1`` and always ``READY=1`` afterwards.
@@ -237,7 +237,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ reload
     def reconfigure(self) -> Callable[[], None] | None:
-        """The reload hook (run by :meth:`Reconciler.reload` under its lock): re-read the
+        """The reload hook (run by :meth:`Operations.reload` under its lock): re-read the
         configuration and apply it to the running reconciler.  Raises InputError (and
         changes nothing) when the new configuration or back-end inputs are bad.  Returns
         a rollback that restores the previous configuration and back-end: the reconciler
