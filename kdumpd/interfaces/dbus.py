@@ -30,16 +30,15 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Annotated, Any, Final
 
 from dbus_fast import BusType, DBusError, Message, MessageType, NameFlag, RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import (
-    DBusBool,
     DBusSignature,
     DBusStr,
-    DBusUInt64,
 )
 from dbus_fast.constants import ErrorType, PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
@@ -58,38 +57,69 @@ ERROR_ACCESS_DENIED: Final = "org.kdumpd1.Error.AccessDenied"
 ERROR_BUSY: Final = "org.kdumpd1.Error.Busy"
 ERROR_FAILED: Final = "org.kdumpd1.Error.Failed"
 
-DBusUIntArray = Annotated[list[int], DBusSignature("au")]
-DBusRangeArray = Annotated[list[tuple[int, int]], DBusSignature("a(tt)")]
+
+class AccessDenied(KdumpdError):
+    """The caller may not call methods (only root may)."""
+
+
+#: The D-Bus error each error class is answered with, most specific first;
+#: :mod:`kdumpd.interfaces.dbusclient` maps the names back to classes.
+ERRORS: Final[tuple[tuple[type[KdumpdError], str], ...]] = (
+    (AccessDenied, ERROR_ACCESS_DENIED),
+    (Busy, ERROR_BUSY),
+    (KdumpdError, ERROR_FAILED),
+)
+
+
+def error_name(err: KdumpdError) -> str:
+    """The ``org.kdumpd1.Error.*`` name for ``err``."""
+    return next(name for cls, name in ERRORS if isinstance(err, cls))
+
+
 # Methods without a reply body (dbus-fast reads an empty signature).
 DBusNoReply = Annotated[None, DBusSignature("")]
 DBusImageUpdated = Annotated[tuple[int, str], DBusSignature("ts")]
 
 _U64_MAX: Final = (1 << 64) - 1
 
-# D-Bus property name -> DaemonState field, in introspection order.
-PROPERTY_FIELDS: Final[dict[str, str]] = {
-    "State": "state",
-    "Backend": "backend",
-    "Generation": "generation",
-    "LastUpdateUSec": "last_update_usec",
-    "LastUpdateDurationUSec": "last_update_duration_usec",
-    "LastLoadGapUSec": "last_load_gap_usec",
-    "EventsReceived": "events_received",
-    "EventsCoalesced": "events_coalesced",
-    "Loads": "loads",
-    "PresentCPUs": "present_cpus",
-    "CoveredCPUs": "covered_cpus",
-    "MemoryRanges": "memory_ranges",
-    "CoveredRanges": "covered_ranges",
-    "Stale": "stale",
-    "StaleReason": "stale_reason",
-    "ElfcorehdrUsed": "elfcorehdr_used",
-    "ElfcorehdrCapacity": "elfcorehdr_capacity",
-    "CrashKernelSize": "crash_kernel_size",
-    "KernelHotplugSupport": "kernel_hotplug_support",
-    "LastError": "last_error",
-}
-_FIELD_TO_PROPERTY: Final = {field: prop for prop, field in PROPERTY_FIELDS.items()}
+
+@dataclass(frozen=True, slots=True)
+class Property:
+    """One read-only property: its D-Bus name, the DaemonState field it shows, and its
+    D-Bus signature."""
+
+    name: str
+    field: str
+    signature: str
+
+
+# Every property of org.kdumpd1.Manager, declared once (documentation order).
+PROPERTIES: Final = (
+    Property("State", "state", "s"),
+    Property("Backend", "backend", "s"),
+    Property("Generation", "generation", "t"),
+    Property("LastUpdateUSec", "last_update_usec", "t"),
+    Property("LastUpdateDurationUSec", "last_update_duration_usec", "t"),
+    Property("LastLoadGapUSec", "last_load_gap_usec", "t"),
+    Property("EventsReceived", "events_received", "t"),
+    Property("EventsCoalesced", "events_coalesced", "t"),
+    Property("Loads", "loads", "t"),
+    Property("PresentCPUs", "present_cpus", "au"),
+    Property("CoveredCPUs", "covered_cpus", "au"),
+    Property("MemoryRanges", "memory_ranges", "a(tt)"),
+    Property("CoveredRanges", "covered_ranges", "a(tt)"),
+    Property("Stale", "stale", "b"),
+    Property("StaleReason", "stale_reason", "s"),
+    Property("ElfcorehdrUsed", "elfcorehdr_used", "t"),
+    Property("ElfcorehdrCapacity", "elfcorehdr_capacity", "t"),
+    Property("CrashKernelSize", "crash_kernel_size", "t"),
+    Property("KernelHotplugSupport", "kernel_hotplug_support", "b"),
+    Property("LastError", "last_error", "s"),
+)
+#: D-Bus property name -> DaemonState field.
+PROPERTY_FIELDS: Final = {p.name: p.field for p in PROPERTIES}
+_BY_NAME: Final = {p.name: p for p in PROPERTIES}
+_FIELD_TO_PROPERTY: Final = {p.field: p.name for p in PROPERTIES}
 
 # Method name -> input signature (all methods take no arguments).
 METHOD_SIGNATURES: Final[dict[str, str]] = {
@@ -120,16 +150,15 @@ def _u64(value: int) -> int:
 
 def property_value(state: DaemonState, prop: str) -> Any:
     """The wire value of property ``prop`` for ``state`` (clamped to its D-Bus type)."""
-    value = getattr(state, PROPERTY_FIELDS[prop])
-    if prop == "State":
+    p = _BY_NAME[prop]
+    value = getattr(state, p.field)
+    if p.signature == "s":
         return str(value)
-    if prop in ("Backend", "LastError", "StaleReason"):
-        return str(value)
-    if prop in ("Stale", "KernelHotplugSupport"):
+    if p.signature == "b":
         return bool(value)
-    if prop in ("PresentCPUs", "CoveredCPUs"):
+    if p.signature == "au":
         return [min(max(int(c), 0), 0xFFFFFFFF) for c in value]
-    if prop in ("MemoryRanges", "CoveredRanges"):
+    if p.signature == "a(tt)":
         return [(_u64(a), _u64(b)) for a, b in value]
     return _u64(value)
 
@@ -249,11 +278,11 @@ class ManagerInterface(ServiceInterface):
     async def _authorize(self) -> None:
         sender = _current_sender.get()
         if sender is None:
-            raise DBusError(ERROR_ACCESS_DENIED, "caller unknown")
+            raise AccessDenied("caller unknown")
         try:
             uid = await self._uid_lookup(sender)
         except DBusError as err:
-            raise DBusError(ERROR_ACCESS_DENIED, f"cannot identify caller {sender}") from err
+            raise AccessDenied(f"cannot identify caller {sender}") from err
         if uid != 0:
             log.warning(
                 "denied %s to uid %d (%s)",
@@ -262,18 +291,18 @@ class ManagerInterface(ServiceInterface):
                 sender,
                 extra={"CALLER_UID": uid, "SENDER": sender},
             )
-            raise DBusError(ERROR_ACCESS_DENIED, f"only root may call {INTERFACE} methods")
+            raise AccessDenied(f"only root may call {INTERFACE} methods")
 
     async def _run(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
-        await self._authorize()
         try:
+            await self._authorize()
             return await op()
         except DBusError:
             raise
-        except Busy as err:
-            raise DBusError(ERROR_BUSY, str(err)) from None
+        except (AccessDenied, Busy) as err:  # the text says it all
+            raise DBusError(error_name(err), str(err)) from None
         except KdumpdError as err:
-            raise DBusError(ERROR_FAILED, f"{what}: {err}") from None
+            raise DBusError(error_name(err), f"{what}: {err}") from None
         except Exception:
             log.exception("%s failed", what)
             raise DBusError(ERROR_FAILED, f"{what}: internal error (see the journal)") from None
@@ -310,90 +339,22 @@ class ManagerInterface(ServiceInterface):
     def ImageUpdated(self, generation: int, trigger: str) -> DBusImageUpdated:
         return (generation, trigger)
 
-    # -- properties (read-only) ----------------------------------------------
 
-    def _p(self, name: str) -> Any:
-        return property_value(self._store.current, name)
+def _getter(prop: Property) -> Callable[[ManagerInterface], Any]:
+    def get(self: ManagerInterface) -> Any:
+        return property_value(self._store.current, prop.name)
 
-    @dbus_property(access=PropertyAccess.READ)
-    def State(self) -> DBusStr:
-        return str(self._p("State"))
+    get.__name__ = get.__qualname__ = prop.name
+    get.__annotations__ = {"return": prop.signature}  # dbus-fast reads the signature here
+    return get
 
-    @dbus_property(access=PropertyAccess.READ)
-    def Backend(self) -> DBusStr:
-        return str(self._p("Backend"))
 
-    @dbus_property(access=PropertyAccess.READ)
-    def Generation(self) -> DBusUInt64:
-        return int(self._p("Generation"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def LastUpdateUSec(self) -> DBusUInt64:
-        return int(self._p("LastUpdateUSec"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def LastUpdateDurationUSec(self) -> DBusUInt64:
-        return int(self._p("LastUpdateDurationUSec"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def LastLoadGapUSec(self) -> DBusUInt64:
-        return int(self._p("LastLoadGapUSec"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def EventsReceived(self) -> DBusUInt64:
-        return int(self._p("EventsReceived"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def EventsCoalesced(self) -> DBusUInt64:
-        return int(self._p("EventsCoalesced"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Loads(self) -> DBusUInt64:
-        return int(self._p("Loads"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def PresentCPUs(self) -> DBusUIntArray:
-        return list(self._p("PresentCPUs"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def CoveredCPUs(self) -> DBusUIntArray:
-        return list(self._p("CoveredCPUs"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def MemoryRanges(self) -> DBusRangeArray:
-        return list(self._p("MemoryRanges"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def CoveredRanges(self) -> DBusRangeArray:
-        return list(self._p("CoveredRanges"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Stale(self) -> DBusBool:
-        return bool(self._p("Stale"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def StaleReason(self) -> DBusStr:
-        return str(self._p("StaleReason"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ElfcorehdrUsed(self) -> DBusUInt64:
-        return int(self._p("ElfcorehdrUsed"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ElfcorehdrCapacity(self) -> DBusUInt64:
-        return int(self._p("ElfcorehdrCapacity"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def CrashKernelSize(self) -> DBusUInt64:
-        return int(self._p("CrashKernelSize"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def KernelHotplugSupport(self) -> DBusBool:
-        return bool(self._p("KernelHotplugSupport"))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def LastError(self) -> DBusStr:
-        return str(self._p("LastError"))
+for _prop in PROPERTIES:
+    setattr(
+        ManagerInterface,
+        _prop.name,
+        dbus_property(access=PropertyAccess.READ)(_getter(_prop)),
+    )
 
 
 class DBusService:

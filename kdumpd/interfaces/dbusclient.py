@@ -14,7 +14,15 @@ from dbus_fast import BusType, DBusError, Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
 from kdumpd.core.errors import KdumpdError
-from kdumpd.interfaces.dbus import BUS_NAME, INTERFACE, OBJECT_PATH, PROPERTY_FIELDS
+from kdumpd.interfaces.dbus import (
+    BUS_NAME,
+    ERROR_ACCESS_DENIED,
+    ERROR_BUSY,
+    ERROR_FAILED,
+    INTERFACE,
+    OBJECT_PATH,
+    PROPERTY_FIELDS,
+)
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -43,6 +51,27 @@ class DaemonError(KdumpdError):
         super().__init__(f"{text} ({name})" if text else name)
 
 
+class DaemonAccessDenied(DaemonError):
+    """``org.kdumpd1.Error.AccessDenied``: only root may call the methods."""
+
+
+class DaemonBusy(DaemonError):
+    """``org.kdumpd1.Error.Busy``: a conflicting operation is running."""
+
+
+class DaemonFailed(DaemonError):
+    """``org.kdumpd1.Error.Failed``: the operation failed (the text says why)."""
+
+
+#: The class each ``org.kdumpd1`` error name is raised as (the server's
+#: :data:`kdumpd.interfaces.dbus.ERRORS` maps classes to these names).
+ERROR_CLASSES: dict[str, type[DaemonError]] = {
+    ERROR_ACCESS_DENIED: DaemonAccessDenied,
+    ERROR_BUSY: DaemonBusy,
+    ERROR_FAILED: DaemonFailed,
+}
+
+
 async def _connect(bus_address: str | None) -> MessageBus:
     try:
         if bus_address:
@@ -58,7 +87,7 @@ def _check(reply: Message) -> Message:
         text = str(reply.body[0]) if reply.body else ""
         if name in _NOT_THERE:
             raise DaemonUnreachable(f"kdumpd is not running ({name})")
-        raise DaemonError(name, text)
+        raise ERROR_CLASSES.get(name, DaemonError)(name, text)
     return reply
 
 

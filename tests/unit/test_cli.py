@@ -70,3 +70,17 @@ def test_a_bug_is_one_line_not_a_traceback(
         "kdumpd inspect: internal error: ZeroDivisionError: division by zero"
         " (run with -vv for the traceback)"
     )
+
+
+def test_every_dbus_error_name_maps_back_to_a_client_class() -> None:
+    """Server: error class -> org.kdumpd1.Error.*; client: that name -> a class."""
+    from kdumpd.core.errors import InputError, KdumpdError
+    from kdumpd.daemon.control import Busy
+    from kdumpd.interfaces.dbus import ERRORS, AccessDenied, error_name
+    from kdumpd.interfaces.dbusclient import ERROR_CLASSES, DaemonBusy, DaemonFailed
+
+    assert {name for _cls, name in ERRORS} == set(ERROR_CLASSES)
+    assert ERROR_CLASSES[error_name(Busy("Load", "reload"))] is DaemonBusy
+    assert ERROR_CLASSES[error_name(InputError("/etc/kdumpd.toml", "bad"))] is DaemonFailed
+    assert error_name(AccessDenied("no")) == "org.kdumpd1.Error.AccessDenied"
+    assert error_name(KdumpdError("x")) == "org.kdumpd1.Error.Failed"
