@@ -53,5 +53,16 @@ class CapacityError(KdumpdError):
         )
 
 
+class TooLargeError(KdumpdError):
+    """A buffer we would allocate is larger than the machine can use (the crash
+    reservation it must be placed in, or the RAM).  Raised *before* allocating."""
+
+    def __init__(self, what: str, size: int, limit: int, bound: str) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{what}: {size} bytes is more than {bound} ({limit} bytes)")
+
+
 class UnsupportedError(KdumpdError):
     """The machine or kernel lacks something this operation needs."""

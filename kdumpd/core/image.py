@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kdumpd.core.elfcorehdr import Elfcorehdr, HeaderLayout
-from kdumpd.core.errors import CapacityError, UnsupportedError
+from kdumpd.core.errors import CapacityError, TooLargeError, UnsupportedError
 from kdumpd.core.ranges import round_up
 from kdumpd.core.topology import MemRange, Topology
 
@@ -101,6 +101,30 @@ def place_below(reservations: tuple[MemRange, ...], top: int, memsz: int) -> int
     return mem
 
 
+#: No crash segment kdumpd builds is larger: an elfcorehdr for 65,536 CPUs and
+#: 1,048,576 ranges (the largest ``[elfcorehdr]`` sizing) is 61 MiB, and kernels
+#: advertise far less in ``crash_elfcorehdr_size`` (8,192 CPUs + 32,768 ranges: 2.2 MiB).
+MAX_SEGMENT_BYTES = 64 << 20
+
+
+def check_segment_size(what: str, size: int, topology: Topology) -> None:
+    """Refuse a segment buffer the machine cannot use, before allocating it: it must
+    fit the largest crash reservation (:func:`place_top_down` also checks the one it
+    uses), or without a reservation (a dry run) the RAM, and never exceed
+    :data:`MAX_SEGMENT_BYTES`.  A corrupt or hostile size is then one error line, not
+    a huge allocation, a MemoryError or a minute of page faults."""
+    crash = topology.crashkernel
+    if crash:
+        limit, bound = max(r.size for r in crash), "the largest crash kernel reservation"
+    else:
+        ram = sum(r.size for r in topology.system_ram)
+        limit, bound = ram, "the System RAM"
+    if limit > MAX_SEGMENT_BYTES:
+        limit, bound = MAX_SEGMENT_BYTES, "any crash segment kdumpd builds"
+    if size > limit:
+        raise TooLargeError(what, size, limit, bound)
+
+
 class CrashImage:
     """The segments of one crash image: the regenerated elfcorehdr (and, on ppc64le,
     the regenerated crash FDT)."""
@@ -163,11 +187,16 @@ class CrashImage:
         skeleton tree) at ``fdt_capacity`` (default: room for every possible core).
         Raises :class:`CapacityError` when a header or a segment does not fit.
         """
-        hdr = Elfcorehdr(capacity, arch.elf_machine)
+        # Placed and bounded before the buffer is allocated: a corrupt
+        # crash_elfcorehdr_size of 1.5 GB is one error line, not a 1.5 GB bytearray.
         mem = place_top_down(topology.crashkernel, round_up(capacity, PAGE_SIZE))
+        check_segment_size("elfcorehdr", capacity, topology)
+        hdr = Elfcorehdr(capacity, arch.elf_machine)
         fdt: CrashFdt | None = None
         fdt_mem: int | None = None
         if SegmentKind.FDT in arch.regenerated_segments:
+            if fdt_capacity is not None:
+                check_segment_size("crash FDT", fdt_capacity, topology)
             fdt = _fdt_arch(arch).new_fdt(topology, fdt_base, fdt_capacity)
             if mem is not None:
                 fdt_mem = place_below(topology.crashkernel, mem, round_up(fdt.capacity, PAGE_SIZE))

@@ -55,9 +55,9 @@ def _flag(root: Sysroot, *paths: str) -> bool | None:
     return None if found is None else parse_bool01(one_line(found[1], found[0]), found[0])
 
 
-def _number(root: Sysroot, *paths: str) -> int | None:
+def _number(root: Sysroot, *paths: str, bits: int = 64) -> int | None:
     found = root.first(*paths)
-    return None if found is None else parse_dec(found[1], found[0])
+    return None if found is None else parse_dec(found[1], found[0], bits=bits)
 
 
 def read_capabilities(
@@ -86,7 +86,8 @@ def read_capabilities(
         release=release,
         cpu_crash_hotplug=_flag(root, CPU_CRASH_HOTPLUG),
         memory_crash_hotplug=_flag(root, MEMORY_CRASH_HOTPLUG),
-        crash_elfcorehdr_size=_number(root, *CRASH_ELFCOREHDR_SIZE),
+        # printed with "%u": an unsigned int
+        crash_elfcorehdr_size=_number(root, *CRASH_ELFCOREHDR_SIZE, bits=32),
         kexec_crash_loaded=_flag(root, *KEXEC_CRASH_LOADED),
         kexec_crash_size=_number(root, *KEXEC_CRASH_SIZE),
         lockdown=lockdown,

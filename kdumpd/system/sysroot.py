@@ -220,8 +220,22 @@ def one_line(text: str, source: str) -> str:
     return line.strip()
 
 
+#: Most digits a sysfs number may have: the kernel prints at most 64 bits (20
+#: decimal, 16 hex digits).  Checked before int(), which refuses more than 4,300
+#: digits with a ValueError and costs quadratic time below that.
+MAX_DEC_DIGITS = 20
+MAX_HEX_DIGITS = 16
+
+
+def _check_digits(value: str, source: str, limit: int, what: str) -> None:
+    digits = len(value.lstrip("0"))
+    if digits > limit:
+        raise InputError(source, f"expected {what}, found a number of {digits} digits", 1)
+
+
 def _int(text: str, source: str, base: int, what: str) -> int:
     value = one_line(text, source)
+    _check_digits(value, source, MAX_HEX_DIGITS if base == 16 else MAX_DEC_DIGITS, what)
     try:
         n = int(value, base)
     except ValueError:
@@ -239,11 +253,16 @@ def parse_hex(text: str, source: str, what: str = "a hexadecimal number") -> int
     return _int(value, source, 16, what)
 
 
-def parse_dec(text: str, source: str, what: str = "a decimal number") -> int:
+def parse_dec(text: str, source: str, what: str = "a decimal number", *, bits: int = 64) -> int:
+    """``"%u\n"``/``"%zu\n"``: ASCII decimal digits, at most ``bits`` wide."""
     value = one_line(text, source)
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise InputError(source, f"expected {what}, found {value[:40]!r}", 1)
-    return int(value)
+    _check_digits(value, source, MAX_DEC_DIGITS, what)
+    n = int(value)
+    if n >> bits:
+        raise InputError(source, f"expected {what}, found {n}: more than {bits} bits", 1)
+    return n
 
 
 def parse_bool01(value: str, source: str, line: int = 1, name: str = "the value") -> bool:
@@ -251,6 +270,11 @@ def parse_bool01(value: str, source: str, line: int = 1, name: str = "the value"
     if value not in ("0", "1"):
         raise InputError(source, f"{name} must be 0 or 1, not {value[:40]!r}", line)
     return value == "1"
+
+
+def _ascii_digits(s: str) -> bool:
+    """ASCII digits only: str.isdigit() is also true for '²', which int() refuses."""
+    return s.isascii() and s.isdigit()
 
 
 def parse_cpulist(text: str, source: str) -> tuple[int, ...]:
@@ -265,8 +289,13 @@ def parse_cpulist(text: str, source: str) -> tuple[int, ...]:
     last = -1
     for part in line.split(","):
         lo_s, dash, hi_s = part.partition("-")
-        if not lo_s.isdigit() or (dash and not hi_s.isdigit()):
+        if not _ascii_digits(lo_s) or (dash and not _ascii_digits(hi_s)):
             raise InputError(source, f"bad cpulist element {part[:40]!r}", 1)
+        # MAX_CPU has 5 digits: a longer number is out of range before int() sees it
+        # (a 5,000-digit one would make int() raise ValueError)
+        for n_s in (lo_s, hi_s):
+            if len(n_s.lstrip("0")) > len(str(MAX_CPU)):
+                raise InputError(source, f"CPU number {n_s[:20]}... is above {MAX_CPU}", 1)
         lo = int(lo_s)
         hi = int(hi_s) if dash else lo
         if hi > MAX_CPU:

@@ -60,8 +60,8 @@ DEFAULT_CRASH_NOTES_SIZE = 1024
 
 _CPU_NAME = re.compile(r"cpu(\d+)")
 _MEMORY_NAME = re.compile(r"memory(\d+)")
-_HEX_LINE = re.compile(rb"[0-9a-f]+\n?")
-_DEC_LINE = re.compile(rb"[0-9]+\n?")
+_HEX_LINE = re.compile(rb"[0-9a-f]{1,16}\n?")  # a 64-bit address
+_DEC_LINE = re.compile(rb"[0-9]{1,19}\n?")  # fits 64 bits
 _STATE = re.compile(r"[a-z][a-z-]*")
 _STATES = {b"online\n": "online", b"offline\n": "offline"}
 _ONLINE = {b"1\n": True, b"0\n": False}

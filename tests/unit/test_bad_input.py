@@ -195,3 +195,103 @@ def test_error_text_escapes_control_characters_and_bounds_the_name() -> None:
     text = str(err)
     assert "\n" not in text and "\r" not in text and "\\ud800" in text
     assert len(text) < 700
+
+
+# ------------------------------------------------------------------ sysfs values
+
+X86 = Path(__file__).resolve().parents[1] / "fixtures/synthetic-x86_64-before"
+
+
+def _tree(tmp_path: Path, rel: str, content: str) -> Path:
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(X86, root)
+    (root / rel).write_text(content)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("rel", "content", "needle"),
+    [
+        ("sys/devices/system/cpu/possible", "0-" + "9" * 5000 + "\n", "is above 65535"),
+        ("sys/devices/system/cpu/present", "9" * 5000 + "\n", "is above 65535"),
+        ("sys/devices/system/cpu/online", "0-\u00b2\n", "non-ASCII byte"),
+        ("sys/kernel/crash_elfcorehdr_size", "9" * 5000 + "\n", "a number of 5000 digits"),
+        ("sys/kernel/crash_elfcorehdr_size", "4294967296\n", "more than 32 bits"),
+        ("sys/kernel/kexec_crash_size", "18446744073709551616\n", "more than 64 bits"),
+        ("sys/devices/system/memory/block_size_bytes", "f" * 5000 + "\n", "5000 digits"),
+    ],
+)
+def test_huge_sysfs_numbers_fail_in_the_range_check_not_in_int(
+    tmp_path: Path, rel: str, content: str, needle: str
+) -> None:
+    from kdumpd.system.kexecsysfs import read_capabilities
+    from kdumpd.system.topologyreader import read_topology
+
+    root = _tree(tmp_path, rel, content)
+    with pytest.raises(InputError) as info:
+        read_capabilities(root)
+        read_topology(root)
+    assert needle in str(info.value) and f"/{rel}" in str(info.value)
+
+
+_BUILD_UNDER_1_GIB = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from kdumpd.core.errors import KdumpdError
+from kdumpd.daemon.reconciler import default_image_factory
+from kdumpd.system.topologyreader import read_topology
+topology = read_topology(sys.argv[1])
+try:
+    default_image_factory()(topology)
+except KdumpdError as err:
+    print(err)
+"""
+
+
+def test_a_1_5_gb_crash_elfcorehdr_size_is_refused_before_it_is_allocated(
+    tmp_path: Path,
+) -> None:
+    """Run with a 1 GiB address-space limit: allocating the buffer would be a
+    MemoryError; bounding it by the crash reservation first is one error line."""
+    import os
+    import subprocess
+    import sys
+
+    root = _tree(tmp_path, "sys/kernel/crash_elfcorehdr_size", f"{1536 << 20}\n")
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", _BUILD_UNDER_1_GIB, str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("elfcorehdr placement in Crash kernel 0x")
+    assert "needs 1610616832 bytes" in proc.stdout
+
+
+def test_segment_sizes_are_bounded_by_the_crash_reservation(tmp_path: Path) -> None:
+    import dataclasses
+
+    from kdumpd.core.errors import TooLargeError
+    from kdumpd.core.image import check_segment_size
+    from kdumpd.core.topology import Resource
+    from kdumpd.system.topologyreader import read_topology
+
+    topology = read_topology(X86)
+    (crash,) = topology.crashkernel
+    check_segment_size("elfcorehdr", crash.size if crash.size < 64 << 20 else 4096, topology)
+    small = dataclasses.replace(
+        topology,
+        iomem=tuple(
+            Resource(r.start, r.start + (1 << 20) - 1, r.name, r.depth)
+            if r.name == "Crash kernel"
+            else r
+            for r in topology.iomem
+        ),
+    )
+    with pytest.raises(TooLargeError, match="largest crash kernel reservation"):
+        check_segment_size("elfcorehdr", (1 << 20) + 8, small)
