@@ -133,6 +133,7 @@ class Daemon:
         s = self.settings
         name, why = self._backend_name(s)
         log.info("backend %s (%s)", name, why, extra={"BACKEND": name})
+        self.store.update(backend_reason=why)
         return make_backend(name, s, self.syscalls_factory)
 
     def _fallback(self) -> Backend:
@@ -252,10 +253,11 @@ class Daemon:
             self.settings = new
             return None
         backend = rec.backend
+        why = self.store.current.backend_reason
         # file/kernel re-resolve kernel, initrd and cmdline every time (a kdump initrd
         # may have appeared, /proc/cmdline or kdump-utils' files may have changed)
         if self.replay is None and (
-            new.backend != old.backend or backend.name in ("file", "kernel")
+            new.backend != old.backend or backend.name in ("file", "kernel", "kexec-tools")
         ):
             name = backend.name if new.backend == old.backend == "auto" else None
             if name is None:
@@ -275,10 +277,13 @@ class Daemon:
             backend=backend,
         )
         self.settings = new
+        old_reason = self.store.current.backend_reason
+        self.store.update(backend_reason=why)
 
         def rollback() -> None:
             self.settings = old
             undo()
+            self.store.update(backend_reason=old_reason)
 
         log.info("configuration re-read; loading a fresh crash image")
         return rollback

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from kdumpd.core.errors import KdumpdError
+from kdumpd.daemon.backends import BACKEND_NAMES
 
 NAME = "run"
 HELP = "run the daemon: keep the loaded crash image current across CPU/memory hotplug"
@@ -17,9 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", help="TOML file (default /etc/kdumpd/kdumpd.toml)"
     )
     parser.add_argument("--sysroot", metavar="DIR", help="read /proc and /sys below DIR")
-    parser.add_argument(
-        "--backend", choices=("auto", "kernel", "file", "dry-run"), help="override the probe"
-    )
+    parser.add_argument("--backend", choices=("auto", *BACKEND_NAMES), help="override the probe")
     parser.add_argument("--state-dir", metavar="DIR", help="state.json and dry-run loads")
     parser.add_argument("--event-source", choices=("auto", "udev", "kernel"))
     parser.add_argument("--replay", metavar="FILE", help="feed events from a replay file")

@@ -88,7 +88,8 @@ def format_state(s: dict[str, Any]) -> str:
     lines = [
         f"{dot} kdumpd - hotplug-aware kdump image daemon",
         f"         Active: {state} since {_usec_time(int(s.get('last_update_usec', 0)))}",
-        f"        Backend: {s.get('backend') or '-'}",
+        f"        Backend: {s.get('backend') or '-'}"
+        + (f" ({s['backend_reason']})" if s.get("backend_reason") else ""),
         f"     Generation: {s.get('generation', 0)}"
         + (f" (last trigger: {s['last_trigger']})" if s.get("last_trigger") else ""),
         f"    Last update: took {_usec_span(int(s.get('last_update_duration_usec', 0)))}, "

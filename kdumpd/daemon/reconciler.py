@@ -523,8 +523,12 @@ class Reconciler:
         return outcome
 
     def _switch_backend(self, backend: Backend) -> None:
+        old = self.backend.name
         self.backend = backend
-        self.store.update(backend=backend.name)
+        self.store.update(
+            backend=backend.name,
+            backend_reason=f"kexec_load refused with EPERM (lockdown?): fell back from {old}",
+        )
 
     async def _degrade(self, request: LoadRequest, error: str) -> ApplyResult | None:
         """The load failed: put the last good image back, say so, retry later."""

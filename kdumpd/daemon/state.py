@@ -30,6 +30,7 @@ class DaemonState:
 
     state: ImageState = ImageState.UNLOADED
     backend: str = ""
+    backend_reason: str = ""  # why this back-end (the probe's reason, or "configured")
     generation: int = 0
     last_update_usec: int = 0  # CLOCK_REALTIME, microseconds
     last_update_duration_usec: int = 0
@@ -73,6 +74,7 @@ class StateChanges(TypedDict, total=False):
 
     state: ImageState
     backend: str
+    backend_reason: str
     generation: int
     last_update_usec: int
     last_update_duration_usec: int

@@ -97,6 +97,7 @@ class Property:
 PROPERTIES: Final = (
     Property("State", "state", "s"),
     Property("Backend", "backend", "s"),
+    Property("BackendReason", "backend_reason", "s"),
     Property("Generation", "generation", "t"),
     Property("LastUpdateUSec", "last_update_usec", "t"),
     Property("LastUpdateDurationUSec", "last_update_duration_usec", "t"),

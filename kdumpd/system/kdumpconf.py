@@ -40,6 +40,7 @@ from kdumpd.system.sysroot import Sysroot, parse_bool01
 
 KDUMP_CONF = "/etc/kdump.conf"
 SYSCONFIG_KDUMP = "/etc/sysconfig/kdump"
+DEFAULT_KDUMP_TOOLS = "/etc/default/kdump-tools"  # Debian/Ubuntu kdump-tools
 
 DUMP_TARGETS = frozenset(
     {"raw", "nfs", "ssh", "ext2", "ext3", "ext4", "minix", "btrfs", "xfs", "virtiofs"}
@@ -425,6 +426,24 @@ def read_sysconfig(sysroot: str | Path = "/") -> KdumpSysconfig:
     if text is None:
         return KdumpSysconfig(remove_set=False, append_set=False)
     return KdumpSysconfig.from_env(parse_sysconfig(text, root.path(SYSCONFIG_KDUMP)))
+
+
+def read_kexec_args(sysroot: str | Path = "/") -> tuple[str, ...]:
+    """Extra ``kexec -p`` arguments the distribution's kdump service would pass:
+    ``KEXEC_ARGS`` from kdump-utils' ``/etc/sysconfig/kdump``; when that file does not
+    set it, ``KDUMP_KEXEC_ARGS`` from kdump-tools' ``/etc/default/kdump-tools``.
+    Raises :class:`InputError` on a bad line."""
+    root = Sysroot(sysroot)
+    text = root.read_text(SYSCONFIG_KDUMP)
+    if text is not None:
+        env = parse_sysconfig(text, root.path(SYSCONFIG_KDUMP))
+        if "KEXEC_ARGS" in env:
+            return tuple(env["KEXEC_ARGS"].split())
+    text = root.read_text(DEFAULT_KDUMP_TOOLS)
+    if text is not None:
+        env = parse_sysconfig(text, root.path(DEFAULT_KDUMP_TOOLS))
+        return tuple(env.get("KDUMP_KEXEC_ARGS", "").split())
+    return ()
 
 
 def loader_inputs(

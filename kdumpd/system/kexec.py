@@ -178,3 +178,41 @@ def crash_file_load(
 
 def crash_file_unload(sys: KexecSyscalls) -> None:
     sys.file_load(-1, -1, b"", KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH)
+
+
+# Flags kexec_file_load(2) accepts on no kernel: a probe with them is refused with
+# EINVAL by the flag check (kernel/kexec_file.c), before the kexec lock is taken and
+# before any image is touched, when the syscall exists; ENOSYS when it does not.
+_PROBE_FLAGS = 1 << 31
+
+
+def kexec_file_load_available(machine: str | None = None) -> bool | None:
+    """Whether the running kernel has ``kexec_file_load`` (CONFIG_KEXEC_FILE).
+
+    True/False from a side-effect-free probe (invalid flags: EINVAL when it exists,
+    ENOSYS when not); None when that cannot tell (no syscall number for the machine,
+    or EPERM: not permitted to ask)."""
+    machine = machine or platform.machine()
+    nr = SYS_KEXEC_FILE_LOAD.get(machine)
+    if nr is None:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
+    buf = ctypes.create_string_buffer(b"")
+    ret = syscall(
+        ctypes.c_long(nr),
+        ctypes.c_int(-1),
+        ctypes.c_int(-1),
+        ctypes.c_ulong(1),
+        buf,
+        ctypes.c_ulong(_PROBE_FLAGS),
+    )
+    if ret == 0:  # cannot happen with these flags; say "exists" rather than guess
+        return True
+    err = ctypes.get_errno()
+    if err == errno.ENOSYS:
+        return False
+    if err == errno.EPERM:
+        return None
+    return True

@@ -46,6 +46,7 @@ NOBODY = ["setpriv", *nobody.NOBODY]
 SAMPLE = DaemonState(
     state=ImageState.LOADED,
     backend="kexec_file_load",
+    backend_reason="the kernel has no kexec_file_load (ENOSYS); /usr/sbin/kexec loads",
     generation=7,
     last_update_usec=1_763_700_000_123_456,
     last_update_duration_usec=1234,
@@ -82,6 +83,7 @@ EXPECTED: dict[str, Any] = {
     "MemoryRanges": [(0x1000, 0x9FFFF), (0x100000, 0x7FFFFFFF), (0x100000000, 0x87FFFFFFF)],
     "CoveredRanges": [(0x1000, 0x9FFFF), (0x100000, 0x7FFFFFFF)],
     "Stale": True,
+    "BackendReason": "the kernel has no kexec_file_load (ENOSYS); /usr/sbin/kexec loads",
     "StaleReason": "the kernel skipped an in-place crash-hotplug update (kernel log: 'x')",
     "ElfcorehdrUsed": 4096,
     "ElfcorehdrCapacity": 65536,

@@ -426,11 +426,15 @@ def test_probe(tmp_path: Path, sysroot: Path) -> None:
     assert probe_backend(tmp_path)[0] == "dry-run"
     (sysroot / "sys/kernel/kexec_crash_size").write_text("268435456\n")
     assert probe_backend(sysroot, euid=1000)[0] == "dry-run"
-    assert probe_backend(sysroot, euid=0)[0] == "file"
+
+    def has(m: str) -> bool:
+        return True
+
+    assert probe_backend(sysroot, euid=0, file_load=has)[0] == "file"
     (sysroot / "sys/kernel/crash_elfcorehdr_size").write_text("917616\n")
-    assert probe_backend(sysroot, euid=0)[0] == "kernel"
+    assert probe_backend(sysroot, euid=0, file_load=has)[0] == "kernel"
     (sysroot / "sys/kernel/kexec_crash_size").write_text("0\n")
-    assert probe_backend(sysroot, euid=0)[0] == "dry-run"
+    assert probe_backend(sysroot, euid=0, file_load=has)[0] == "dry-run"
 
 
 def test_file_input_digests_follow_kernel_initrd_and_cmdline(sysroot: Path) -> None:

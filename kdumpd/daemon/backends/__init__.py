@@ -1,3 +1,8 @@
-"""Backends that make a crash image the loaded one: kernel, file, dry-run (+ probe)."""
+"""Backends that make a crash image the loaded one: kernel, file, kexec-tools, dry-run
+(+ probe)."""
 
 from __future__ import annotations
+
+#: Every back-end ``--backend``/``backend =`` accepts besides ``auto``; the factories
+#: are :data:`kdumpd.daemon.backends.probe.LOADERS` (+ ``dry-run``).
+BACKEND_NAMES: tuple[str, ...] = ("kernel", "file", "kexec-tools", "dry-run")

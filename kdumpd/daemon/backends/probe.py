@@ -2,8 +2,11 @@
 
 - ``kernel``: CONFIG_CRASH_HOTPLUG is present (``/sys/devices/system/{cpu,memory}/
   crash_hotplug`` or ``/sys/kernel/crash_elfcorehdr_size`` exist; kernel ≥ 6.6);
+- ``kexec-tools``: the kernel has no ``kexec_file_load`` (a probe with invalid flags
+  answers ENOSYS: Debian's ppc64el kernels) and a ``kexec`` binary is installed;
 - ``file``: kexec is available but the kernel cannot update the image in place;
-- ``dry-run``: no kexec in this kernel, no ``crashkernel=`` reservation, or not root.
+- ``dry-run``: no kexec in this kernel, no ``crashkernel=`` reservation, not root, or
+  neither ``kexec_file_load`` nor a ``kexec`` binary.
 
 This runs once at start (and on a reload that changes the backend setting), so its
 ``kexec_crash_size`` read (it takes the kexec lock) never meets a burst.
@@ -13,15 +16,20 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kdumpd.core.errors import InputError
+from kdumpd.daemon.backends import BACKEND_NAMES
 from kdumpd.daemon.backends.base import Backend
 from kdumpd.daemon.backends.dryrun import KEEP_LOADS, DryRunBackend
-from kdumpd.daemon.backends.file import FileBackend, default_files
+from kdumpd.daemon.backends.file import FileBackend, KexecFiles, default_files
 from kdumpd.daemon.backends.kernel import KernelBackend
+from kdumpd.daemon.backends.kexectools import KexecToolsBackend, kexec_binary_available
+from kdumpd.system.kdumpconf import read_kexec_args
+from kdumpd.system.kexec import kexec_file_load_available
 from kdumpd.system.kexecsysfs import crash_hotplug_file, kexec_present, read_crash_size
 from kdumpd.system.sysroot import Sysroot
 
@@ -32,7 +40,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("kdumpd.daemon.backends.probe")
 
 
-def probe_backend(sysroot: str | Path, *, euid: int | None = None) -> tuple[str, str]:
+def probe_backend(
+    sysroot: str | Path,
+    *,
+    euid: int | None = None,
+    machine: str | None = None,
+    file_load: Callable[[str], bool | None] = kexec_file_load_available,
+    kexec_binary: Callable[[], str | None] = kexec_binary_available,
+) -> tuple[str, str]:
     """(backend name, reason) for ``auto``."""
     root = Sysroot(sysroot)
     if not kexec_present(root):
@@ -46,6 +61,15 @@ def probe_backend(sysroot: str | Path, *, euid: int | None = None) -> tuple[str,
         return "dry-run", "no crashkernel= reservation (kexec_crash_size is 0)"
     if (os.geteuid() if euid is None else euid) != 0:
         return "dry-run", "not running as root (kexec needs CAP_SYS_BOOT)"
+    machine = machine or platform.machine()
+    has_file_load = file_load(machine)
+    if has_file_load is False:
+        binary = kexec_binary()
+        if binary is None:
+            return "dry-run", (
+                "the kernel has no kexec_file_load (ENOSYS) and no kexec binary is installed"
+            )
+        return "kexec-tools", f"the kernel has no kexec_file_load (ENOSYS); {binary} loads"
     hotplug = crash_hotplug_file(root)
     if hotplug is not None:
         return "kernel", f"the kernel updates crash images on hotplug ({hotplug} exists)"
@@ -67,12 +91,38 @@ def make_backend(
     files = default_files(
         settings.sysroot, kernel=k.kernel, initrd=k.initrd, cmdline=k.cmdline, append=k.append
     )
-    loader = FileBackend(syscalls_factory(), files, settings.sysroot)
-    if name == "file":
-        return loader
-    if name == "kernel":
-        return KernelBackend(loader, settings.sysroot)
-    raise ValueError(f"unknown backend {name!r}")
+    factory = LOADERS.get(name)
+    if factory is None:
+        raise ValueError(f"unknown backend {name!r}")
+    return factory(syscalls_factory, files, settings)
+
+
+def _file(syscalls: Callable[[], KexecSyscalls], files: KexecFiles, settings: Settings) -> Backend:
+    return FileBackend(syscalls(), files, settings.sysroot)
+
+
+def _kernel(
+    syscalls: Callable[[], KexecSyscalls], files: KexecFiles, settings: Settings
+) -> Backend:
+    return KernelBackend(FileBackend(syscalls(), files, settings.sysroot), settings.sysroot)
+
+
+def _kexec_tools(
+    syscalls: Callable[[], KexecSyscalls], files: KexecFiles, settings: Settings
+) -> Backend:
+    # no syscall of ours: the kexec binary makes it (so no LinuxKexec, which needs a
+    # kexec_file_load syscall number)
+    return KexecToolsBackend(files, settings.sysroot, kexec_args=read_kexec_args(settings.sysroot))
+
+
+#: Back-end name -> factory for every back-end that loads through kexec (``dry-run``
+#: is made above); :data:`kdumpd.daemon.backends.BACKEND_NAMES` lists the same names.
+LOADERS: dict[str, Callable[[Callable[[], KexecSyscalls], KexecFiles, Settings], Backend]] = {
+    "file": _file,
+    "kernel": _kernel,
+    "kexec-tools": _kexec_tools,
+}
+assert set(BACKEND_NAMES) == {"dry-run", *LOADERS}
 
 
 def carry_last_good(old: Backend, new: Backend) -> None:
@@ -83,3 +133,7 @@ def carry_last_good(old: Backend, new: Backend) -> None:
         dst.last_good = src.last_good
     if isinstance(old, KernelBackend) and isinstance(new, KernelBackend):
         new.own_file_load = old.own_file_load
+    if isinstance(old, KexecToolsBackend) and isinstance(new, KexecToolsBackend):
+        new.last_good = old.last_good
+        new.own_hotplug_load = old.own_hotplug_load
+        new.tool = old.tool
