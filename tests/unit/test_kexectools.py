@@ -341,7 +341,7 @@ async def test_the_loop_keeps_running_during_a_load(
     t = asyncio.get_running_loop().create_task(tick())
     await b.apply(LoadRequest(image=None, topology=None, generation=1, trigger="start"))
     t.cancel()
-    assert ticks >= 5
+    assert ticks >= 3
 
 
 def test_auto_picks_kexec_tools_without_kexec_file_load(sysroot: Path) -> None:
