@@ -280,11 +280,21 @@ def cmd_status(ctx: Context, args: list[str]) -> int:
     return EXIT_NOT_OPERATIONAL
 
 
-def _daemon_call(ctx: Context, member: str, *, auto_start: bool = False) -> None:
+def _daemon_call(
+    ctx: Context, member: str, action: str, done: str, *, auto_start: bool = False
+) -> int:
+    """Ask the daemon for ``member``; say ``<action>: [OK]`` or ``[FAILED]`` as
+    kdumpctl does (the failure's reason follows on the next line)."""
     try:
         call(member, bus_address=ctx.bus_address, auto_start=auto_start)
     except DaemonUnreachable as err:
+        info(f"{action}: [FAILED]")
         raise KdumpdError(f"{err}; start kdumpd.service") from None
+    except KdumpdError:
+        info(f"{action}: [FAILED]")
+        raise
+    info(f"{done}: [OK]")
+    return EXIT_OK
 
 
 def cmd_start(ctx: Context, args: list[str]) -> int:
@@ -292,36 +302,20 @@ def cmd_start(ctx: Context, args: list[str]) -> int:
     if state is not None and state.get("state") in ("loaded", "updating"):
         info("Kdump already running: [WARNING]")
         return EXIT_OK
-    try:
-        _daemon_call(ctx, "Load", auto_start=True)
-    except KdumpdError:
-        info("Starting kdump: [FAILED]")
-        raise
-    info("Starting kdump: [OK]")
-    return EXIT_OK
+    return _daemon_call(ctx, "Load", "Starting kdump", "Starting kdump", auto_start=True)
 
 
 def cmd_stop(ctx: Context, args: list[str]) -> int:
-    try:
-        _daemon_call(ctx, "Unload")
-    except KdumpdError:
-        info("Stopping kdump: [FAILED]")
-        raise
-    info("Stopping kdump: [OK]")
-    return EXIT_OK
+    return _daemon_call(ctx, "Unload", "Stopping kdump", "Stopping kdump")
 
 
 def cmd_reload(ctx: Context, args: list[str]) -> int:
     state = _daemon_state(ctx)
     if state is not None and state.get("state") not in OPERATIONAL_STATES:
         warn("Kdump was not running")
-    try:
-        _daemon_call(ctx, "Reload")
-    except KdumpdError:
-        info("Reloading kdump: [FAILED]")
-        raise
-    info("Reloading kdump (one load, no unload first): [OK]")
-    return EXIT_OK
+    return _daemon_call(
+        ctx, "Reload", "Reloading kdump", "Reloading kdump (one load, no unload first)"
+    )
 
 
 def cmd_restart(ctx: Context, args: list[str]) -> int:
@@ -482,8 +476,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         info(f"{command}: {where}{err.strerror or err}")
         return EXIT_FAILURE
+    except UnicodeError as err:  # a binary file where text was expected
+        info(f"{command}: not a text file ({err.reason})")
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # a bug: one line, never a traceback
+        info(f"{command}: internal error: {type(err).__name__}: {err}")
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

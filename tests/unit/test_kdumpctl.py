@@ -241,3 +241,18 @@ def test_test_asks_and_aborts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr("sys.stdin", io.StringIO("no\n"))
     assert run(root, "test") == 1
     assert (root / "proc/sysrq-trigger").read_text() == ""
+
+
+@pytest.mark.parametrize(
+    "rel", ["etc/kdump.conf", "etc/sysconfig/kdump", "proc/modules", "proc/iomem"]
+)
+def test_binary_file_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rel: str
+) -> None:
+    """A binary file where kdumpctl expects text is one line, never a traceback."""
+    root = _root(tmp_path)
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).write_bytes(b"\xff\xfe\x00binary\x80\n")
+    assert run(root, "estimate") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kdump: estimate: "), err
