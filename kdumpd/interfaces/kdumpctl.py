@@ -476,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         info(f"{command}: {where}{err.strerror or err}")
         return EXIT_FAILURE
-    except UnicodeError as err:  # a binary file where text was expected
+    except UnicodeDecodeError as err:  # a binary file where text was expected
         info(f"{command}: not a text file ({err.reason})")
         return EXIT_FAILURE
     except KeyboardInterrupt:
