@@ -36,6 +36,7 @@ from kdumpd.daemon.backends.probe import make_backend, probe_backend
 from kdumpd.daemon.control import Operations
 from kdumpd.daemon.reconciler import Reconciler, default_image_factory
 from kdumpd.daemon.state import StateStore
+from kdumpd.daemon.statelock import StateDirLock
 from kdumpd.events.event import EventSink
 from kdumpd.events.kmsg import KmsgWatcher
 from kdumpd.events.replay import Replayer, ReplayStats
@@ -140,10 +141,15 @@ class Daemon:
         return make_backend("file", self.settings, self.syscalls_factory)
 
     async def run(self) -> RunResult:
-        loop = asyncio.get_running_loop()
         s = self.settings
         if self.replay is not None:
             check_replay(s)
+        with StateDirLock(s.state_dir):  # one daemon per state directory
+            return await self._run()
+
+    async def _run(self) -> RunResult:
+        loop = asyncio.get_running_loop()
+        s = self.settings
         self._stop = asyncio.Event()
         backend = self._backend()
         rec = Reconciler(
@@ -166,7 +172,7 @@ class Daemon:
         replay_stats: ReplayStats | None = None
         gap: float | None = None
         try:
-            if self.replay is None:
+            if self.replay is None and self._hears_this_machine():
                 self._start_source(rec)  # before the first read: no event is lost
                 self._start_kernel_log(rec)  # before the first load, likewise
             # D-Bus before the first load: READY=1 (sent on the first loaded state)
@@ -204,6 +210,22 @@ class Daemon:
             for task in list(self._tasks):
                 task.cancel()
             await rec.stop()
+
+    def _hears_this_machine(self) -> bool:
+        """The default (udev) event source reports the *running* kernel's hotplug;
+        for a captured tree (``--sysroot DIR``) those events describe another
+        machine, so the daemon then has no event source: replay, rescan (D-Bus) or
+        SIGHUP drive it."""
+        if self.source_factory is not udev_source:
+            return True  # an injected source belongs to the caller's sysroot
+        if Path(self.settings.sysroot).resolve() == Path("/"):
+            return True
+        log.info(
+            "sysroot %s is not the running system: not listening to this machine's "
+            "uevents (use --replay, or Rescan over D-Bus, or SIGHUP)",
+            self.settings.sysroot,
+        )
+        return False
 
     def _start_source(self, rec: Reconciler) -> None:
         src = self.source_factory(rec.event, self.settings)
