@@ -22,7 +22,15 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 # Module names below kdumpd.commands, in the order `--help` lists them.
-COMMANDS: tuple[str, ...] = ("inspect", "elfcorehdr", "fdt", "run", "replay", "status")
+COMMANDS: tuple[str, ...] = (
+    "inspect",
+    "elfcorehdr",
+    "fdt",
+    "segments",
+    "run",
+    "replay",
+    "status",
+)
 
 log = logging.getLogger("kdumpd")
 

@@ -9,7 +9,7 @@ file is an error, not a silently ignored setting.  A bad value raises
 
 Example file::
 
-    backend = "auto"            # auto | kernel | file | kexec-tools | dry-run
+    backend = "auto"            # auto | kernel | file | segment | kexec-tools | dry-run
     state_dir = "/run/kdumpd"
     event_source = "auto"       # auto | udev | kernel
     dbus = true
@@ -57,7 +57,7 @@ DEFAULT_CONFIG = Path("/etc/kdumpd/kdumpd.toml")
 ENV_PREFIX = "KDUMPD_"
 
 # "auto" + kdumpd.daemon.backends.BACKEND_NAMES (a test keeps them equal)
-BackendName = Literal["auto", "kernel", "file", "kexec-tools", "dry-run"]
+BackendName = Literal["auto", "kernel", "file", "segment", "kexec-tools", "dry-run"]
 EventSourceName = Literal["auto", "udev", "kernel"]
 
 

@@ -278,13 +278,12 @@ class Daemon:
         why = self.store.current.backend_reason
         # file/kernel re-resolve kernel, initrd and cmdline every time (a kdump initrd
         # may have appeared, /proc/cmdline or kdump-utils' files may have changed)
-        if self.replay is None and (
-            new.backend != old.backend or backend.name in ("file", "kernel", "kexec-tools")
-        ):
+        if self.replay is None and (new.backend != old.backend or backend.name != "dry-run"):
             name = backend.name if new.backend == old.backend == "auto" else None
             if name is None:
                 name, why = self._backend_name(new)
                 log.info("reload: backend %s (%s)", name, why, extra={"BACKEND": name})
+                self.store.update(backend_reason=why)
             if name != "dry-run" or backend.name != "dry-run":
                 backend = make_backend(name, new, self.syscalls_factory)
         # everything that can fail has run: commit (undone by the rollback)

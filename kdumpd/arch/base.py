@@ -33,9 +33,9 @@ from kdumpd.core.elfcorehdr import (
     ELF_CORE_HEADER_ALIGN,
     elfcorehdr_capacity,
 )
-from kdumpd.core.image import SegmentKind
-from kdumpd.core.ranges import round_up
-from kdumpd.core.topology import Topology
+from kdumpd.core.ranges import crash_memory_ranges, round_up
+from kdumpd.core.segment import ImageBuilder, SegmentKind
+from kdumpd.core.topology import MemRange, Topology
 
 __all__ = [
     "Arch",
@@ -74,6 +74,12 @@ class ArchIdentity:
 
     def digested_segments(self, *, hotplug: bool) -> frozenset[SegmentKind]:
         return default_digested_segments(self.REGENERATED, hotplug=hotplug)
+
+    def dump_ranges(self, topology: Topology) -> tuple[MemRange, ...]:
+        return crash_memory_ranges(topology)
+
+    def image_builder(self) -> ImageBuilder | None:
+        return None
 
 
 def default_digested_segments(

@@ -31,7 +31,9 @@ def add_output_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def write_buffer(data: bytes | bytearray, output: str, summary: Callable[[str], str]) -> None:
+def write_buffer(
+    data: bytes | bytearray | memoryview, output: str, summary: Callable[[str], str]
+) -> None:
     """Write the whole fixed-capacity buffer to ``output`` (``-`` = stdout) and print
     ``summary(target)``: on stdout, or on stderr when the bytes go to stdout."""
     if output == "-":

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from kdumpd.core.elfcorehdr import Elfcorehdr, HeaderLayout
-from kdumpd.core.topology import DtNode, Topology
+from kdumpd.core.segment import ImageBuilder, SegmentKind
+from kdumpd.core.topology import DtNode, MemRange, Topology
 
 if TYPE_CHECKING:
     from kdumpd.core.fdt import CrashFdt, FdtLayout
-    from kdumpd.core.image import SegmentKind
 
 
 @runtime_checkable
@@ -51,6 +51,17 @@ class Arch(Protocol):
 
     def build_elfcorehdr(self, topology: Topology, hdr: Elfcorehdr) -> HeaderLayout:
         """Rewrite ``hdr`` in place for ``topology``."""
+        ...
+
+    def dump_ranges(self, topology: Topology) -> tuple[MemRange, ...]:
+        """The memory the elfcorehdr describes with PT_LOADs: System RAM minus the
+        crash reservation, minus what the architecture leaves out (x86: the first MiB)."""
+        ...
+
+    def image_builder(self) -> ImageBuilder | None:
+        """The loader that builds every segment for ``kexec_load`` around the
+        elfcorehdr (kernel, initrd, boot parameters, purgatory); ``None`` where
+        kdumpd has none yet (then only ``kexec_file_load`` back-ends apply)."""
         ...
 
 

@@ -2,9 +2,11 @@
 
 A kexec crash image is at most 16 physically placed segments (kernel, initrd,
 purgatory, boot parameters, the elfcorehdr, ...; kexec-internals.md §1.1, §1.12).
-This module models only what hotplug needs today: the **elfcorehdr** segment, whose
+This module models what hotplug regenerates: the **elfcorehdr** segment, whose
 buffer is allocated once at its fixed capacity and rewritten in place by
-:meth:`CrashImage.regenerate`.  The loader issue adds the other segments.
+:meth:`CrashImage.regenerate`.  :class:`~kdumpd.core.segment.Segment` and the
+placement helpers live in :mod:`kdumpd.core.segment`; an architecture's image builder
+(:class:`~kdumpd.core.segment.ImageBuilder`) adds the other segments around it.
 
 Placement (§1.1, §1.9): kexec-tools clamps every crash segment to the *highest*
 ``Crash kernel`` range and allocates top-down.  It aligns the elfcorehdr to 1 KiB,
@@ -26,79 +28,25 @@ elfcorehdr``) but not loaded: ``mem`` is 0 and :attr:`CrashImage.placed` is Fals
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kdumpd.core.elfcorehdr import Elfcorehdr, HeaderLayout
 from kdumpd.core.errors import CapacityError, TooLargeError, UnsupportedError
 from kdumpd.core.ranges import round_up
-from kdumpd.core.topology import MemRange, Topology
+from kdumpd.core.segment import (
+    PAGE_SIZE,
+    Segment,
+    SegmentKind,
+    place_below,
+    place_top_down,
+)
+from kdumpd.core.topology import Topology
+
+__all__ = ["PAGE_SIZE", "CrashImage", "Segment", "SegmentKind", "place_below", "place_top_down"]
 
 if TYPE_CHECKING:
     from kdumpd.core.arch import Arch, FdtArch
     from kdumpd.core.fdt import CrashFdt, FdtLayout
-
-PAGE_SIZE = 4096
-
-
-class SegmentKind(enum.StrEnum):
-    ELFCOREHDR = "elfcorehdr"
-    KERNEL = "kernel"
-    INITRD = "initrd"
-    PURGATORY = "purgatory"
-    SETUP = "setup"
-    BACKUP = "backup"
-    FDT = "fdt"
-    SETUP_DATA = "setup_data"
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Segment:
-    """One kexec segment: ``buf`` is copied to physical ``mem``, ``memsz`` bytes
-    (page multiple) are reserved there.  ``buf`` may be the live, in-place
-    rewritten buffer of a regenerated segment (the elfcorehdr's ``bytearray``)."""
-
-    kind: SegmentKind
-    mem: int
-    memsz: int
-    buf: bytes | bytearray
-
-    @property
-    def range(self) -> MemRange:
-        return MemRange(self.mem, self.mem + self.memsz - 1)
-
-
-def place_top_down(reservations: tuple[MemRange, ...], memsz: int) -> int | None:
-    """Highest page-aligned address for ``memsz`` bytes in the *highest* reservation.
-
-    ``None`` when there is no reservation; :class:`CapacityError` when it is too small.
-    """
-    if not reservations:
-        return None
-    window = max(reservations, key=lambda r: r.end)
-    mem = (window.end + 1 - memsz) // PAGE_SIZE * PAGE_SIZE
-    if mem < window.start:
-        raise CapacityError(
-            f"elfcorehdr placement in Crash kernel {window.start:#x}-{window.end:#x}",
-            memsz,
-            window.size,
-        )
-    return mem
-
-
-def place_below(reservations: tuple[MemRange, ...], top: int, memsz: int) -> int:
-    """Highest page-aligned address for ``memsz`` bytes ending at or below ``top``,
-    inside the highest reservation (the one :func:`place_top_down` used)."""
-    window = max(reservations, key=lambda r: r.end)
-    mem = (top - memsz) // PAGE_SIZE * PAGE_SIZE
-    if mem < window.start:
-        raise CapacityError(
-            f"crash FDT placement in Crash kernel {window.start:#x}-{window.end:#x}",
-            memsz,
-            max(0, top - window.start),
-        )
-    return mem
 
 
 #: No crash segment kdumpd builds is larger: an elfcorehdr for 65,536 CPUs and

@@ -1,8 +1,9 @@
 """The fault policy: what a failed load leads to, for every back-end.
 
 - ``EBUSY``: retry with exponential backoff (``busy_retries`` times);
-- ``EPERM`` from a ``kexec_load``-based back-end (kernel lockdown refuses unsigned
-  segments): switch to the ``kexec_file_load`` fallback and retry once.  ``EPERM``
+- ``EPERM``/``EACCES`` from a ``kexec_load``-based back-end (kernel lockdown or
+  ``kexec_load_disabled`` refuse it; IMA with a signature policy answers EACCES):
+  switch to the ``kexec_file_load`` fallback and retry once.  ``EPERM``
   from ``kexec_file_load`` itself (unsigned kernel under lockdown,
   ``kernel.kexec_load_disabled=1``) is a fault like the next ones;
 - anything else (``ENOMEM``, ``EINVAL``, ``ENOEXEC``, a refusal before the syscall):
@@ -75,10 +76,10 @@ class FaultPolicy:
         self,
         backend: Backend,
         request: LoadRequest,
-        switch: Callable[[Backend], None],
+        switch: Callable[[Backend, str], None],
     ) -> ApplyResult | str:
         """``backend.apply(request)`` with EBUSY retries and the EPERM switch (which
-        calls ``switch(new_backend)`` before retrying with it).  Returns the result,
+        calls ``switch(new_backend, reason)`` before retrying with it).  Returns the result,
         or the error line when the load failed."""
         delay = self.busy_delay
         busy = 0
@@ -93,7 +94,7 @@ class FaultPolicy:
                     await self.sleep(delay)
                     delay *= 2
                     continue
-                if err.errno == errno.EPERM:
+                if err.errno in (errno.EPERM, errno.EACCES):
                     fallback = None if switched else self._eperm_fallback(backend)
                     if fallback is not None:
                         switched = True
@@ -103,8 +104,9 @@ class FaultPolicy:
                             backend.name,
                             fallback.name,
                         )
+                        why = f"fallback: {backend.name} refused ({err.errno_name})"
                         backend = fallback
-                        switch(fallback)
+                        switch(fallback, why)
                         continue
                     return eperm_message(err)
                 return str(err)

@@ -25,10 +25,18 @@ log = logging.getLogger("kdumpd.daemon.projection")
 
 
 def crash_ranges(topology: Topology) -> tuple[tuple[int, int], ...]:
-    """The memory the dump must describe (System RAM minus the crash reservation)."""
+    """The memory the dump must describe: System RAM minus the crash reservation, as
+    the architecture's header describes it (x86 leaves out the first MiB); every
+    range for an architecture without a back-end."""
+    from kdumpd.arch import get_arch
+    from kdumpd.core.errors import UnsupportedError
     from kdumpd.core.ranges import crash_memory_ranges
 
-    return tuple((r.start, r.end) for r in crash_memory_ranges(topology))
+    try:
+        ranges = get_arch(topology.arch).dump_ranges(topology)
+    except UnsupportedError:
+        ranges = crash_memory_ranges(topology)
+    return tuple((r.start, r.end) for r in ranges)
 
 
 def coverage(topology: Topology | None, image: CrashImage | None) -> StateChanges:

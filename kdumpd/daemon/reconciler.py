@@ -522,13 +522,9 @@ class Reconciler:
             self.loaded_inputs = self.backend.input_digests()
         return outcome
 
-    def _switch_backend(self, backend: Backend) -> None:
-        old = self.backend.name
+    def _switch_backend(self, backend: Backend, why: str = "") -> None:
         self.backend = backend
-        self.store.update(
-            backend=backend.name,
-            backend_reason=f"kexec_load refused with EPERM (lockdown?): fell back from {old}",
-        )
+        self.store.update(backend=backend.name, backend_reason=why)
 
     async def _degrade(self, request: LoadRequest, error: str) -> ApplyResult | None:
         """The load failed: put the last good image back, say so, retry later."""

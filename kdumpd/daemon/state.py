@@ -30,7 +30,7 @@ class DaemonState:
 
     state: ImageState = ImageState.UNLOADED
     backend: str = ""
-    backend_reason: str = ""  # why this back-end (the probe's reason, or "configured")
+    backend_reason: str = ""  # why this back-end: "configured", the probe's reason, a fallback
     generation: int = 0
     last_update_usec: int = 0  # CLOCK_REALTIME, microseconds
     last_update_duration_usec: int = 0

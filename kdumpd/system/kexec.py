@@ -1,9 +1,10 @@
 """The kexec syscalls through ctypes, with errno mapping.
 
-Only ``kexec_file_load(2)`` is used so far: the kernel verifies, places and (for
-crash images) builds the elfcorehdr itself, and marks the image hotplug-capable
-(kernel ≥ 6.6, ``image->file_mode``).  The segment-level ``kexec_load(2)`` arrives
-with the purgatory-digest backend; its syscall belongs here too.
+``kexec_file_load(2)``: the kernel verifies, places and (for crash images) builds the
+elfcorehdr itself, and marks the image hotplug-capable (kernel ≥ 6.6,
+``image->file_mode``).  ``kexec_load(2)``: kdumpd hands the kernel every segment it
+built and placed itself (the ``segment`` back-end); the kernel copies them into the
+crash reservation and checks only bounds, alignment and overlap.
 
 Everything that talks to the kernel goes through a :class:`KexecSyscalls` object, so
 tests pass a fake that raises chosen errnos instead of monkey-patching.
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import platform
 import struct
+from collections.abc import Sequence
 from typing import Protocol
 
 from kdumpd.core.errors import InputError, KdumpdError, UnsupportedError
@@ -53,11 +56,44 @@ class KexecError(KdumpdError):
         return errno.errorcode.get(self.errno, str(self.errno))
 
 
+# include/uapi/linux/kexec.h: kexec_load flags
+KEXEC_ON_CRASH = 0x1
+KEXEC_UPDATE_ELFCOREHDR = 0x4
+KEXEC_SEGMENT_MAX = 16
+
+# arch/*/entry/syscalls: kexec_load
+SYS_KEXEC_LOAD = {
+    "x86_64": 246,
+    "ppc64le": 268,
+    "ppc64": 268,
+    "aarch64": 104,
+    "riscv64": 104,
+    "s390x": 277,
+}
+
+#: One kexec segment for :meth:`KexecSyscalls.load`: (buffer, physical mem, memsz).
+SegmentSpec = tuple[bytes | bytearray | memoryview, int, int]
+
+
 class KexecSyscalls(Protocol):
     def file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes, flags: int) -> None:
         """``kexec_file_load(kernel_fd, initrd_fd, len(cmdline)+1, cmdline, flags)``;
         raises :class:`KexecError` on failure."""
         ...
+
+    def load(self, entry: int, segments: Sequence[SegmentSpec], flags: int) -> None:
+        """``kexec_load(entry, nr, segments, flags)``; raises :class:`KexecError`."""
+        ...
+
+
+class _KexecSegment(ctypes.Structure):
+    # struct kexec_segment { const void *buf; size_t bufsz; const void *mem; size_t memsz; }
+    _fields_ = (
+        ("buf", ctypes.c_void_p),
+        ("bufsz", ctypes.c_size_t),
+        ("mem", ctypes.c_void_p),
+        ("memsz", ctypes.c_size_t),
+    )
 
 
 class LinuxKexec:
@@ -91,6 +127,112 @@ class LinuxKexec:
                     "(CONFIG_KEXEC_FILE=n); use --backend dry-run"
                 )
             raise KexecError("kexec_file_load", err)
+
+    def load(self, entry: int, segments: Sequence[SegmentSpec], flags: int) -> None:
+        """The buffers are referenced in place, never copied: each is held through the
+        buffer protocol for the duration of the call (so nothing can resize, close or
+        free it) and locked in memory (``mlock``, best effort) so the kernel's
+        per-page copy does not wait for the disk while no crash image is loaded."""
+        nr = SYS_KEXEC_LOAD.get(self.machine)
+        if nr is None:
+            raise UnsupportedError(f"kexec_load: no syscall number known for {self.machine}")
+        if len(segments) > KEXEC_SEGMENT_MAX:
+            raise KexecError("kexec_load", errno.EINVAL, f"{len(segments)} segments")
+        array = (_KexecSegment * len(segments))()
+        held: list[_PyBuffer] = []
+        locked: list[tuple[int, int]] = []
+        try:
+            for i, (buf, mem, memsz) in enumerate(segments):
+                view = _PyBuffer()
+                if _get_buffer(ctypes.py_object(buf), ctypes.byref(view), 0) != 0:
+                    raise TypeError(f"segment {i}: not a buffer")
+                held.append(view)
+                addr, n = view.buf or 0, view.len
+                if n and self._libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(n)) == 0:
+                    locked.append((addr, n))
+                array[i] = _KexecSegment(addr, n, mem, memsz)
+            ret = self._syscall(
+                ctypes.c_long(nr),
+                ctypes.c_ulong(entry),
+                ctypes.c_ulong(len(segments)),
+                array,
+                ctypes.c_ulong(flags),
+            )
+            code = ctypes.get_errno() if ret != 0 else 0
+        finally:
+            for addr, n in locked:
+                self._libc.munlock(ctypes.c_void_p(addr), ctypes.c_size_t(n))
+            for view in held:
+                _release_buffer(ctypes.byref(view))
+        if ret != 0:
+            if code == errno.ENOSYS:
+                raise UnsupportedError(
+                    "kexec_load: the running kernel has no kexec_load (CONFIG_KEXEC=n); "
+                    "use the file back-end"
+                )
+            raise KexecError("kexec_load", code)
+
+
+class _PyBuffer(ctypes.Structure):
+    # Py_buffer (part of the stable ABI since Python 3.11)
+    _fields_ = (
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    )
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = (ctypes.py_object, ctypes.c_void_p, ctypes.c_int)
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = (ctypes.c_void_p,)
+_release_buffer.restype = None
+
+
+class MappedFile:
+    """A file mapped read-only and shared with the page cache, so a segment buffer
+    needs no anonymous copy: :attr:`view` is a read-only ``memoryview``.
+
+    The mapping cannot be closed while a segment still exports it (``mmap`` refuses);
+    :meth:`close` then leaves it to the garbage collector.  A file truncated under a
+    mapping raises SIGBUS on access, so the back-end maps only what it checked and
+    re-maps when the file's identity (device, inode, size, mtime) changes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_size == 0:
+                    raise InputError(path, "file is empty")
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as err:
+            raise InputError(path, f"cannot map: {err.strerror}") from None
+        self.size = st.st_size
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        self.view: memoryview = memoryview(self._map)
+
+    def close(self) -> None:
+        try:
+            self.view.release()
+            self._map.close()
+        except BufferError:
+            pass  # a segment still holds a view; freed with it
+
+    def __enter__(self) -> MappedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # arch/x86/kernel/kexec-bzimage64.c: for a crash image the kernel prepends

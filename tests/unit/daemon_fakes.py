@@ -119,11 +119,20 @@ class ScriptedKexec:
     def __init__(self, errnos: list[int] | None = None) -> None:
         self.errnos = list(errnos or [])
         self.calls: list[tuple[bytes, int]] = []
+        # kexec_load: (entry, [(bytes copied, mem, memsz)], flags)
+        self.loads: list[tuple[int, list[tuple[bytes, int, int]], int]] = []
 
     def file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes, flags: int) -> None:
         self.calls.append((cmdline, flags))
         if self.errnos:
             raise KexecError("kexec_file_load", self.errnos.pop(0))
+
+    def load(self, entry: int, segments: list[tuple[object, int, int]], flags: int) -> None:
+        self.loads.append(
+            (entry, [(bytes(b), m, z) for b, m, z in segments], flags)  # type: ignore[call-overload]
+        )
+        if self.errnos:
+            raise KexecError("kexec_load", self.errnos.pop(0))
 
 
 async def no_sleep(_: float) -> None:

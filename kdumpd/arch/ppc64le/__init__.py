@@ -51,8 +51,8 @@ from kdumpd.core.elfcorehdr import (
     HeaderLayout,
 )
 from kdumpd.core.fdt import CrashFdt, FdtLayout, minimal_fdt, required_capacity
-from kdumpd.core.image import SegmentKind
 from kdumpd.core.ranges import crash_memory_ranges, round_up
+from kdumpd.core.segment import SegmentKind
 from kdumpd.core.topology import CrashNote, DtNode, MemRange, Topology
 
 EM_PPC64 = 21

@@ -10,15 +10,15 @@
 * The kernel-text PT_LOAD when both ``Kernel code`` (``/proc/iomem``, physical) and
   the kcore-derived virtual text segment are known.
 * One PT_LOAD per System RAM range minus the crash reservation
-  (:func:`kdumpd.core.ranges.crash_memory_ranges`), ``p_vaddr = PAGE_OFFSET + start``
-  with kexec-tools' default ``0xffff888000000000`` when the topology has no
-  ``page_offset``.
+  (:func:`kdumpd.core.ranges.crash_memory_ranges`) and minus the first MiB,
+  ``p_vaddr = PAGE_OFFSET + start`` with kexec-tools' default
+  ``0xffff888000000000`` when the topology has no ``page_offset``.
 
-Not done here yet: the backup-region remap (kexec-tools copies the first RAM range
-below 640 KiB to a backup segment and points that PT_LOAD's ``p_offset`` at the
-copy, §1.8).  It needs a backup segment in the image, so it belongs to the loader
-issue; until then that PT_LOAD's ``p_offset`` is the range start, as the kernel's own
-in-place rebuild writes it (§4.6).
+The first MiB: since Linux 5.13 (commit f1d4d47c5851) x86 reserves [0, 1 MiB) at
+every boot, so a crashed kernel has no data there, and the capture kernel gets that
+RAM in its e820 map (it needs it for the real-mode trampoline).  Like the kernel's
+own header (arch/x86/kernel/crash.c), kdumpd's has no PT_LOAD there and needs no
+backup segment (kexec-tools still copies 640 KiB to one).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from kdumpd.core.elfcorehdr import (
     HeaderLayout,
     KernelTextLoad,
 )
-from kdumpd.core.image import SegmentKind
 from kdumpd.core.ranges import crash_memory_ranges
-from kdumpd.core.topology import CrashNote, Topology
+from kdumpd.core.segment import ImageBuilder, SegmentKind
+from kdumpd.core.topology import CrashNote, MemRange, Topology
 
 EM_X86_64 = 62
 #: kexec-tools ``X86_64_PAGE_OFFSET`` (no KASLR of the direct map).
@@ -44,6 +44,20 @@ START_KERNEL_MAP = 0xFFFFFFFF80000000
 KERNEL_TEXT_AREA = 512 << 20
 
 _REGENERATED = frozenset({SegmentKind.ELFCOREHDR})
+
+
+#: x86 reserves the first MiB at boot; the header describes RAM from here up.
+LOW_RESERVED_END = 1 << 20
+
+
+def x86_crash_ranges(topology: Topology) -> tuple[MemRange, ...]:
+    """System RAM minus the crash reservation, from 1 MiB up."""
+    out = []
+    for r in crash_memory_ranges(topology):
+        if r.end < LOW_RESERVED_END:
+            continue
+        out.append(r if r.start >= LOW_RESERVED_END else MemRange(LOW_RESERVED_END, r.end))
+    return tuple(out)
 
 
 def present_crash_notes(topology: Topology) -> list[CrashNote]:
@@ -66,10 +80,18 @@ class X86_64(ArchIdentity):
         return default_elfcorehdr_capacity(
             topology,
             needed_cpus=len(present_crash_notes(topology)),
-            needed_ranges=len(crash_memory_ranges(topology)),
+            needed_ranges=len(x86_crash_ranges(topology)),
             max_cpus=max_cpus,
             max_ranges=max_ranges,
         )
+
+    def dump_ranges(self, topology: Topology) -> tuple[MemRange, ...]:
+        return x86_crash_ranges(topology)
+
+    def image_builder(self) -> ImageBuilder:
+        from kdumpd.arch.x86_64.loader import X86ImageBuilder
+
+        return X86ImageBuilder()
 
     def build_elfcorehdr(self, topology: Topology, hdr: Elfcorehdr) -> HeaderLayout:
         text: KernelTextLoad | None = None
@@ -82,5 +104,5 @@ class X86_64(ArchIdentity):
             page_offset = X86_64_PAGE_OFFSET
         return hdr.write(
             ElfNotes(cpus=present_crash_notes(topology), vmcoreinfo=topology.vmcoreinfo),
-            ElfLoads(ram=crash_memory_ranges(topology), page_offset=page_offset, kernel_text=text),
+            ElfLoads(ram=x86_crash_ranges(topology), page_offset=page_offset, kernel_text=text),
         )

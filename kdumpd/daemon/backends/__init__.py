@@ -5,4 +5,4 @@ from __future__ import annotations
 
 #: Every back-end ``--backend``/``backend =`` accepts besides ``auto``; the factories
 #: are :data:`kdumpd.daemon.backends.probe.LOADERS` (+ ``dry-run``).
-BACKEND_NAMES: tuple[str, ...] = ("kernel", "file", "kexec-tools", "dry-run")
+BACKEND_NAMES: tuple[str, ...] = ("kernel", "file", "segment", "kexec-tools", "dry-run")

@@ -4,7 +4,10 @@
   crash_hotplug`` or ``/sys/kernel/crash_elfcorehdr_size`` exist; kernel ≥ 6.6);
 - ``kexec-tools``: the kernel has no ``kexec_file_load`` (a probe with invalid flags
   answers ENOSYS: Debian's ppc64el kernels) and a ``kexec`` binary is installed;
-- ``file``: kexec is available but the kernel cannot update the image in place;
+- ``segment``: x86_64 without in-kernel crash hotplug, ``kexec_load`` permitted
+  (no lockdown, ``kernel.kexec_load_disabled`` 0) and the purgatory built: kdumpd
+  loads its own image (one ``kexec_load`` per burst);
+- ``file``: kexec is available but neither of the above applies;
 - ``dry-run``: no kexec in this kernel, no ``crashkernel=`` reservation, not root, or
   neither ``kexec_file_load`` nor a ``kexec`` binary.
 
@@ -27,11 +30,19 @@ from kdumpd.daemon.backends.base import Backend
 from kdumpd.daemon.backends.dryrun import KEEP_LOADS, DryRunBackend
 from kdumpd.daemon.backends.file import FileBackend, KexecFiles, default_files
 from kdumpd.daemon.backends.kernel import KernelBackend
+from kdumpd.daemon.backends.segment import SegmentBackend
 from kdumpd.daemon.backends.kexectools import KexecToolsBackend, kexec_binary_available
 from kdumpd.system.kdumpconf import read_kexec_args
 from kdumpd.system.kexec import kexec_file_load_available
-from kdumpd.system.kexecsysfs import crash_hotplug_file, kexec_present, read_crash_size
+from kdumpd.system.kexecsysfs import (
+    LOCKDOWN,
+    crash_hotplug_file,
+    kexec_present,
+    read_crash_size,
+)
 from kdumpd.system.sysroot import Sysroot
+
+KEXEC_LOAD_DISABLED = "/proc/sys/kernel/kexec_load_disabled"
 
 if TYPE_CHECKING:
     from kdumpd.config import Settings
@@ -73,7 +84,40 @@ def probe_backend(
     hotplug = crash_hotplug_file(root)
     if hotplug is not None:
         return "kernel", f"the kernel updates crash images on hotplug ({hotplug} exists)"
-    return "file", "kexec_file_load without in-kernel crash hotplug"
+    why_not = segment_unavailable(root, machine)
+    if why_not is None:
+        return "segment", "kexec_load of kdumpd's own image (no in-kernel crash hotplug)"
+    return "file", f"kexec_file_load without in-kernel crash hotplug ({why_not})"
+
+
+def segment_unavailable(root: Sysroot, machine: str | None = None) -> str | None:
+    """Why the ``segment`` back-end cannot run here, or None when it can."""
+    import importlib
+
+    from kdumpd.arch import get_arch
+    from kdumpd.core.errors import KdumpdError
+
+    machine = machine or platform.machine()
+    try:
+        if get_arch(machine).image_builder() is None:
+            return f"no kexec_load image builder for {machine}"
+    except KdumpdError:
+        return f"no kexec_load image builder for {machine}"
+    try:
+        lockdown = root.read_value(LOCKDOWN) or ""
+        disabled = root.read_value(KEXEC_LOAD_DISABLED) or "0"
+    except InputError:
+        lockdown, disabled = "", "0"
+    if "[" in lockdown and "[none]" not in lockdown:
+        return "kernel lockdown refuses kexec_load"
+    if disabled != "0":
+        return "kernel.kexec_load_disabled is set"
+    try:
+        module = importlib.import_module(f"kdumpd.arch.{machine}.purgatory")
+        module.purgatory_blob()
+    except (ImportError, KdumpdError, OSError) as err:
+        return f"purgatory not available: {err}"
+    return None
 
 
 def make_backend(
@@ -115,12 +159,19 @@ def _kexec_tools(
     return KexecToolsBackend(files, settings.sysroot, kexec_args=read_kexec_args(settings.sysroot))
 
 
+def _segment(
+    syscalls: Callable[[], KexecSyscalls], files: KexecFiles, settings: Settings
+) -> Backend:
+    return SegmentBackend(syscalls(), files, settings.sysroot)
+
+
 #: Back-end name -> factory for every back-end that loads through kexec (``dry-run``
 #: is made above); :data:`kdumpd.daemon.backends.BACKEND_NAMES` lists the same names.
 LOADERS: dict[str, Callable[[Callable[[], KexecSyscalls], KexecFiles, Settings], Backend]] = {
     "file": _file,
     "kernel": _kernel,
     "kexec-tools": _kexec_tools,
+    "segment": _segment,
 }
 assert set(BACKEND_NAMES) == {"dry-run", *LOADERS}
 
@@ -131,6 +182,8 @@ def carry_last_good(old: Backend, new: Backend) -> None:
     dst = getattr(new, "loader", new)
     if isinstance(src, FileBackend) and isinstance(dst, FileBackend):
         dst.last_good = src.last_good
+    if isinstance(old, SegmentBackend) and isinstance(new, SegmentBackend):
+        new.last_good = old.last_good
     if isinstance(old, KernelBackend) and isinstance(new, KernelBackend):
         new.own_file_load = old.own_file_load
     if isinstance(old, KexecToolsBackend) and isinstance(new, KexecToolsBackend):

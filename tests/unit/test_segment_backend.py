@@ -1,0 +1,221 @@
+"""The ``segment`` back-end: prepared once per input set, one kexec_load per burst
+with only the elfcorehdr and its digest changed; EPERM/EACCES fall back to ``file``;
+``kdumpd segments`` writes what would be loaded."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kdumpd.arch.x86_64 import loader
+from kdumpd.arch.x86_64.loader import KEXEC_ARCH_X86_64, X86ImageBuilder
+from kdumpd.cli import main
+from kdumpd.daemon import backends
+from kdumpd.daemon.backends.file import FileBackend, default_files
+from kdumpd.daemon.backends.probe import LOADERS, probe_backend
+from kdumpd.daemon.backends.segment import SegmentBackend
+from kdumpd.daemon.control import Operations
+from kdumpd.daemon.reconciler import Reconciler
+from kdumpd.daemon.state import ImageState, StateStore
+from kdumpd.system.kexec import KEXEC_ON_CRASH
+from tests.unit.bzimage_support import make_bzimage
+from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder, no_sleep
+from tests.unit.purgatory_fake import FakePurgatory, fake_blob
+
+
+@pytest.fixture
+def sysroot(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURE, root)
+    rel = (root / "proc/sys/kernel/osrelease").read_text().strip()
+    (root / "boot").mkdir()
+    (root / f"boot/vmlinuz-{rel}").write_bytes(make_bzimage())
+    (root / "var/lib/kdump").mkdir(parents=True)
+    (root / f"var/lib/kdump/initrd.img-{rel}").write_bytes(b"\x1f\x8b" + bytes(70000))
+    (root / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro crashkernel=256M\n")
+    return root
+
+
+def segment_backend(sysroot: Path, kexec: ScriptedKexec) -> SegmentBackend:
+    return SegmentBackend(
+        kexec,
+        default_files(sysroot),
+        sysroot,
+        builder=X86ImageBuilder(FakePurgatory),
+        purgatory=fake_blob(),
+    )
+
+
+def reconciler(sysroot: Path, backend: object, holder: TopologyHolder, **kw: object) -> Reconciler:
+    return Reconciler(
+        StateStore(),
+        backend,  # type: ignore[arg-type]
+        sysroot=sysroot,
+        state_dir=sysroot / "run/kdumpd",
+        read_topology=holder,
+        quiet=0.002,
+        max_staleness=0.01,
+        sleep=no_sleep,
+        retry_interval=3600,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_one_kexec_load_per_burst_only_the_elfcorehdr_changes(sysroot: Path) -> None:
+    kexec = ScriptedKexec()
+    b = segment_backend(sysroot, kexec)
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    assert r.store.current.state == ImageState.LOADED and r.store.current.backend == "segment"
+    prepared = b.prepared
+    assert prepared is not None and len(kexec.loads) == 1
+    entry, _segs, flags = kexec.loads[0]
+    assert flags == KEXEC_ON_CRASH | KEXEC_ARCH_X86_64
+    kinds = [str(s.kind) for s in prepared.image.plan.segments]
+    assert kinds == ["elfcorehdr", "purgatory", "setup", "initrd", "kernel"]
+    assert entry == prepared.image.plan.segments[1].mem
+    holder.add_blocks(2)
+    r.request("test burst")
+    await r.settle()
+    assert len(kexec.loads) == 2 and b.prepared is prepared  # prepared once
+    (_, before, _), (entry2, after, flags2) = kexec.loads
+    assert (entry2, flags2) == (entry, flags)
+    assert [(m, z) for _, m, z in before] == [(m, z) for _, m, z in after]
+    changed = [i for i, (x, y) in enumerate(zip(before, after, strict=True)) if x[0] != y[0]]
+    assert changed == [0, 1]  # the elfcorehdr and the purgatory header (its digest)
+    hdr = after[0][0]
+    pur = after[1][0]
+    assert (
+        hashlib.sha256(hdr).digest() in pur
+        and hashlib.sha256(before[0][0]).digest() in before[1][0]
+    )
+    assert struct.pack("<Q", holder.ram_end - 2 * (128 << 20) + 1) in hdr  # the new range
+    await r.stop()
+
+
+async def test_new_inputs_are_prepared_again(sysroot: Path) -> None:
+    kexec = ScriptedKexec()
+    b = segment_backend(sysroot, kexec)
+    r = reconciler(sysroot, b, TopologyHolder())
+    await r.start()
+    first = b.prepared
+    Path(b.files.kernel).write_bytes(make_bzimage(init_size=0x1800000))
+    await Operations(r).reload()
+    assert b.prepared is not first and len(kexec.loads) == 2
+    assert kexec.loads[1][1][-1][2] == 0x1800000  # kernel memsz = the new init_size
+    await r.stop()
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EACCES])
+async def test_kexec_load_refused_falls_back_to_file(sysroot: Path, code: int) -> None:
+    kexec = ScriptedKexec([code])
+    fallback = ScriptedKexec()
+    r = reconciler(
+        sysroot,
+        segment_backend(sysroot, kexec),
+        TopologyHolder(),
+        fallback_backend=lambda: FileBackend(fallback, default_files(sysroot), sysroot),
+    )
+    await r.start()
+    s = r.store.current
+    assert s.backend == "file" and s.state == ImageState.LOADED
+    assert s.backend_reason == f"fallback: segment refused ({errno.errorcode[code]})"
+    assert len(kexec.loads) == 1 and len(fallback.calls) == 1
+    await r.stop()
+
+
+async def test_a_list_that_does_not_fit_never_reaches_the_kernel(sysroot: Path) -> None:
+    Path(default_files(sysroot).kernel).write_bytes(make_bzimage(init_size=0x20000000))
+    kexec = ScriptedKexec()
+    r = reconciler(sysroot, segment_backend(sysroot, kexec), TopologyHolder())
+    await r.start()
+    assert kexec.loads == []
+    assert "too small" in r.store.current.last_error
+    await r.stop()
+
+
+def test_backend_table_is_the_one_list_of_names() -> None:
+    from typing import get_args
+
+    from kdumpd.config import BackendName
+
+    assert get_args(BackendName) == ("auto", *backends.BACKEND_NAMES)
+    assert set(backends.BACKEND_NAMES) == {"dry-run", *LOADERS}
+
+
+def test_probe_picks_segment_when_kexec_load_is_allowed(
+    sysroot: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kdumpd.daemon.backends import probe
+
+    (sysroot / "sys/kernel/kexec_crash_size").write_text("268435456\n")
+    monkeypatch.setattr(probe, "segment_unavailable", lambda root: None)
+    assert probe_backend(sysroot, euid=0)[0] == "segment"
+    monkeypatch.undo()
+    (sysroot / "sys/kernel/security").mkdir(parents=True)
+    (sysroot / "sys/kernel/security/lockdown").write_text("none [integrity] confidentiality\n")
+    name, why = probe_backend(sysroot, euid=0)
+    assert name == "file" and "lockdown" in why
+    (sysroot / "sys/kernel/security/lockdown").write_text("[none] integrity confidentiality\n")
+    (sysroot / "proc/sys/kernel/kexec_load_disabled").write_text("1\n")
+    name, why = probe_backend(sysroot, euid=0)
+    assert name == "file" and "kexec_load_disabled" in why
+
+
+def test_segments_command_writes_segments_and_manifest(
+    sysroot: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(loader, "default_purgatory", FakePurgatory)
+    blob = tmp_path / "purgatory.bin"
+    blob.write_bytes(fake_blob())
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "segments",
+            "--sysroot",
+            str(sysroot),
+            "--purgatory",
+            str(blob),
+            "--max-cpus",
+            "16",
+            "--max-ranges",
+            "64",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    assert capsys.readouterr().out.startswith("segments: 5 segments")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["flags"] == "0x3e0001"
+    segs = man["segments"]
+    assert [s["kind"] for s in segs] == ["elfcorehdr", "purgatory", "setup", "initrd", "kernel"]
+    assert man["entry"] == segs[1]["mem"]
+    for s in segs:
+        data = (out / s["file"]).read_bytes()
+        assert len(data) == s["bufsz"] <= s["memsz"] and s["memsz"] % 4096 == 0
+        assert hashlib.sha256(data).hexdigest() == s["sha256"]
+    setup = (out / segs[2]["file"]).read_bytes()
+    hdr_addr = int(segs[0]["mem"], 16)
+    assert setup[4096:].startswith(f"elfcorehdr={hdr_addr:#x} root=/dev/vda1 ro".encode())
+    if shutil.which("readelf") is None:
+        pytest.skip("binutils readelf not installed")
+    text = subprocess.run(
+        ["readelf", "-hlW", str(out / segs[0]["file"])], capture_output=True, text=True, check=True
+    ).stdout
+    assert "CORE (Core file)" in text and "Advanced Micro Devices X86-64" in text
+    loads = [line.split() for line in text.splitlines() if line.strip().startswith("LOAD")]
+    assert loads and all(int(f[3], 16) >= 1 << 20 for f in loads)  # no PT_LOAD below 1 MiB
+    crash = (int(segs[-1]["mem"], 16), hdr_addr)
+    assert not any(int(f[3], 16) <= crash[0] < int(f[3], 16) + int(f[5], 16) for f in loads)
