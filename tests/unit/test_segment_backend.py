@@ -157,16 +157,16 @@ def test_probe_picks_segment_when_kexec_load_is_allowed(
     from kdumpd.daemon.backends import probe
 
     (sysroot / "sys/kernel/kexec_crash_size").write_text("268435456\n")
-    monkeypatch.setattr(probe, "segment_unavailable", lambda root: None)
-    assert probe_backend(sysroot, euid=0)[0] == "segment"
+    monkeypatch.setattr(probe, "segment_unavailable", lambda root, machine: None)
+    assert probe_backend(sysroot, euid=0, file_load=lambda m: True)[0] == "segment"
     monkeypatch.undo()
     (sysroot / "sys/kernel/security").mkdir(parents=True)
     (sysroot / "sys/kernel/security/lockdown").write_text("none [integrity] confidentiality\n")
-    name, why = probe_backend(sysroot, euid=0)
+    name, why = probe_backend(sysroot, euid=0, file_load=lambda m: True, machine="x86_64")
     assert name == "file" and "lockdown" in why
     (sysroot / "sys/kernel/security/lockdown").write_text("[none] integrity confidentiality\n")
     (sysroot / "proc/sys/kernel/kexec_load_disabled").write_text("1\n")
-    name, why = probe_backend(sysroot, euid=0)
+    name, why = probe_backend(sysroot, euid=0, file_load=lambda m: True, machine="x86_64")
     assert name == "file" and "kexec_load_disabled" in why
 
 

@@ -30,8 +30,8 @@ from kdumpd.daemon.backends.base import Backend
 from kdumpd.daemon.backends.dryrun import KEEP_LOADS, DryRunBackend
 from kdumpd.daemon.backends.file import FileBackend, KexecFiles, default_files
 from kdumpd.daemon.backends.kernel import KernelBackend
-from kdumpd.daemon.backends.segment import SegmentBackend
 from kdumpd.daemon.backends.kexectools import KexecToolsBackend, kexec_binary_available
+from kdumpd.daemon.backends.segment import SegmentBackend
 from kdumpd.system.kdumpconf import read_kexec_args
 from kdumpd.system.kexec import kexec_file_load_available
 from kdumpd.system.kexecsysfs import (
