@@ -337,3 +337,26 @@ def test_a_stale_reason_implies_stale() -> None:
     assert store.current.stale
     store.update(stale_reason="", stale=False)
     assert not store.current.stale
+
+
+async def test_watcher_on_a_fifo_below_a_sysroot(tmp_path: Path) -> None:
+    """The default opener on ``<sysroot>/dev/kmsg`` being a FIFO (lseek fails with
+    ESPIPE there and is ignored); a record written in two pieces is reassembled."""
+    (tmp_path / "dev").mkdir()
+    fifo = tmp_path / "dev" / "kmsg"
+    os.mkfifo(fifo)
+    got = Collector()
+    watcher = KmsgWatcher(got, sysroot=tmp_path)
+    assert watcher.start()
+    w = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        line = rec(41, SKIP_LINE) + b" SUBSYSTEM=memory\n"
+        os.write(w, line[:20])
+        await asyncio.sleep(0.05)
+        assert got.events == []
+        os.write(w, line[20:])
+        await asyncio.sleep(0.05)
+        assert [e.seq for e in got.events] == [41]
+    finally:
+        os.close(w)
+        watcher.stop()

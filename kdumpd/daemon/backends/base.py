@@ -19,6 +19,13 @@ Two class attributes tell the reconciler what a backend needs and does:
   carries ``image=None`` and the missing model is reported as ``LastError`` and
   ``Stale``.
 - ``load_syscall``: ``"kexec_file_load"``, ``"kexec_load"`` or ``""`` (no syscall).
+
+Two optional attributes (read with ``getattr``, default False / ""), for back-ends
+whose loaded image the kernel updates in place (``kernel``; ``kexec_load`` with
+``KEXEC_UPDATE_ELFCOREHDR``): ``updated_in_place`` (a kernel-log line about a skipped
+update then asks for a fresh load, kdumpd.daemon.skipped) and ``stale_reason`` (why
+the image just loaded may lack an update, from
+:class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard`).
   The EPERM policy falls back from ``kexec_load`` (unsigned segments under
   lockdown) to ``kexec_file_load`` and never from ``kexec_file_load`` to itself.
 """
