@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from kdumpd.config import Settings, load_settings
 from kdumpd.core.errors import InputError, KdumpdError
-from kdumpd.daemon.backends.base import Backend
+from kdumpd.daemon.backends.base import Backend, BackendName
 from kdumpd.daemon.backends.probe import make_backend, probe_backend
 from kdumpd.daemon.control import Operations
 from kdumpd.daemon.reconciler import Reconciler, default_image_factory
@@ -122,11 +122,11 @@ class Daemon:
 
     def _backend_name(self, s: Settings) -> tuple[str, str]:
         if self.replay is not None:
-            return "dry-run", "replay"
+            return BackendName.DRY_RUN, "replay"
         if s.backend != "auto":
             return s.backend, "configured"
         name, why = probe_backend(s.sysroot)
-        if name == "dry-run" and Path(s.sysroot).resolve() == Path("/"):
+        if name == BackendName.DRY_RUN and Path(s.sysroot).resolve() == Path("/"):
             log.warning("no kexec support: running in dry-run, nothing is loaded (%s)", why)
         return name, why
 
@@ -138,7 +138,7 @@ class Daemon:
         return make_backend(name, s, self.syscalls_factory)
 
     def _fallback(self) -> Backend:
-        return make_backend("file", self.settings, self.syscalls_factory)
+        return make_backend(BackendName.FILE, self.settings, self.syscalls_factory)
 
     async def run(self) -> RunResult:
         s = self.settings
@@ -278,13 +278,15 @@ class Daemon:
         why = self.store.current.backend_reason
         # file/kernel re-resolve kernel, initrd and cmdline every time (a kdump initrd
         # may have appeared, /proc/cmdline or kdump-utils' files may have changed)
-        if self.replay is None and (new.backend != old.backend or backend.name != "dry-run"):
+        if self.replay is None and (
+            new.backend != old.backend or backend.name != BackendName.DRY_RUN
+        ):
             name = backend.name if new.backend == old.backend == "auto" else None
             if name is None:
                 name, why = self._backend_name(new)
                 log.info("reload: backend %s (%s)", name, why, extra={"BACKEND": name})
                 self.store.update(backend_reason=why)
-            if name != "dry-run" or backend.name != "dry-run":
+            if name != BackendName.DRY_RUN or backend.name != BackendName.DRY_RUN:
                 backend = make_backend(name, new, self.syscalls_factory)
         # everything that can fail has run: commit (undone by the rollback)
         undo = rec.retune(

@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from kdumpd.core.errors import KdumpdError
+from kdumpd.daemon.backends.base import Trigger
 from kdumpd.system.kexec import KexecError
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class Operations:
 
     async def rescan(self) -> None:
         async with self.rec.exclusive("rescan"):
-            await self.rec.reconcile("rescan")
+            await self.rec.reconcile(Trigger.RESCAN)
 
     async def reload(self) -> None:
         """Queues behind a running burst: a reload asked for must happen, with the new
@@ -81,7 +82,7 @@ class Operations:
         async with rec.exclusive("reload"):
             rollback = rec.reconfigure() if rec.reconfigure is not None else None
             rec.unloaded_on_request = False
-            if not await rec.reconcile("reload", force_load=True):
+            if not await rec.reconcile(Trigger.RELOAD, force_load=True):
                 if rollback is not None:
                     rollback()  # a configuration that does not load changes nothing
                     rec.republish_backend()
@@ -95,7 +96,7 @@ class Operations:
             return
         async with rec.exclusive("load"):
             rec.unloaded_on_request = False
-            if not await rec.reconcile("load", force_load=True):
+            if not await rec.reconcile(Trigger.LOAD, force_load=True):
                 raise KdumpdError(rec.failure("load"))
 
     async def unload(self) -> None:

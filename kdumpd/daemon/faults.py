@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from kdumpd.core.errors import KdumpdError
-from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest
+from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest, LoadSyscall
 from kdumpd.daemon.state import ImageState
 from kdumpd.system.kexec import KexecError
 
@@ -117,10 +117,10 @@ class FaultPolicy:
         """A back-end using another load syscall, for EPERM from ``kexec_load`` (lockdown
         refuses unsigned segments, a signed kernel via ``kexec_file_load`` may pass).
         None when the retry would make the same syscall and fail the same way."""
-        if self.fallback_backend is None or backend.load_syscall != "kexec_load":
+        if self.fallback_backend is None or backend.load_syscall != LoadSyscall.KEXEC_LOAD:
             return None
         fallback = self.fallback_backend()
-        if fallback.load_syscall in ("", backend.load_syscall):
+        if fallback.load_syscall in (LoadSyscall.NONE, backend.load_syscall):
             return None
         return fallback
 

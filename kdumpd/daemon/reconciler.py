@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 
 from kdumpd.core.errors import CapacityError, KdumpdError, UnsupportedError
 from kdumpd.daemon.adoption import Adopter
-from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest
+from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest, Trigger
 from kdumpd.daemon.backends.probe import carry_last_good
 from kdumpd.daemon.faults import FaultPolicy, RetryTimer, state_after_failure
 from kdumpd.daemon.projection import Holding, Publisher, coverage, crash_ranges, load_outcome
@@ -134,7 +134,7 @@ class Reconciler:
             busy_retries=busy_retries,
             busy_delay=busy_delay,
         )
-        self.retry = RetryTimer(retry_interval, lambda: self.request("retry"))
+        self.retry = RetryTimer(retry_interval, lambda: self.request(Trigger.RETRY))
 
         self.debouncer = Debouncer(quiet, max_staleness, clock)
         self._async_debouncer = AsyncDebouncer(self.debouncer, self._on_burst)
@@ -183,7 +183,7 @@ class Reconciler:
         )
         if reason:
             self.store.update(stale=True, stale_reason=reason)
-            self.request("kernel log")
+            self.request(Trigger.KERNEL_LOG)
 
     def _on_burst(self, burst: Burst) -> None:
         if self._burst_first_at is None or burst.first_at < self._burst_first_at:
@@ -214,9 +214,11 @@ class Reconciler:
         async with self.exclusive("start"):
             try:
                 adopted = self._adopt_recorded()
-                await self.reconcile("adopt" if adopted else "start", force_load=not adopted)
+                await self.reconcile(
+                    Trigger.ADOPT if adopted else Trigger.START, force_load=not adopted
+                )
             except Exception as err:  # keep running, degraded, and retry
-                self._unexpected("start", err)
+                self._unexpected(Trigger.START, err)
         self._worker = asyncio.create_task(self._run(), name="kdumpd-reconciler")
         if not self._wake.is_set() and self.debouncer.pending == 0:
             self._idle.set()
@@ -247,7 +249,7 @@ class Reconciler:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            trigger, self._trigger = self._trigger or "request", ""
+            trigger, self._trigger = self._trigger or Trigger.REQUEST, ""
             async with self.exclusive("reconcile"):
                 self._pass_first_at, self._burst_first_at = self._burst_first_at, None
                 try:
@@ -365,7 +367,7 @@ class Reconciler:
             present_cpus=tuple(topology.present_cpus),
             memory_ranges=crash_ranges(topology),
         )
-        if trigger != "recheck":
+        if trigger != Trigger.RECHECK:
             log.info(
                 "%s: the crash image was unloaded on request; not loading (Load or Reload "
                 "loads it again)",
@@ -389,7 +391,7 @@ class Reconciler:
                 if self.unloaded_on_request:
                     self.store.update(state=ImageState.UNLOADED, stale=True)
                     return True
-                if trigger == "recheck":  # the next burst or retry loads; no blind load now
+                if trigger == Trigger.RECHECK:  # the next burst or retry loads; no blind load now
                     self.store.update(stale=True)
                     return True
                 if not self.backend.consumes_image:
@@ -410,7 +412,7 @@ class Reconciler:
                         log.error("cannot build the crash image model: %s", err)
                         self.model_error = f"no elfcorehdr model: {err}"
                     self._publish(topology, trigger, None, t0)
-                elif trigger != "recheck":
+                elif trigger != Trigger.RECHECK:
                     log.info(
                         "%s: topology unchanged, generation %d stays",
                         trigger,
@@ -455,7 +457,7 @@ class Reconciler:
             if self.debouncer.pending > 0 or rechecked:
                 return True  # the pending burst drives the next pass
             force_load = False
-            trigger = "recheck"
+            trigger = Trigger.RECHECK
             rechecked = True
         return True
 
@@ -466,7 +468,7 @@ class Reconciler:
         if self.unloaded_on_request:
             self.store.update(state=ImageState.UNLOADED, stale=True)
             return True
-        if trigger == "adopt":  # our image is loaded; nothing to compare it with
+        if trigger == Trigger.ADOPT:  # our image is loaded; nothing to compare it with
             changes = StateChanges(
                 state=ImageState.LOADED, backend=self.backend.name, last_error=self.model_error
             )

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kdumpd.core.topology import Resource, Topology
-from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
+from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, LoadSyscall
 from kdumpd.system.kexec import KexecError
 from kdumpd.system.topologyreader import read_topology
 
@@ -55,11 +55,11 @@ class RecordingBackend:
     ``faults`` (errno list) makes the next applies fail."""
 
     def __init__(
-        self, name: str = "fake", *, consumes_image: bool = True, load_syscall: str = "fake"
+        self, name: str = "fake", *, consumes_image: bool = True, load_syscall: str = ""
     ) -> None:
         self._name = name
         self.consumes_image = consumes_image
-        self.load_syscall = load_syscall
+        self.load_syscall = LoadSyscall(load_syscall)
         self.adopted = 0
         self.inputs: dict[str, str] = {"kernel": "k1", "cmdline": "c1"}
         self.applied: list[LoadRequest] = []

@@ -18,7 +18,7 @@ Two class attributes tell the reconciler what a backend needs and does:
   layout, a placement that does not fit) must not stop the load: the request
   carries ``image=None`` and the missing model is reported as ``LastError`` and
   ``Stale``.
-- ``load_syscall``: ``"kexec_file_load"``, ``"kexec_load"`` or ``""`` (no syscall).
+- ``load_syscall``: a :class:`LoadSyscall`.
 
 Two optional attributes (read with ``getattr``, default False / ""), for back-ends
 whose loaded image the kernel updates in place (``kernel``; ``kexec_load`` with
@@ -32,6 +32,7 @@ the image just loaded may lack an update, from
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -41,12 +42,45 @@ if TYPE_CHECKING:
     from kdumpd.core.topology import Topology
 
 
+class BackendName(enum.StrEnum):
+    """The loaders kdumpd can use (``backend =`` in the configuration, besides ``auto``)."""
+
+    KERNEL = "kernel"
+    FILE = "file"
+    SEGMENT = "segment"
+    KEXEC_TOOLS = "kexec-tools"
+    DRY_RUN = "dry-run"
+
+
+class LoadSyscall(enum.StrEnum):
+    """The syscall a back-end loads with (the EPERM policy depends on it)."""
+
+    KEXEC_FILE_LOAD = "kexec_file_load"
+    KEXEC_LOAD = "kexec_load"
+    NONE = ""  # no syscall (dry-run)
+
+
+class Trigger(enum.StrEnum):
+    """Why a pass runs.  A burst of events is named by its own text
+    (``"12 events (quiet)"``), so a request's trigger is ``Trigger | str``."""
+
+    START = "start"
+    ADOPT = "adopt"  # start, adopting the image state.json records
+    RELOAD = "reload"
+    LOAD = "load"
+    RESCAN = "rescan"
+    RETRY = "retry"
+    RECHECK = "recheck"  # the re-read right after an apply
+    KERNEL_LOG = "kernel log"
+    REQUEST = "request"  # a request without a name
+
+
 @dataclass(frozen=True, slots=True)
 class LoadRequest:
     image: CrashImage | None  # None: no model could be built (backends not consuming it)
     topology: Topology | None  # None: the topology could not be read (likewise)
     generation: int
-    trigger: str
+    trigger: Trigger | str
     counters: Mapping[str, int] = field(default_factory=dict)
     force_load: bool = False  # a full load even where an in-place update would do
     # Re-reads the topology and returns its image-key digest (None: unreadable).  A
@@ -72,7 +106,7 @@ class ApplyResult:
 
 class Backend(Protocol):
     consumes_image: bool
-    load_syscall: str
+    load_syscall: LoadSyscall
 
     @property
     def name(self) -> str: ...

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdumpd.core.errors import KdumpdError
-from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
+from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 
 if TYPE_CHECKING:
     from kdumpd.core.image import CrashImage
@@ -34,7 +34,7 @@ KEEP_LOADS = 64  # segment files of the last N loads kept when the daemon picks 
 
 class DryRunBackend:
     consumes_image = True
-    load_syscall = ""
+    load_syscall = LoadSyscall.NONE
 
     def __init__(self, state_dir: str | Path, *, keep: int | None = None) -> None:
         self.state_dir = Path(state_dir)
@@ -46,8 +46,8 @@ class DryRunBackend:
         self._last_good: bytes | None = None
 
     @property
-    def name(self) -> str:
-        return "dry-run"
+    def name(self) -> BackendName:
+        return BackendName.DRY_RUN
 
     def _count_loads(self) -> int:
         """The last load number recorded (the log may have been cut)."""

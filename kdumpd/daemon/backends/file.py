@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdumpd.core.errors import KdumpdError
-from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
+from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.system.kdumpconf import (
     DEFAULT_CAPTURE_APPEND,
     DEFAULT_COMMANDLINE_REMOVE,
@@ -155,7 +155,7 @@ def _executor() -> ThreadPoolExecutor:
 
 class FileBackend:
     consumes_image = False
-    load_syscall = "kexec_file_load"
+    load_syscall = LoadSyscall.KEXEC_FILE_LOAD
 
     def __init__(
         self,
@@ -169,8 +169,8 @@ class FileBackend:
         self.last_good: KexecFiles | None = None
 
     @property
-    def name(self) -> str:
-        return "file"
+    def name(self) -> BackendName:
+        return BackendName.FILE
 
     def is_loaded(self) -> bool:
         return crash_image_loaded(self.sysroot)

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from kdumpd.core.ranges import subtract
 from kdumpd.core.topology import MemRange, Topology
-from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
+from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import FileBackend
 from kdumpd.daemon.backends.inplace import LoadRaceGuard
 from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
@@ -58,7 +58,7 @@ ADOPT_READ_DELAY = 0.05  # seconds between them
 
 class KernelBackend:
     consumes_image = False
-    load_syscall = "kexec_file_load"
+    load_syscall = LoadSyscall.KEXEC_FILE_LOAD
 
     def __init__(
         self,
@@ -95,8 +95,8 @@ class KernelBackend:
         self.race = LoadRaceGuard(self.name)
 
     @property
-    def name(self) -> str:
-        return "kernel"
+    def name(self) -> BackendName:
+        return BackendName.KERNEL
 
     @property
     def updated_in_place(self) -> bool:

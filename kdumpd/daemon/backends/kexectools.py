@@ -53,7 +53,7 @@ from pathlib import Path
 from kdumpd.core.errors import KdumpdError
 from kdumpd.core.ranges import subtract
 from kdumpd.core.topology import MemRange, Topology
-from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
+from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import KexecFiles, _file_digest
 from kdumpd.daemon.backends.inplace import LoadRaceGuard
 from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
@@ -136,7 +136,7 @@ def check_kexec_args(args: Sequence[str]) -> tuple[str, ...]:
 
 class KexecToolsBackend:
     consumes_image = False
-    load_syscall = "kexec_load"
+    load_syscall = LoadSyscall.KEXEC_LOAD
 
     def __init__(
         self,
@@ -171,8 +171,8 @@ class KexecToolsBackend:
         self.race = LoadRaceGuard(self.name)
 
     @property
-    def name(self) -> str:
-        return "kexec-tools"
+    def name(self) -> BackendName:
+        return BackendName.KEXEC_TOOLS
 
     def _file_syscall(self) -> bool:
         return any(a.split("=", 1)[0] in FILE_SYSCALL_OPTIONS for a in self.kexec_args)

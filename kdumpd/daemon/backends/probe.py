@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from kdumpd.core.errors import InputError
 from kdumpd.daemon.backends import BACKEND_NAMES
-from kdumpd.daemon.backends.base import Backend
+from kdumpd.daemon.backends.base import Backend, BackendName
 from kdumpd.daemon.backends.dryrun import KEEP_LOADS, DryRunBackend
 from kdumpd.daemon.backends.file import FileBackend, KexecFiles, default_files
 from kdumpd.daemon.backends.kernel import KernelBackend
@@ -62,32 +62,38 @@ def probe_backend(
     """(backend name, reason) for ``auto``."""
     root = Sysroot(sysroot)
     if not kexec_present(root):
-        return "dry-run", "the kernel has no kexec (/sys/kernel/kexec_crash_loaded missing)"
+        return (
+            BackendName.DRY_RUN,
+            "the kernel has no kexec (/sys/kernel/kexec_crash_loaded missing)",
+        )
     try:
         size = read_crash_size(root)
     except InputError:
         size = None
     # None: EBUSY during a concurrent load (or unreadable): assume a reservation exists.
     if size == 0:
-        return "dry-run", "no crashkernel= reservation (kexec_crash_size is 0)"
+        return BackendName.DRY_RUN, "no crashkernel= reservation (kexec_crash_size is 0)"
     if (os.geteuid() if euid is None else euid) != 0:
-        return "dry-run", "not running as root (kexec needs CAP_SYS_BOOT)"
+        return BackendName.DRY_RUN, "not running as root (kexec needs CAP_SYS_BOOT)"
     machine = machine or platform.machine()
     has_file_load = file_load(machine)
     if has_file_load is False:
         binary = kexec_binary()
         if binary is None:
-            return "dry-run", (
+            return BackendName.DRY_RUN, (
                 "the kernel has no kexec_file_load (ENOSYS) and no kexec binary is installed"
             )
-        return "kexec-tools", f"the kernel has no kexec_file_load (ENOSYS); {binary} loads"
+        return (
+            BackendName.KEXEC_TOOLS,
+            f"the kernel has no kexec_file_load (ENOSYS); {binary} loads",
+        )
     hotplug = crash_hotplug_file(root)
     if hotplug is not None:
-        return "kernel", f"the kernel updates crash images on hotplug ({hotplug} exists)"
+        return BackendName.KERNEL, f"the kernel updates crash images on hotplug ({hotplug} exists)"
     why_not = segment_unavailable(root, machine)
     if why_not is None:
-        return "segment", "kexec_load of kdumpd's own image (no in-kernel crash hotplug)"
-    return "file", f"kexec_file_load without in-kernel crash hotplug ({why_not})"
+        return BackendName.SEGMENT, "kexec_load of kdumpd's own image (no in-kernel crash hotplug)"
+    return BackendName.FILE, f"kexec_file_load without in-kernel crash hotplug ({why_not})"
 
 
 def segment_unavailable(root: Sysroot, machine: str | None = None) -> str | None:
@@ -125,7 +131,7 @@ def make_backend(
     settings: Settings,
     syscalls_factory: Callable[[], KexecSyscalls] | None = None,
 ) -> Backend:
-    if name == "dry-run":
+    if name == BackendName.DRY_RUN:
         return DryRunBackend(settings.state_dir, keep=KEEP_LOADS)
     if syscalls_factory is None:
         from kdumpd.system.kexec import LinuxKexec
@@ -168,12 +174,12 @@ def _segment(
 #: Back-end name -> factory for every back-end that loads through kexec (``dry-run``
 #: is made above); :data:`kdumpd.daemon.backends.BACKEND_NAMES` lists the same names.
 LOADERS: dict[str, Callable[[Callable[[], KexecSyscalls], KexecFiles, Settings], Backend]] = {
-    "file": _file,
-    "kernel": _kernel,
-    "kexec-tools": _kexec_tools,
-    "segment": _segment,
+    BackendName.FILE: _file,
+    BackendName.KERNEL: _kernel,
+    BackendName.KEXEC_TOOLS: _kexec_tools,
+    BackendName.SEGMENT: _segment,
 }
-assert set(BACKEND_NAMES) == {"dry-run", *LOADERS}
+assert set(BACKEND_NAMES) == {BackendName.DRY_RUN, *LOADERS}
 
 
 def carry_last_good(old: Backend, new: Backend) -> None:

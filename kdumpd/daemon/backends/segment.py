@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from kdumpd.core.errors import KdumpdError
 from kdumpd.core.segment import LoaderInputs, SegmentImage
-from kdumpd.daemon.backends.base import ApplyResult, LoadRequest
+from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import KexecFiles, _executor, _file_digest
 from kdumpd.system.kexec import KEXEC_ON_CRASH, KexecSyscalls, MappedFile
 from kdumpd.system.kexecsysfs import crash_image_loaded
@@ -70,7 +70,7 @@ class Prepared:
 
 class SegmentBackend:
     consumes_image = True
-    load_syscall = "kexec_load"
+    load_syscall = LoadSyscall.KEXEC_LOAD
 
     def __init__(
         self,
@@ -91,8 +91,8 @@ class SegmentBackend:
         self.prepare_usec = 0
 
     @property
-    def name(self) -> str:
-        return "segment"
+    def name(self) -> BackendName:
+        return BackendName.SEGMENT
 
     def is_loaded(self) -> bool:
         return crash_image_loaded(self.sysroot)
