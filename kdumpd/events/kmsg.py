@@ -169,7 +169,7 @@ class KmsgWatcher:
                     log.debug("%s: lseek(SEEK_END): %s", self.path, err.strerror)
         self.fd = fd
         self._loop = loop or asyncio.get_running_loop()
-        self._loop.add_reader(fd, self.drain)
+        self._loop.add_reader(fd, self._readable)
         log.info("watching %s for skipped crash-hotplug updates", self.path)
         return True
 
@@ -187,8 +187,14 @@ class KmsgWatcher:
             log.warning(msg, *args)
 
     # ------------------------------------------------------------------ reading
+    def _readable(self) -> None:
+        if self.drain() < 0:  # readable at end of file: it would stay readable
+            self._once("eof", "%s: end of file; no longer watching it", self.path)
+            self.stop()
+
     def drain(self) -> int:
-        """Read every record available now; returns how many were read."""
+        """Read every record available now; returns how many were read, or -1 at end
+        of file (a FIFO without a writer, a file: never /dev/kmsg)."""
         fd = self.fd
         if fd is None:
             return 0
@@ -228,10 +234,8 @@ class KmsgWatcher:
                 )
                 self.stop()
                 break
-            if not data:  # EOF: only a FIFO or file does that, never /dev/kmsg
-                self._once("eof", "%s: end of file; no longer watching it", self.path)
-                self.stop()
-                break
+            if not data:
+                return -1
             n += self._feed(data)
         return n
 

@@ -425,3 +425,71 @@ async def test_sighup_cancelled_at_shutdown_sends_no_ready_after_stopping(
     sent = d.notifier.sent
     stop = max(i for i, m in enumerate(sent) if m.startswith("STOPPING=1"))
     assert not any("READY=1" in m for m in sent[stop:]), sent
+
+
+async def test_kernel_log_line_reaches_the_reconciler_through_the_daemon(tmp_path: Path) -> None:
+    """The composition: on a kernel with crash hotplug the daemon watches
+    <sysroot>/dev/kmsg (here a FIFO) from before its first load; the kernel's
+    skipped-update line printed later marks the image stale and loads once; without
+    crash hotplug no watcher is started."""
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURE, root)
+    rel = (root / "proc/sys/kernel/osrelease").read_text().strip()
+    (root / "boot").mkdir()
+    (root / f"boot/vmlinuz-{rel}").write_bytes(b"MZ fake kernel")
+    (root / "sys/kernel/kexec_crash_loaded").write_text("0\n")
+    for sub in ("cpu", "memory"):
+        (root / f"sys/devices/system/{sub}/crash_hotplug").write_text("1\n")
+    (root / "dev").mkdir(exist_ok=True)
+    os.mkfifo(root / "dev/kmsg")
+    base = {
+        "sysroot": str(root),
+        "state_dir": str(tmp_path / "state"),
+        "backend": "kernel",
+        "dbus": False,
+        "debounce": {"quiet_ms": 5, "max_ms": 50},
+        "kexec": {"cmdline": "console=ttyS0"},
+    }
+    calls: list[bytes] = []
+    d = Daemon(
+        load_settings(None, base, env={}),
+        env={},
+        syscalls_factory=lambda: LoadingKexec(root, calls),  # type: ignore[arg-type,return-value]
+        source_factory=lambda sink, s: FakeSource(sink, d),
+    )
+    task = asyncio.create_task(d.run())
+    await wait_for(lambda: d.reconciler is not None and d.store.current.loads >= 1)
+    rec = d.reconciler
+    assert rec is not None
+    await rec.settle()
+    assert d._kernel_log is not None and len(calls) == 1
+    w = os.open(root / "dev/kmsg", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(
+            w, b"6,900,5000000,-;crash hp: kexec_trylock() failed, kdump image may be inaccurate\n"
+        )
+        await wait_for(lambda: len(calls) == 2)
+        await rec.settle()
+    finally:
+        os.close(w)
+    s = d.store.current
+    assert s.loads == 2 and s.last_trigger == "kernel log" and s.stale_reason == ""
+    assert d._stop is not None
+    d._stop.set()
+    await task
+    assert d._kernel_log is None or d._kernel_log.fd is None  # closed at stop
+    # a kernel without crash hotplug (before 6.6) never prints the line: no watcher
+    for sub in ("cpu", "memory"):
+        (root / f"sys/devices/system/{sub}/crash_hotplug").unlink()
+    d2 = Daemon(
+        load_settings(None, {**base, "backend": "file", "state_dir": str(tmp_path / "s2")}, env={}),
+        env={},
+        syscalls_factory=lambda: LoadingKexec(root, calls),  # type: ignore[arg-type,return-value]
+        source_factory=lambda sink, s: FakeSource(sink, d2),
+    )
+    task = asyncio.create_task(d2.run())
+    await wait_for(lambda: d2.reconciler is not None and d2.store.current.loads >= 1)
+    assert d2._kernel_log is None
+    assert d2._stop is not None
+    d2._stop.set()
+    await task

@@ -360,3 +360,20 @@ async def test_watcher_on_a_fifo_below_a_sysroot(tmp_path: Path) -> None:
     finally:
         os.close(w)
         watcher.stop()
+
+
+async def test_end_of_file_stops_watching_only_when_the_loop_sees_it() -> None:
+    """A FIFO without a writer reads as end of file: a drain at the end of a load just
+    finds nothing; the loop reporting it readable at EOF (the writer went away) stops
+    the watcher, which would otherwise spin."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    got = Collector()
+    watcher = KmsgWatcher(got, path="fifo", opener=lambda _p: r)
+    assert watcher.start()
+    os.write(w, rec(1, SKIP_LINE))
+    os.close(w)
+    assert watcher.drain() == -1 and watcher.fd == r  # read the record, then EOF
+    assert [e.seq for e in got.events] == [1]
+    await asyncio.sleep(0.05)  # the loop sees the fd readable at EOF
+    assert watcher.fd is None
