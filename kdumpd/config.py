@@ -13,6 +13,8 @@ Example file::
     state_dir = "/run/kdumpd"
     event_source = "auto"       # auto | udev | kernel
     dbus = true
+    # Prometheus metrics for node_exporter's textfile collector; unset = none.
+    # metrics_file = "/var/lib/prometheus/node-exporter/kdumpd.prom"
 
     [debounce]
     quiet_ms = 100              # apply after this long without events
@@ -39,7 +41,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -101,9 +110,16 @@ class Settings(BaseSettings):
     state_dir: Path = Path("/run/kdumpd")
     event_source: EventSourceName = "auto"
     dbus: bool = True
+    # Prometheus text file (kdumpd.interfaces.metrics); None (or "") writes none.
+    metrics_file: Path | None = None
     debounce: DebounceSettings = Field(default_factory=DebounceSettings)
     elfcorehdr: ElfcorehdrSettings = Field(default_factory=ElfcorehdrSettings)
     kexec: KexecSettings = Field(default_factory=KexecSettings)
+
+    @field_validator("metrics_file", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        return None if value == "" else value
 
     @classmethod
     def settings_customise_sources(

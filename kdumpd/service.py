@@ -2,7 +2,8 @@
 
 Event sources (udev netlink or a replay file) → the reconciler's debouncer → the
 reconciler (topology → CrashImage → backend) → the StateStore, observed by
-sd_notify, state.json and (if present and enabled) D-Bus.  SIGTERM/SIGINT stop.
+sd_notify, state.json, the metrics file (``metrics_file``) and (if present and enabled)
+D-Bus.  SIGTERM/SIGINT stop.
 
 The udev source starts *before* the first topology read, so a hotplug event during
 start-up is debounced into a burst that runs after the first load, never lost.
@@ -27,7 +28,7 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kdumpd.config import Settings, load_settings
 from kdumpd.core.errors import InputError, KdumpdError
@@ -44,6 +45,9 @@ from kdumpd.interfaces.notify import Notifier
 from kdumpd.system import malloc
 from kdumpd.system.kexec import KexecSyscalls
 from kdumpd.system.kexecsysfs import crash_hotplug_file
+
+if TYPE_CHECKING:
+    from kdumpd.interfaces.metrics import MetricsWriter
 
 log = logging.getLogger("kdumpd.service")
 
@@ -114,6 +118,7 @@ class Daemon:
         self.reconciler: Reconciler | None = None
         self.control: Operations | None = None
         self.notifier: Notifier | None = None
+        self.metrics: MetricsWriter | None = None
         self._stop: asyncio.Event | None = None
         self._dbus: Any = None
         self._source: EventSource | None = None
@@ -172,6 +177,7 @@ class Daemon:
         replay_stats: ReplayStats | None = None
         gap: float | None = None
         try:
+            self._start_metrics()  # before the first load: the file says "loading"
             if self.replay is None and self._hears_this_machine():
                 self._start_source(rec)  # before the first read: no event is lost
                 self._start_kernel_log(rec)  # before the first load, likewise
@@ -210,6 +216,8 @@ class Daemon:
             for task in list(self._tasks):
                 task.cancel()
             await rec.stop()
+            if self.metrics is not None:
+                self.metrics.stop()  # the final state, after the last pass
 
     def _hears_this_machine(self) -> bool:
         """The default (udev) event source reports the *running* kernel's hotplug;
@@ -235,6 +243,17 @@ class Daemon:
             log.error("no hotplug events: %s (rescan via D-Bus or SIGHUP still works)", err)
             return
         self._source = src
+
+    def _start_metrics(self) -> None:
+        """The Prometheus text file (``metrics_file``), when configured."""
+        path = self.settings.metrics_file
+        if path is None:
+            return
+        from kdumpd.interfaces.metrics import MetricsWriter
+
+        self.metrics = MetricsWriter(path, self.store, self.settings.sysroot)
+        self.metrics.start()
+        log.info("metrics in %s", path)
 
     def _start_kernel_log(self, rec: Reconciler) -> None:
         """Watch the kernel log for skipped crash-hotplug updates, on kernels that make
@@ -268,7 +287,7 @@ class Daemon:
         rec = self.reconciler
         new = self.load_config()
         old = self.settings
-        for key in ("sysroot", "state_dir", "event_source", "dbus"):
+        for key in ("sysroot", "state_dir", "event_source", "dbus", "metrics_file"):
             if getattr(new, key) != getattr(old, key):
                 log.warning("reload: %s changed; it takes effect at the next restart", key)
         if rec is None:

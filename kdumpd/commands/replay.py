@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="time scale for 'at' (default 0: as fast as possible)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--metrics-file", metavar="FILE", help="write Prometheus metrics to FILE as `run` does"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         "backend": args.backend,
         "state_dir": args.state_dir,
         "dbus": False,
+        "metrics_file": args.metrics_file,
     }
     settings = load_settings(args.config, overrides)
     daemon = Daemon(settings, replay=args.file, speed=args.speed, exit_after_replay=True)

@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--speed", type=float, default=1.0, metavar="N", help="replay time scale (0 = no waits)"
     )
     parser.add_argument("--no-dbus", action="store_true", help="do not publish on D-Bus")
+    parser.add_argument(
+        "--metrics-file",
+        metavar="FILE",
+        help="write Prometheus metrics to FILE (e.g. in node_exporter's textfile directory)",
+    )
 
 
 def _daemon_log_level() -> None:
@@ -44,6 +49,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "backend": getattr(args, "backend", None),
         "state_dir": getattr(args, "state_dir", None),
         "event_source": getattr(args, "event_source", None),
+        "metrics_file": getattr(args, "metrics_file", None),
     }
     if getattr(args, "no_dbus", False):
         out["dbus"] = False

@@ -142,6 +142,8 @@ class Reconciler:
         self.applied_digest: str | None = None
         self.generation = store.current.generation
         self.loads = store.current.loads
+        self.load_failures = store.current.load_failures
+        self.load_gaps_usec = store.current.load_gaps_usec
         self.regenerations = store.current.regenerations
         self.last_event_at: float | None = None
         self.last_applied_at: float | None = None
@@ -278,7 +280,13 @@ class Reconciler:
             loaded = False
         self.applied_digest = None
         state = ImageState.UNLOADED if self.unloaded_on_request else state_after_failure(loaded)
-        self.store.update(state=state, last_error=f"{type(err).__name__}: {err}", stale=True)
+        self.load_failures += 1
+        self.store.update(
+            state=state,
+            last_error=f"{type(err).__name__}: {err}",
+            stale=True,
+            load_failures=self.load_failures,
+        )
         if not self.unloaded_on_request:
             self.retry.schedule()
 
@@ -521,6 +529,7 @@ class Reconciler:
             return await self._degrade(request, outcome)
         if outcome.loaded:
             self.loads += outcome.load_count
+            self.load_gaps_usec += outcome.gap_usec
             self.loaded_inputs = self.backend.input_digests()
         return outcome
 
@@ -539,14 +548,18 @@ class Reconciler:
         restored = await self.faults.restore(
             self.backend, request, last_good=self.last_good, error=error
         )
+        self.load_failures += 1
         if restored.result is not None and restored.result.loaded:
             self.loads += restored.result.load_count
+            self.load_gaps_usec += restored.result.gap_usec
             self.loaded_inputs = {"restored": "last good inputs"}
         self.store.update(
             state=state_after_failure(restored.loaded),
             last_error=error,
             stale=True,
             loads=self.loads,
+            load_failures=self.load_failures,
+            load_gaps_usec=self.load_gaps_usec,
         )
         self._save(loaded=restored.loaded)
         self.retry.schedule()
@@ -574,6 +587,7 @@ class Reconciler:
             last_trigger=trigger,
             regenerations=self.regenerations,
             loads=self.loads,
+            load_gaps_usec=self.load_gaps_usec,
             events_received=self.debouncer.received,
             events_coalesced=self.debouncer.coalesced,
             pending_events=self.debouncer.pending,

@@ -35,11 +35,13 @@ class DaemonState:
     last_update_usec: int = 0  # CLOCK_REALTIME, microseconds
     last_update_duration_usec: int = 0
     last_load_gap_usec: int = 0  # time with no crash image during the last load
+    load_gaps_usec: int = 0  # the sum of every load's gap since the daemon started
     last_trigger: str = ""
     events_received: int = 0
     events_coalesced: int = 0
     regenerations: int = 0
     loads: int = 0
+    load_failures: int = 0  # passes whose load failed (the fault policy gave up)
     pending_events: int = 0
     present_cpus: tuple[int, ...] = ()
     covered_cpus: tuple[int, ...] = ()
@@ -79,11 +81,13 @@ class StateChanges(TypedDict, total=False):
     last_update_usec: int
     last_update_duration_usec: int
     last_load_gap_usec: int
+    load_gaps_usec: int
     last_trigger: str
     events_received: int
     events_coalesced: int
     regenerations: int
     loads: int
+    load_failures: int
     pending_events: int
     present_cpus: tuple[int, ...]
     covered_cpus: tuple[int, ...]

@@ -21,6 +21,7 @@ __all__ = [
     "CRASH_ELFCOREHDR_SIZE",
     "KEXEC_CRASH_LOADED",
     "KEXEC_CRASH_SIZE",
+    "KEXEC_LOAD_LIMIT_PANIC",
     "MEMORY_CRASH_HOTPLUG",
     "crash_hotplug_file",
     "crash_image_loaded",
@@ -29,6 +30,7 @@ __all__ = [
     "read_crash_hotplug",
     "read_crash_loaded",
     "read_crash_size",
+    "read_load_limit_panic",
 ]
 
 CPU_CRASH_HOTPLUG = "/sys/devices/system/cpu/crash_hotplug"
@@ -44,6 +46,9 @@ CRASH_ELFCOREHDR_SIZE = (
     "/sys/kernel/crash_elfcorehdr_size",
     "/sys/kernel/kexec/crash_elfcorehdr_size",
 )
+#: How many more crash-image loads the kernel accepts this boot; -1 = no limit.  Newer
+#: kernels only (kernel/kexec_core.c, the kexec_load_limit_* sysctls); absent on 6.1.
+KEXEC_LOAD_LIMIT_PANIC = "/proc/sys/kernel/kexec_load_limit_panic"
 OSRELEASE = "/proc/sys/kernel/osrelease"
 LOCKDOWN = "/sys/kernel/security/lockdown"
 
@@ -120,6 +125,20 @@ def read_crash_size(sysroot: str | Path | Sysroot = "/") -> int | None:
     """The crash reservation in bytes; ``None`` when the file is missing or busy.
     Takes the kexec lock: never in the burst path."""
     return _number(Sysroot.of(sysroot), *KEXEC_CRASH_SIZE)
+
+
+def read_load_limit_panic(sysroot: str | Path | Sysroot = "/") -> int | None:
+    """``kexec_load_limit_panic``: the crash-image loads (``kexec_load`` and
+    ``kexec_file_load`` alike) the kernel still accepts, ``-1`` without a limit;
+    ``None`` when the kernel has no such sysctl or it cannot be read.  No kexec lock."""
+    text = Sysroot.of(sysroot).read_value(KEXEC_LOAD_LIMIT_PANIC)
+    if text is None:
+        return None
+    try:
+        value = int(text, 10)
+    except ValueError:
+        return None
+    return value if value >= -1 else None
 
 
 def crash_hotplug_file(sysroot: str | Path | Sysroot = "/") -> str | None:
