@@ -107,6 +107,20 @@ static char *put_u32(char *out, uint32_t v)
 	return out;
 }
 
+/* "0x3b000200" for 0x3b000200 */
+static char *put_hex(char *out, uint64_t v)
+{
+	int shift = 60;
+
+	*out++ = '0';
+	*out++ = 'x';
+	while (shift > 0 && !((v >> shift) & 0xf))
+		shift -= 4;
+	for (; shift >= 0; shift -= 4)
+		*out++ = "0123456789abcdef"[(v >> shift) & 0xf];
+	return out;
+}
+
 static char *put_str(char *out, const char *s)
 {
 	while (*s)
@@ -115,7 +129,9 @@ static char *put_str(char *out, const char *s)
 }
 
 /*
- * One of, followed by CR LF:
+ * With policy bit1 and a port, one line (CR LF terminated):
+ *   kdumpd purgatory: 4 regions ok, starting the capture kernel at 0x3b000200
+ * or, never jumping:
  *   kdumpd purgatory: region N sha256 mismatch, capture kernel not started, resetting
  *   kdumpd purgatory: region N is not an ELF64 core header, capture kernel not started, halting
  *   kdumpd purgatory: bad header (nregions N), capture kernel not started, resetting
@@ -124,12 +140,24 @@ void purgatory_main(const struct purgatory_header *h)
 {
 	uint32_t region;
 	enum purgatory_verdict verdict = purgatory_verify(h, &region);
+	int say = h->serial_port && (h->policy & PURGATORY_POLICY_SERIAL);
 	char line[128];
 	char *p = line;
 
-	if (verdict == PURGATORY_OK)
+	if (verdict == PURGATORY_OK) {
+		if (say) {
+			p = put_str(p, "kdumpd purgatory: ");
+			p = put_u32(p, h->nregions);
+			p = put_str(p, h->nregions == 1 ? " region ok" : " regions ok");
+			p = put_str(p, ", starting the capture kernel at ");
+			p = put_hex(p, h->kernel_entry);
+			p = put_str(p, "\r\n");
+			*p = 0;
+			serial_write(h->serial_port, line);
+		}
 		return;
-	if (h->serial_port && (h->policy & PURGATORY_POLICY_SERIAL)) {
+	}
+	if (say) {
 		p = put_str(p, "kdumpd purgatory: ");
 		if (verdict == PURGATORY_BAD_HEADER) {
 			p = put_str(p, "bad header (nregions ");

@@ -132,7 +132,10 @@ def run(
 @pytest.mark.parametrize("load", [0x0100_0000, 0x7FE0_3000, 0x1_2345_6000])
 def test_good_image_starts_the_kernel_with_the_boot_protocol_state(blob: bytes, load: int) -> None:
     r = run(blob, load)
-    assert r.serial == "" and r.ports == []
+    assert r.serial == (
+        f"kdumpd purgatory: 4 regions ok, starting the capture kernel at {KERNEL + 0x200:#x}\r\n"
+    )
+    assert {port for port, _ in r.ports} == {COM1}
     assert r.at_kernel is not None, "the kernel entry was never reached"
     regs = r.at_kernel
     assert regs["rsi"] == BOOT_PARAMS

@@ -151,7 +151,24 @@ def test_c_layout_is_the_patchers_layout(lib: ctypes.CDLL) -> None:
 def test_good_regions_pass_and_main_returns(lib: ctypes.CDLL) -> None:
     image = Image([4096, 1, 0, 100_000, 64])
     assert verify(lib, image.purgatory) == (OK, 4)
-    assert run_main(lib, image.purgatory) == (-1, "", 0)
+    assert run_main(lib, image.purgatory) == (
+        -1,
+        "kdumpd purgatory: 5 regions ok, starting the capture kernel at 0x1000200\r\n",
+        0x3F8,
+    )
+    image.purgatory.configure(
+        boot_params=BOOT_PARAMS, kernel_entry=0xFFFF_FFFF_FFFF_FFF0, policy=Policy.RESET
+    )
+    assert run_main(lib, image.purgatory) == (-1, "", 0)  # no serial bit: silent
+    image.purgatory.configure(
+        boot_params=BOOT_PARAMS, kernel_entry=0xFFFF_FFFF_FFFF_FFF0, serial_port=0x2F8
+    )
+    assert run_main(lib, image.purgatory)[1:] == (
+        "kdumpd purgatory: 5 regions ok, starting the capture kernel at 0xfffffffffffffff0\r\n",
+        0x2F8,
+    )
+    one = Image([1])
+    assert run_main(lib, one.purgatory)[1].startswith("kdumpd purgatory: 1 region ok,")
 
 
 @pytest.mark.parametrize("index", [0, 2, 14])
