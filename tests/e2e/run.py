@@ -16,7 +16,9 @@ from tests.e2e.guest import qemu_available
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_KERNELS = "6.1 6.12"
-DEFAULT_SCENARIOS = "baseline hotplug-add hotplug-remove burst crash-during-burst load-race"
+DEFAULT_SCENARIOS = (
+    "baseline hotplug-add hotplug-remove burst crash-during-burst load-race segment-corrupt"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
