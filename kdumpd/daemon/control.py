@@ -32,6 +32,11 @@ class Busy(KdumpdError):
         super().__init__(f"{operation}: busy, {running} in progress")
 
 
+class OperationFailed(KdumpdError):
+    """A Load or Reload did not leave the requested image loaded (the published state
+    and the journal say why)."""
+
+
 @runtime_checkable
 class Controller(Protocol):
     async def reload(self) -> None:
@@ -87,7 +92,7 @@ class Operations:
                     rollback()  # a configuration that does not load changes nothing
                     rec.republish_backend()
                     log.error("reload: the new configuration did not load; kept the old one")
-                raise KdumpdError(rec.failure("reload"))
+                raise OperationFailed(rec.failure("reload"))
 
     async def load(self) -> None:
         self._refuse_if_busy("load")
@@ -97,7 +102,7 @@ class Operations:
         async with rec.exclusive("load"):
             rec.unloaded_on_request = False
             if not await rec.reconcile(Trigger.LOAD, force_load=True):
-                raise KdumpdError(rec.failure("load"))
+                raise OperationFailed(rec.failure("load"))
 
     async def unload(self) -> None:
         self._refuse_if_busy("unload")

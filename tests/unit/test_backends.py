@@ -722,3 +722,20 @@ async def test_kernel_backend_extra_load_is_made_once_then_the_next_burst_loads(
     kexec.during = {4}
     await kb.apply(LoadRequest(None, None, 3, "reload", force_load=True))
     assert len(kexec.calls) == 4
+
+
+async def test_refusals_before_a_syscall_are_typed(sysroot: Path, tmp_path: Path) -> None:
+    """A back-end that refuses before any syscall says so with its own error class."""
+    from kdumpd.daemon.backends.base import LoadRequest, LoadRefused, NothingToRestore
+    from kdumpd.daemon.backends.file import default_files
+
+    with pytest.raises(LoadRefused, match="NUL or newline"):
+        default_files(sysroot, cmdline="console=ttyS0\nroot=/dev/vda")
+    dry = DryRunBackend(tmp_path / "state")
+    request = LoadRequest(None, None, 1, "test")
+    with pytest.raises(LoadRefused, match="no crash image model"):
+        await dry.apply(request)
+    with pytest.raises(NothingToRestore):
+        await dry.restore(request)
+    with pytest.raises(NothingToRestore):
+        await file_backend(sysroot, ScriptedKexec()).restore(request)

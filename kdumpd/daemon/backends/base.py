@@ -37,9 +37,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from kdumpd.core.errors import KdumpdError
+
 if TYPE_CHECKING:
     from kdumpd.core.image import CrashImage
     from kdumpd.core.topology import Topology
+
+
+class LoadRefused(KdumpdError):
+    """A back-end refused a load before any syscall (the loaded image stays)."""
+
+
+class NothingToRestore(KdumpdError):
+    """A restore was asked for before any image loaded successfully."""
+
+    def __init__(self) -> None:
+        super().__init__("no crash image has loaded successfully yet; nothing to restore")
 
 
 class BackendName(enum.StrEnum):

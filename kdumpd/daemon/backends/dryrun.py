@@ -21,8 +21,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdumpd.core.errors import KdumpdError
-from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
+from kdumpd.daemon.backends.base import (
+    ApplyResult,
+    BackendName,
+    LoadRefused,
+    LoadRequest,
+    LoadSyscall,
+    NothingToRestore,
+)
 
 if TYPE_CHECKING:
     from kdumpd.core.image import CrashImage
@@ -121,7 +127,7 @@ class DryRunBackend:
     @staticmethod
     def _image(request: LoadRequest) -> CrashImage:
         if request.image is None:
-            raise KdumpdError("dry-run: no crash image model to record")
+            raise LoadRefused("dry-run: no crash image model to record")
         return request.image
 
     def _write(self, request: LoadRequest, hdr: bytes, trigger: str) -> int:
@@ -166,7 +172,7 @@ class DryRunBackend:
 
     async def restore(self, request: LoadRequest) -> ApplyResult:
         if self._last_good is None:
-            raise KdumpdError("no crash image has loaded successfully yet; nothing to restore")
+            raise NothingToRestore()
         gap = self._write(request, self._last_good, f"restore:{request.trigger}")
         return ApplyResult(True, gap, False, "dry-run restore of the last good elfcorehdr")
 

@@ -25,8 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdumpd.core.errors import KdumpdError
-from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
+from kdumpd.daemon.backends.base import (
+    ApplyResult,
+    BackendName,
+    LoadRefused,
+    LoadRequest,
+    LoadSyscall,
+    NothingToRestore,
+)
 from kdumpd.system.kdumpconf import (
     DEFAULT_CAPTURE_APPEND,
     DEFAULT_COMMANDLINE_REMOVE,
@@ -130,7 +136,7 @@ def default_files(
         assert boot is not None
         c = crash_cmdline(boot, append)
     if re.search(r"[\x00\n]", c):
-        raise KdumpdError("kexec cmdline: contains a NUL or newline")
+        raise LoadRefused("kexec cmdline: contains a NUL or newline")
     return KexecFiles(k, i, c)
 
 
@@ -221,7 +227,7 @@ class FileBackend:
 
     async def restore(self, request: LoadRequest) -> ApplyResult:
         if self.last_good is None:
-            raise KdumpdError("no crash image has loaded successfully yet; nothing to restore")
+            raise NothingToRestore()
         gap = await self._load(self.last_good)
         return ApplyResult(True, gap, False, f"restored {self.last_good.kernel}")
 
