@@ -251,7 +251,8 @@ async def test_sighup_with_a_bad_environment_still_sends_ready(
     )
     task = asyncio.create_task(d.run())
     await wait_for(lambda: d.notifier is not None and d.notifier.ready)
-    assert d.notifier is not None
+    assert d.notifier is not None and d.reconciler is not None
+    await d.reconciler.settle()  # FakeSource's start-up event applied: no STATUS pending
     d.notifier.sent.clear()
     d.on_sighup()
     assert len(d._tasks) == 1  # the task is referenced until it is done

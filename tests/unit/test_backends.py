@@ -726,7 +726,7 @@ async def test_kernel_backend_extra_load_is_made_once_then_the_next_burst_loads(
 
 async def test_refusals_before_a_syscall_are_typed(sysroot: Path, tmp_path: Path) -> None:
     """A back-end that refuses before any syscall says so with its own error class."""
-    from kdumpd.daemon.backends.base import LoadRequest, LoadRefused, NothingToRestore
+    from kdumpd.daemon.backends.base import LoadRefused, LoadRequest, NothingToRestore
     from kdumpd.daemon.backends.file import default_files
 
     with pytest.raises(LoadRefused, match="NUL or newline"):
