@@ -66,8 +66,10 @@ class SkippedUpdates:
                 self._loading -= 1
 
     def loaded(self, events_received: int) -> None:
-        """A load succeeded: it covers every update skipped before it."""
+        """A load succeeded: it covers every update skipped before it, so a fresh load
+        asked for by a line read before it (or during it) is not needed any more."""
         self.reason = ""
+        self.wanted = False
         self._events_mark = events_received
 
     def take(self) -> bool:

@@ -377,3 +377,17 @@ async def test_end_of_file_stops_watching_only_when_the_loop_sees_it() -> None:
     assert [e.seq for e in got.events] == [1]
     await asyncio.sleep(0.05)  # the loop sees the fd readable at EOF
     assert watcher.fd is None
+
+
+async def test_a_line_read_before_the_first_load_is_covered_by_it(sysroot: Path) -> None:
+    """The watcher starts before the first load (so nothing is missed); a line it
+    reads then asks for a fresh load, and the start's load is that load."""
+    kexec, holder = ScriptedKexec(), TopologyHolder()
+    r = kernel_reconciler(sysroot, kexec, holder)
+    (sysroot / "sys/kernel/kexec_crash_loaded").write_text("0\n")
+    r.kernel_log(skip_event())
+    assert r.store.current.stale_reason
+    await r.start()
+    await r.settle()
+    assert len(kexec.calls) == 1 and r.store.current.stale_reason == ""
+    await r.stop()
