@@ -164,6 +164,77 @@ def property_value(state: DaemonState, prop: str) -> Any:
     return _u64(value)
 
 
+class DenialLog:
+    """Logs denied method calls without letting a caller flood the journal: the
+    first ``burst`` denials of each ``interval`` are one WARNING each (method, uid,
+    sender); the rest of the interval is counted and summarised in one WARNING when
+    it ends (per method and uid).  1,000 denied calls in a second are six lines."""
+
+    def __init__(
+        self,
+        *,
+        burst: int = 5,
+        interval: float = 60.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._clock = clock
+        self._window_start: float | None = None
+        self._logged = 0
+        self._suppressed: dict[tuple[str, int], int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        return asyncio.get_running_loop().time()
+
+    def denied(self, method: str, uid: int, sender: str) -> None:
+        now = self._now()
+        if self._window_start is None or now - self._window_start >= self.interval:
+            self.flush()
+            self._window_start = now
+            self._logged = 0
+        if self._logged < self.burst:
+            self._logged += 1
+            log.warning(
+                "denied %s to uid %d (%s): only root may call %s methods",
+                method,
+                uid,
+                sender,
+                INTERFACE,
+                extra={"CALLER_UID": uid, "SENDER": sender, "DBUS_METHOD": method},
+            )
+            return
+        key = (method, uid)
+        self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        if self._timer is None and self._clock is None:
+            left = self.interval - (now - self._window_start)
+            self._timer = asyncio.get_running_loop().call_later(max(left, 0.0), self.flush)
+
+    def flush(self) -> None:
+        """Log the summary of the suppressed denials (if any) and start over."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._suppressed:
+            return
+        total = sum(self._suppressed.values())
+        detail = ", ".join(
+            f"{method} x{n} by uid {uid}" for (method, uid), n in sorted(self._suppressed.items())
+        )
+        log.warning(
+            "denied %d more method calls in the last %.0f s (not logged one by one): %s",
+            total,
+            self.interval,
+            detail,
+            extra={"DENIED_SUPPRESSED": total},
+        )
+        self._suppressed.clear()
+        self._window_start = None
+
+
 class ManagerInterface(ServiceInterface):
     """``org.kdumpd1.Manager``."""
 
@@ -180,6 +251,7 @@ class ManagerInterface(ServiceInterface):
         self._controller = controller
         self._uid_lookup = uid_lookup
         self._min_interval = min_interval
+        self._denials = DenialLog()
         self._pending: set[str] = set()
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._last_emit = 0.0
@@ -208,6 +280,7 @@ class ManagerInterface(ServiceInterface):
 
     def detach(self) -> None:
         self._loop = None
+        self._denials.flush()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -276,7 +349,7 @@ class ManagerInterface(ServiceInterface):
 
     # -- access control and error mapping ------------------------------------
 
-    async def _authorize(self) -> None:
+    async def _authorize(self, method: str) -> None:
         sender = _current_sender.get()
         if sender is None:
             raise AccessDenied("caller unknown")
@@ -285,18 +358,12 @@ class ManagerInterface(ServiceInterface):
         except DBusError as err:
             raise AccessDenied(f"cannot identify caller {sender}") from err
         if uid != 0:
-            log.warning(
-                "denied %s to uid %d (%s)",
-                "method call",
-                uid,
-                sender,
-                extra={"CALLER_UID": uid, "SENDER": sender},
-            )
+            self._denials.denied(method, uid, sender)
             raise AccessDenied(f"only root may call {INTERFACE} methods")
 
     async def _run(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
         try:
-            await self._authorize()
+            await self._authorize(what)
             return await op()
         except DBusError:
             raise
