@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         module = _load(name)
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        # also after the sub-command (`kdumpd run -vv`), as the error hints say;
+        # counted separately and added to the global -v
+        p.add_argument(
+            "-v",
+            "--verbose",
+            dest="sub_verbose",
+            action="count",
+            default=0,
+            help="more log output (repeatable)",
+        )
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
@@ -72,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from kdumpd.interfaces.logsetup import setup_logging
 
-    setup_logging(verbosity=args.verbose)
+    setup_logging(verbosity=args.verbose + args.sub_verbose)
     try:
         code: int = args._module.run(args)
     except KdumpdError as err:

@@ -5,8 +5,10 @@ and prints them.  When the daemon is not on the bus it falls back to
 ``<state-dir>/state.json`` (what the daemon last recorded) and the kernel's
 ``/sys/kernel/kexec_crash_loaded``.
 
-Exit codes (as ``systemctl status``): 0 a crash image is loaded, 3 no image (or the
-daemon is not running), 1 nothing could be read.
+Exit codes (as ``systemctl status``, plus one for staleness): 0 a crash image is
+loaded and matches the CPUs and memory, 4 an image is loaded but stale (it does not
+cover the machine as it is now), 3 no image (or the daemon is not running), 1
+nothing could be read.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ NAME = "status"
 HELP = "show the daemon's state (D-Bus, or state.json when the daemon is not running)"
 
 OPERATIONAL = frozenset({"loaded", "updating", "degraded"})
+
+EXIT_LOADED = 0
+EXIT_NO_IMAGE = 3
+EXIT_STALE = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,10 +80,53 @@ def _ram(ranges: list[list[int]]) -> int:
     return sum(b - a + 1 for a, b in ranges)
 
 
+def _is_stale(s: dict[str, Any]) -> bool:
+    return bool(s.get("stale") or s.get("stale_reason"))
+
+
+def _covered(ranges: list[list[int]], cov: list[list[int]]) -> list[list[int]]:
+    """The ranges of ``ranges`` that lie wholly inside one of ``cov``."""
+    return [r for r in ranges if any(c[0] <= r[0] and r[1] <= c[1] for c in cov)]
+
+
+def _memory_line(mem: list[list[int]], cov: list[list[int]], stale: bool) -> str:
+    """RAM now against what the image covers: the count is of the ranges the
+    machine has now that the image covers, never of the image's own ranges, so a
+    stale image never reads as "4/4 covered"."""
+    inside = _covered(mem, cov)
+    line = f"{len(inside)}/{len(mem)} ranges covered, {_bytes(_ram(inside))} of {_bytes(_ram(mem))}"
+    if stale and _ram(cov) != _ram(inside):
+        line += f" (the image describes {_bytes(_ram(cov))} in {len(cov)} ranges)"
+    return line
+
+
+def _active(s: dict[str, Any], state: str) -> str:
+    usec = int(s.get("last_update_usec", 0))
+    if usec:
+        return f"{state} since {_usec_time(usec)}"
+    return f"{state} (no image applied yet)"
+
+
+def _last_update(s: dict[str, Any]) -> str:
+    if not int(s.get("last_update_usec", 0)):
+        return "none"
+    return (
+        f"took {_usec_span(int(s.get('last_update_duration_usec', 0)))}, "
+        f"no crash image for {_usec_span(int(s.get('last_load_gap_usec', 0)))}"
+    )
+
+
+def exit_code(s: dict[str, Any]) -> int:
+    if s.get("state") not in OPERATIONAL:
+        return EXIT_NO_IMAGE
+    return EXIT_STALE if _is_stale(s) else EXIT_LOADED
+
+
 def format_state(s: dict[str, Any]) -> str:
     """The summary for a state dict shaped like ``DaemonState.to_json()``."""
     state = str(s.get("state", "unknown"))
-    dot = "●" if state in OPERATIONAL else "○"
+    stale = _is_stale(s)
+    dot = "●" if state in OPERATIONAL and not stale else "○"
     present = list(s.get("present_cpus", []))
     covered = list(s.get("covered_cpus", []))
     missing = sorted(set(present) - set(covered))
@@ -87,23 +136,21 @@ def format_state(s: dict[str, Any]) -> str:
     pct = f" ({100 * used / cap:.1f}%)" if cap else ""
     lines = [
         f"{dot} kdumpd - hotplug-aware kdump image daemon",
-        f"         Active: {state} since {_usec_time(int(s.get('last_update_usec', 0)))}",
+        f"         Active: {_active(s, state)}",
         f"        Backend: {s.get('backend') or '-'}"
         + (f" ({s['backend_reason']})" if s.get("backend_reason") else ""),
         f"     Generation: {s.get('generation', 0)}"
         + (f" (last trigger: {s['last_trigger']})" if s.get("last_trigger") else ""),
-        f"    Last update: took {_usec_span(int(s.get('last_update_duration_usec', 0)))}, "
-        f"no crash image for {_usec_span(int(s.get('last_load_gap_usec', 0)))}",
+        f"    Last update: {_last_update(s)}",
         f"         Events: {s.get('events_received', 0)} received, "
         f"{s.get('events_coalesced', 0)} coalesced, {s.get('loads', 0)} loads",
-        f"           CPUs: {len(covered)}/{len(present)} covered ({_cpu_list(present)})"
-        + (f", missing {_cpu_list(missing)}" if missing else ""),
-        f"         Memory: {len(cov)}/{len(mem)} ranges covered, "
-        f"{_bytes(_ram(cov))} of {_bytes(_ram(mem))}",
+        f"           CPUs: {len(set(present) & set(covered))}/{len(present)} covered "
+        f"({_cpu_list(present)})" + (f", missing {_cpu_list(missing)}" if missing else ""),
+        f"         Memory: {_memory_line(mem, cov, stale)}",
         f"     elfcorehdr: {used} of {cap} bytes{pct}",
         f"   Crash kernel: {_bytes(int(s.get('crash_kernel_size', 0)))} reserved",
         f" Kernel hotplug: {'yes' if s.get('kernel_hotplug_support') else 'no'}",
-        f"          Stale: {'yes' if s.get('stale') or s.get('stale_reason') else 'no'}"
+        f"          Stale: {'yes' if stale else 'no'}"
         + (f" ({s['stale_reason']})" if s.get("stale_reason") else ""),
     ]
     if s.get("last_error"):
@@ -133,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(state, indent=1, sort_keys=True))
         else:
             print(format_state(state))
-        return 0 if state.get("state") in OPERATIONAL else 3
+        return exit_code(state)
 
     from kdumpd.daemon.statefile import StateFile
 
@@ -168,4 +215,4 @@ def run(args: argparse.Namespace) -> int:
                 f"{'loaded' if rec.loaded else 'not loaded'}, {rec.loads} loads",
             ]
         print("\n".join(lines))
-    return 3
+    return EXIT_NO_IMAGE

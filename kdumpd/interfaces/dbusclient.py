@@ -38,6 +38,10 @@ _NOT_THERE = frozenset(
 )
 
 
+#: What the bus itself answers when its policy refuses a call (not the daemon).
+POLICY_ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+
+
 class DaemonUnreachable(KdumpdError):
     """No bus, or nobody owns ``org.kdumpd1``."""
 
@@ -78,7 +82,8 @@ async def _connect(bus_address: str | None) -> MessageBus:
             return await MessageBus(bus_address=bus_address).connect()
         return await MessageBus(bus_type=BusType.SYSTEM).connect()
     except (OSError, DBusError, ValueError, EOFError) as err:
-        raise DaemonUnreachable(f"cannot connect to the system bus: {err}") from None
+        where = f"D-Bus at {bus_address}" if bus_address else "the system bus"
+        raise DaemonUnreachable(f"cannot connect to {where}: {err}") from None
 
 
 def _check(reply: Message) -> Message:
@@ -87,6 +92,12 @@ def _check(reply: Message) -> Message:
         text = str(reply.body[0]) if reply.body else ""
         if name in _NOT_THERE:
             raise DaemonUnreachable(f"kdumpd is not running ({name})")
+        if name == POLICY_ACCESS_DENIED:
+            # dbus-daemon's own text ("Rejected send message, 2 matched rules; ...")
+            # says nothing to a user; the bus policy lets only root call the methods.
+            raise DaemonAccessDenied(
+                name, f"permission denied: only root may call {INTERFACE} methods"
+            )
         raise ERROR_CLASSES.get(name, DaemonError)(name, text)
     return reply
 

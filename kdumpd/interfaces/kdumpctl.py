@@ -297,7 +297,17 @@ def _daemon_call(
     return EXIT_OK
 
 
+def _require_root(verb: str) -> None:
+    """start/stop/reload/restart change the crash kernel: root only, as the bus
+    policy and the daemon enforce.  Say so in one line up front instead of relaying
+    the bus's "Rejected send message" (or, for start, reporting a running daemon
+    with exit 0 to a caller who could not have started it)."""
+    if os.geteuid() != 0:
+        raise KdumpdError(f"only root may {verb} kdump (permission denied)")
+
+
 def cmd_start(ctx: Context, args: list[str]) -> int:
+    _require_root("start")
     state = _daemon_state(ctx)
     if state is not None and state.get("state") in ("loaded", "updating"):
         info("Kdump already running: [WARNING]")
@@ -306,10 +316,12 @@ def cmd_start(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_stop(ctx: Context, args: list[str]) -> int:
+    _require_root("stop")
     return _daemon_call(ctx, "Unload", "Stopping kdump", "Stopping kdump")
 
 
 def cmd_reload(ctx: Context, args: list[str]) -> int:
+    _require_root("reload")
     state = _daemon_state(ctx)
     if state is not None and state.get("state") not in OPERATIONAL_STATES:
         warn("Kdump was not running")
@@ -319,6 +331,7 @@ def cmd_reload(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_restart(ctx: Context, args: list[str]) -> int:
+    _require_root("restart")
     return cmd_reload(ctx, args)
 
 
