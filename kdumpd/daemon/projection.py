@@ -39,6 +39,14 @@ def crash_ranges(topology: Topology) -> tuple[tuple[int, int], ...]:
     return tuple((r.start, r.end) for r in ranges)
 
 
+def machine_now(topology: Topology) -> StateChanges:
+    """``PresentCPUs`` and ``MemoryRanges``: the machine as read now, whatever image is
+    loaded (a degraded or unloaded state must not repeat the covered ranges)."""
+    return StateChanges(
+        present_cpus=tuple(topology.present_cpus), memory_ranges=crash_ranges(topology)
+    )
+
+
 def coverage(topology: Topology | None, image: CrashImage | None) -> StateChanges:
     """What the machine has and what kdumpd's model of the image describes; ``stale``
     when they differ, when there is no model, or when the topology is unknown."""
@@ -100,13 +108,17 @@ class Publisher:
         self.store = store
         self.statefile = statefile
         self.sysroot = sysroot
+        self.error = ""  # why the last record failed ("" once one succeeds)
 
-    def record(
-        self, holding: Holding, *, loaded: bool, changes: StateChanges | None = None
-    ) -> None:
-        """``state.json`` only (``changes``: what is about to be published)."""
+    def record(self, holding: Holding, *, loaded: bool, changes: StateChanges | None = None) -> str:
+        """``state.json`` only (``changes``: what is about to be published).
+
+        Returns "" when recorded, else the error line.  A record that cannot be
+        written (ENOSPC in the state directory) is removed rather than left stale:
+        a restart then loads afresh instead of adopting a generation that is not the
+        one loaded."""
         if self.statefile is None:
-            return
+            return ""
         cur = self.store.current
         new = changes or StateChanges()
         try:
@@ -127,9 +139,43 @@ class Publisher:
                 )
             )
         except OSError as err:
-            log.warning("cannot record %s: %s", self.statefile.path, err.strerror)
+            path = self.statefile.path
+            old = self.statefile.load()
+            if old is not None and (
+                old.generation,
+                old.loaded,
+                old.topology_digest,
+                old.backend,
+            ) == (holding.generation, loaded, holding.topology_digest, holding.backend):
+                # what is on disk still names the loaded image (e.g. a failed load
+                # kept it): adopting it after a restart is right
+                log.warning(
+                    "cannot update %s: %s; it still records generation %d, which is loaded",
+                    path,
+                    err.strerror or err,
+                    holding.generation,
+                )
+                return ""
+            gone = self.statefile.discard()
+            text = (
+                f"cannot record generation {holding.generation} in {path}: "
+                f"{err.strerror or err}; "
+                + (
+                    "removed it, a restart loads afresh"
+                    if gone
+                    else "it is stale, a restart may adopt the wrong generation"
+                )
+            )
+            log.error("%s", text, extra={"STATE_FILE": str(path)})
+            self.error = text
+            return text
+        self.error = ""
+        return ""
 
     def publish(self, holding: Holding, changes: StateChanges) -> None:
-        """A loaded image: record it, then tell the store."""
-        self.record(holding, loaded=True, changes=changes)
+        """A loaded image: record it, then tell the store (with the recording error,
+        if any, as ``LastError``: the image is loaded, its record is not)."""
+        error = self.record(holding, loaded=True, changes=changes)
+        if error:
+            changes["last_error"] = error
         self.store.update(**changes)

@@ -51,7 +51,13 @@ from kdumpd.daemon.adoption import Adopter
 from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest, Trigger
 from kdumpd.daemon.backends.probe import carry_last_good
 from kdumpd.daemon.faults import FaultPolicy, RetryTimer, state_after_failure
-from kdumpd.daemon.projection import Holding, Publisher, coverage, crash_ranges, load_outcome
+from kdumpd.daemon.projection import (
+    Holding,
+    Publisher,
+    coverage,
+    load_outcome,
+    machine_now,
+)
 from kdumpd.daemon.skipped import SkippedUpdates
 from kdumpd.daemon.state import ImageState, StateChanges, StateStore
 from kdumpd.daemon.statefile import StateFile, key_digest
@@ -367,14 +373,18 @@ class Reconciler:
         self.model_error = ""
         return image
 
+    @property
+    def _standing_error(self) -> str:
+        """What ``LastError`` says while nothing fails: why there is no elfcorehdr
+        model, or why ``state.json`` could not record the loaded image."""
+        return self.model_error or self.publisher.error
+
     def _track_unloaded(self, topology: Topology, trigger: str) -> None:
         """Unloaded on request: follow the topology, load nothing."""
-        self.store.update(
-            state=ImageState.UNLOADED,
-            stale=True,
-            present_cpus=tuple(topology.present_cpus),
-            memory_ranges=crash_ranges(topology),
-        )
+        changes = machine_now(topology)
+        changes["state"] = ImageState.UNLOADED
+        changes["stale"] = True
+        self.store.update(**changes)
         if trigger != Trigger.RECHECK:
             log.info(
                 "%s: the crash image was unloaded on request; not loading (Load or Reload "
@@ -412,6 +422,16 @@ class Reconciler:
                 self._track_unloaded(topology, trigger)
                 return True
             digest = key_digest(topology.image_key())
+            if trigger == Trigger.ADOPT and digest != self.applied_digest:
+                # The adopted image describes the machine as it was recorded; it
+                # changed while no daemon ran.  This pass loads: say so, and do not
+                # call that load an adoption.
+                log.info(
+                    "the adopted generation %d describes an earlier topology: loading",
+                    self.generation,
+                    extra={"GENERATION": self.generation},
+                )
+                trigger = Trigger.ADOPT_CHANGED
             if digest == self.applied_digest and not force_load:
                 if self.image is None:  # adopted or model-less: (re)build the model
                     try:
@@ -429,11 +449,11 @@ class Reconciler:
                     )
                 cur = self.store.current
                 if self.debouncer.pending == 0 and (
-                    cur.last_error != self.model_error or (self.image is not None and cur.stale)
+                    cur.last_error != self._standing_error or (self.image is not None and cur.stale)
                 ):
                     # a successful read clears a transient read error
                     self.store.update(
-                        last_error=self.model_error,
+                        last_error=self._standing_error,
                         stale=self.image is None if cur.stale else cur.stale,
                     )
                 return True
@@ -444,7 +464,11 @@ class Reconciler:
                     log.exception("building the crash image failed")
                 log.error("cannot build the crash image: %s", err)
                 state = state_after_failure(self.last_good)
-                self.store.update(state=state, last_error=str(err), stale=True)
+                changes = machine_now(topology)
+                changes["state"] = state
+                changes["last_error"] = str(err)
+                changes["stale"] = True
+                self.store.update(**changes)
                 self.retry.schedule()
                 return False
             self.regenerations += 1
@@ -478,7 +502,7 @@ class Reconciler:
             return True
         if trigger == Trigger.ADOPT:  # our image is loaded; nothing to compare it with
             changes = StateChanges(
-                state=ImageState.LOADED, backend=self.backend.name, last_error=self.model_error
+                state=ImageState.LOADED, backend=self.backend.name, last_error=self._standing_error
             )
             changes.update(coverage(None, None))
             self.store.update(**changes)
@@ -553,7 +577,7 @@ class Reconciler:
             self.loads += restored.result.load_count
             self.load_gaps_usec += restored.result.gap_usec
             self.loaded_inputs = {"restored": "last good inputs"}
-        self.store.update(
+        changes = StateChanges(
             state=state_after_failure(restored.loaded),
             last_error=error,
             stale=True,
@@ -561,6 +585,9 @@ class Reconciler:
             load_failures=self.load_failures,
             load_gaps_usec=self.load_gaps_usec,
         )
+        if request.topology is not None:  # the machine now, not what the image covers
+            changes.update(machine_now(request.topology))
+        self.store.update(**changes)
         self._save(loaded=restored.loaded)
         self.retry.schedule()
         return None
@@ -591,7 +618,7 @@ class Reconciler:
             events_received=self.debouncer.received,
             events_coalesced=self.debouncer.coalesced,
             pending_events=self.debouncer.pending,
-            last_error=self.model_error,
+            last_error=self._standing_error,
         )
 
     def _request(

@@ -13,6 +13,7 @@ the state published after an adoption is the state before the restart.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -97,9 +98,24 @@ class StateFile:
         data["time"] = time.time()
         data["pid"] = os.getpid()
         tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(data, fh, indent=1, sort_keys=True)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # no 0-byte temporary file left behind (ENOSPC)
+            raise
+
+    def discard(self) -> bool:
+        """Remove ``state.json`` (unlink needs no free space): a record that could not
+        be updated must not be adopted by a restart.  False when even that failed."""
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as err:
+            log.error("%s: cannot remove the stale record: %s", self.path, err.strerror)
+            return False
+        return True

@@ -79,6 +79,8 @@ class Trigger(enum.StrEnum):
 
     START = "start"
     ADOPT = "adopt"  # start, adopting the image state.json records
+    # start, adopting it, but CPUs or memory changed while no daemon ran: this loads
+    ADOPT_CHANGED = "adopt: topology changed"
     RELOAD = "reload"
     LOAD = "load"
     RESCAN = "rescan"

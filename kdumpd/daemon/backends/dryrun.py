@@ -15,7 +15,9 @@ counting across the cut (the next number is the last recorded one + 1).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -32,6 +34,8 @@ from kdumpd.daemon.backends.base import (
 
 if TYPE_CHECKING:
     from kdumpd.core.image import CrashImage
+
+log = logging.getLogger("kdumpd.daemon.backends.dryrun")
 
 LOADS_DIR = "loads"
 LOADS_LOG = "loads.jsonl"
@@ -99,19 +103,36 @@ class DryRunBackend:
         return rec if isinstance(rec, dict) else None
 
     def _append(self, rec: dict[str, Any]) -> None:
+        """One line, all or nothing: a write that fails part-way (ENOSPC) is cut
+        off again, so the log never ends in half a record."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with self.log.open("a") as fh:
-            fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            fh.flush()
+        line = (json.dumps(rec, separators=(",", ":")) + "\n").encode()
+        with self.log.open("ab") as fh:
+            size = fh.tell()
+            try:
+                fh.write(line)
+                fh.flush()
+            except OSError:
+                with contextlib.suppress(OSError):
+                    fh.truncate(size)
+                raise
         self._lines += 1
         if self.keep is not None and self._lines >= 2 * max(1, self.keep):
             self._rotate(max(1, self.keep))
 
     def _rotate(self, keep: int) -> None:
-        lines = self.log.read_bytes().splitlines(keepends=True)[-keep:]
+        """Cut the log to its last ``keep`` lines; a failure (ENOSPC) keeps the long
+        log and removes the temporary file: the load itself was recorded."""
         tmp = self.log.with_name(f".{LOADS_LOG}.{os.getpid()}.tmp")
-        tmp.write_bytes(b"".join(lines))
-        os.replace(tmp, self.log)
+        try:
+            lines = self.log.read_bytes().splitlines(keepends=True)[-keep:]
+            tmp.write_bytes(b"".join(lines))
+            os.replace(tmp, self.log)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("cannot cut %s: %s", self.log, err.strerror or err)
+            return
         self._lines = len(lines)
 
     def is_loaded(self) -> bool:
@@ -131,16 +152,42 @@ class DryRunBackend:
         return request.image
 
     def _write(self, request: LoadRequest, hdr: bytes, trigger: str) -> int:
+        """The dry-run "load": segment files, then the log line.  A write that fails
+        (ENOSPC, EROFS) is a failed load, as a failed syscall would be: whatever it
+        wrote is removed again (no 0-byte ``loads/NNNN.elfcorehdr`` left behind) and
+        the error names the file."""
         t0 = time.monotonic_ns()
-        self.dir.mkdir(parents=True, exist_ok=True)
         n = self.loads + 1
-        files = []
         image = self._image(request)
-        for seg in image.segments:
-            buf = hdr if seg.kind == "elfcorehdr" else bytes(seg.buf)
-            name = f"{n:04d}.{seg.kind}"
-            (self.dir / name).write_bytes(buf)
-            files.append(name)
+        files: list[str] = []
+        path = self.dir
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for seg in image.segments:
+                buf = hdr if seg.kind == "elfcorehdr" else bytes(seg.buf)
+                name = f"{n:04d}.{seg.kind}"
+                path = self.dir / name
+                files.append(name)
+                path.write_bytes(buf)
+            path = self.log
+            self._append(self._record(request, image, n, trigger, files))
+        except OSError as err:
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.dir / name)
+            raise KdumpdError(
+                f"dry-run load {n}: cannot write {path}: {err.strerror or err}"
+            ) from None
+        self.loads = n
+        if self.keep is not None and n > self.keep:
+            for old in self.dir.glob(f"{n - self.keep:04d}.*"):
+                os.unlink(old)
+        return (time.monotonic_ns() - t0) // 1000
+
+    @staticmethod
+    def _record(
+        request: LoadRequest, image: CrashImage, n: int, trigger: str, files: list[str]
+    ) -> dict[str, Any]:
         layout = image.layout
         rec = {
             "load": n,
@@ -154,12 +201,7 @@ class DryRunBackend:
             "elfcorehdr_used": layout.used if layout else 0,
             "elfcorehdr_capacity": layout.capacity if layout else 0,
         }
-        self._append(rec)
-        self.loads = n
-        if self.keep is not None and n > self.keep:
-            for old in self.dir.glob(f"{n - self.keep:04d}.*"):
-                os.unlink(old)
-        return (time.monotonic_ns() - t0) // 1000
+        return rec
 
     async def apply(self, request: LoadRequest) -> ApplyResult:
         image = self._image(request)
