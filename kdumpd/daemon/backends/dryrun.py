@@ -175,7 +175,7 @@ class DryRunBackend:
             for name in files:
                 with contextlib.suppress(OSError):
                     os.unlink(self.dir / name)
-            raise KdumpdError(
+            raise LoadRefused(
                 f"dry-run load {n}: cannot write {path}: {err.strerror or err}"
             ) from None
         self.loads = n
