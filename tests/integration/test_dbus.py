@@ -428,6 +428,10 @@ async def test_reload_as_nobody_denied_by_policy(running: Running) -> None:
         " interface='org.freedesktop.DBus.Properties', member='Get', signature='ss',"
         " body=['org.kdumpd1.Manager', 'Generation']))\n"
         "    print(g.message_type.name, g.body[0].value)\n"
+        "    m = await bus.call(Message(destination='org.kdumpd1', path='/',"
+        " interface='org.freedesktop.DBus.ObjectManager', member='GetManagedObjects'))\n"
+        "    print(m.message_type.name,"
+        " m.body[0]['/org/kdumpd1']['org.kdumpd1.Manager']['Generation'].value)\n"
         "asyncio.run(main())\n"
     )
     code, out, err = await _run(*NOBODY, PYTHON, "-c", script, running.address)
@@ -435,6 +439,7 @@ async def test_reload_as_nobody_denied_by_policy(running: Running) -> None:
     lines = out.splitlines()
     assert lines[0] == "ERROR org.freedesktop.DBus.Error.AccessDenied", out
     assert lines[1] == "METHOD_RETURN 7", out  # reading properties is allowed
+    assert lines[2] == "METHOD_RETURN 7", out  # and so is the ObjectManager view of them
     assert running.controller.calls == []
 
 
