@@ -467,8 +467,11 @@ def sc_segment_corrupt(c: Ctx) -> None:
     if load["loaded"] != "1":
         raise GuestError("kexec_crash_loaded is not 1 after the load", g.tail(10))
     start = len(g.console())
+    t0 = time.monotonic()
     g.spawn("echo c > /proc/sysrq-trigger")
     m = g.wait_console(PURGATORY_LINE, 300, start)
+    # panic, crash shutdown and the purgatory hashing every region under TCG
+    c.res.detail["crash_to_purgatory_line_s"] = round(time.monotonic() - t0, 1)
     c.res.detail["purgatory_line"] = m.group(0)
     proc = g.proc
     deadline = time.monotonic() + 60
