@@ -32,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kdumpd.arch.x86_64 import EM_X86_64, X86_64, present_crash_notes
+from kdumpd.arch.base import present_crash_notes
+from kdumpd.arch.x86_64 import EM_X86_64, X86_64
 from kdumpd.core.elfcorehdr import (
     Elfcorehdr,
     ElfLoads,

@@ -35,7 +35,7 @@ from kdumpd.core.elfcorehdr import (
 )
 from kdumpd.core.ranges import crash_memory_ranges, round_up
 from kdumpd.core.segment import ImageBuilder, SegmentKind
-from kdumpd.core.topology import MemRange, Topology
+from kdumpd.core.topology import CrashNote, MemRange, Topology
 
 __all__ = [
     "Arch",
@@ -43,6 +43,7 @@ __all__ = [
     "FdtArch",
     "default_digested_segments",
     "default_elfcorehdr_capacity",
+    "present_crash_notes",
 ]
 
 #: Default number of memory ranges to size for (kernel CONFIG_CRASH_MAX_MEMORY_RANGES).
@@ -80,6 +81,12 @@ class ArchIdentity:
 
     def image_builder(self) -> ImageBuilder | None:
         return None
+
+
+def present_crash_notes(topology: Topology) -> list[CrashNote]:
+    """``crash_notes`` of the present CPUs, ascending (the reader lists them by CPU)."""
+    present = set(topology.present_cpus)
+    return [n for n in topology.crash_notes if n.cpu in present]
 
 
 def default_digested_segments(

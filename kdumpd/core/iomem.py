@@ -30,12 +30,12 @@ from operator import and_, gt, itemgetter, rshift
 from kdumpd.core.errors import InputError
 from kdumpd.core.topology import Resource
 
-__all__ = ["parse_iomem", "render_iomem"]
+__all__ = ["IOMEM_LINE", "parse_iomem", "render_iomem"]
 
 # One resource line.  The name is everything after " : " up to the end of the line
 # (names may themselves contain " : ", or be empty).  With MULTILINE, ``^`` matches
 # only at line starts, so there is at most one match per line.
-_LINE = re.compile(r"^( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$", re.MULTILINE)
+IOMEM_LINE = re.compile(r"^( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$", re.MULTILINE)
 
 _U64_MAX = (1 << 64) - 1
 _G0, _G1, _G2, _G3 = (itemgetter(k) for k in range(4))
@@ -62,7 +62,7 @@ def parse_iomem(text: str, source: str = "/proc/iomem") -> tuple[Resource, ...]:
 
 
 def _parse(text: str, source: str) -> tuple[Resource, ...]:
-    matches = _LINE.findall(text)
+    matches = IOMEM_LINE.findall(text)
     nlines = text.count("\n") + (1 if text and text[-1] != "\n" else 0)
     # Line numbers of the matches; None while every line matched (the usual case:
     # the i-th match is line i + 1).
@@ -108,7 +108,7 @@ def _check_coverage(text: str, source: str) -> list[int]:
     line number of every match (the unmatched lines were all blank)."""
     linenos: list[int] = []
     for lineno, line in enumerate(text.split("\n"), 1):
-        if _LINE.fullmatch(line):
+        if IOMEM_LINE.fullmatch(line):
             linenos.append(lineno)
         elif line.strip():
             raise InputError(source, f"{_SHAPE}: {_shorten(line)!r}", lineno)

@@ -12,23 +12,22 @@ writing ``present``/``online`` lists and the CPU's ``crash_notes`` files.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from kdumpd.core.iomem import IOMEM_LINE
+from kdumpd.core.topology import format_cpulist
 from kdumpd.events.replay import ReplayRecord, write_replay
 
 BLOCK_SIZE = 128 << 20
 RESIZE_BLOCKS = 3840  # (512 - 32) GiB / 128 MiB
-
-_LINE = re.compile(r"^(\s*)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$")
 
 
 def _top_level(iomem: str) -> list[tuple[int, int, int, str]]:
     """(line index, start, end, name) of every depth-0 line."""
     out = []
     for i, line in enumerate(iomem.splitlines()):
-        m = _LINE.match(line)
+        m = IOMEM_LINE.match(line)
         if m and not m.group(1):
             out.append((i, int(m.group(2), 16), int(m.group(3), 16), m.group(4)))
     return out
@@ -104,21 +103,6 @@ def memory_resize_storm(
         t += interval
 
 
-def _cpulist(cpus: list[int]) -> str:
-    if not cpus:
-        return "\n"
-    parts = []
-    lo = prev = cpus[0]
-    for c in cpus[1:]:
-        if c == prev + 1:
-            prev = c
-            continue
-        parts.append(f"{lo}-{prev}" if prev != lo else f"{lo}")
-        lo = prev = c
-    parts.append(f"{lo}-{prev}" if prev != lo else f"{lo}")
-    return ",".join(parts) + "\n"
-
-
 def cpu_add_storm(
     present: list[int],
     first: int,
@@ -138,7 +122,7 @@ def cpu_add_storm(
             now = sorted([*now, cpu])
         dev = f"/devices/system/cpu/cpu{cpu}"
         d = f"sys{dev}"
-        listing = _cpulist(now)
+        listing = format_cpulist(now) + "\n"
         seq += 1
         yield ReplayRecord(
             t,

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kdumpd.arch.base import DEFAULT_MAX_RANGES, ArchIdentity
+from kdumpd.arch.base import DEFAULT_MAX_RANGES, ArchIdentity, present_crash_notes
 from kdumpd.core.elfcorehdr import (
     EHDR_SIZE,
     ELF_CORE_HEADER_ALIGN,
@@ -62,11 +62,6 @@ PPC64_PAGE_OFFSET = 0xC000000000000000
 BACKUP_SRC_END = 0xFFFF
 
 _REGENERATED = frozenset({SegmentKind.ELFCOREHDR, SegmentKind.FDT})
-
-
-def present_crash_notes(topology: Topology) -> list[CrashNote]:
-    present = set(topology.present_cpus)
-    return [n for n in topology.crash_notes if n.cpu in present]
 
 
 def ppc64_memory_ranges(topology: Topology) -> list[MemRange]:

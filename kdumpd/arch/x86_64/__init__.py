@@ -23,7 +23,7 @@ backup segment (kexec-tools still copies 640 KiB to one).
 
 from __future__ import annotations
 
-from kdumpd.arch.base import ArchIdentity, default_elfcorehdr_capacity
+from kdumpd.arch.base import ArchIdentity, default_elfcorehdr_capacity, present_crash_notes
 from kdumpd.core.elfcorehdr import (
     Elfcorehdr,
     ElfLoads,
@@ -58,12 +58,6 @@ def x86_crash_ranges(topology: Topology) -> tuple[MemRange, ...]:
             continue
         out.append(r if r.start >= LOW_RESERVED_END else MemRange(LOW_RESERVED_END, r.end))
     return tuple(out)
-
-
-def present_crash_notes(topology: Topology) -> list[CrashNote]:
-    """``crash_notes`` of the present CPUs (ascending when the reader kept its contract)."""
-    present = set(topology.present_cpus)
-    return [n for n in topology.crash_notes if n.cpu in present]  # writer orders by CPU
 
 
 class X86_64(ArchIdentity):
