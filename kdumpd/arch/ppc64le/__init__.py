@@ -53,7 +53,7 @@ from kdumpd.core.elfcorehdr import (
 from kdumpd.core.fdt import CrashFdt, FdtLayout, minimal_fdt, required_capacity
 from kdumpd.core.ranges import crash_memory_ranges, round_up
 from kdumpd.core.segment import SegmentKind
-from kdumpd.core.topology import CrashNote, DtNode, MemRange, Topology
+from kdumpd.core.topology import DtNode, MemRange, Topology
 
 EM_PPC64 = 21
 #: ppc64 book3s ``PAGE_OFFSET`` (kexec-tools crashdump-ppc64.h, kernel page.h).

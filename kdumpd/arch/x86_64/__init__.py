@@ -33,7 +33,7 @@ from kdumpd.core.elfcorehdr import (
 )
 from kdumpd.core.ranges import crash_memory_ranges
 from kdumpd.core.segment import ImageBuilder, SegmentKind
-from kdumpd.core.topology import CrashNote, MemRange, Topology
+from kdumpd.core.topology import MemRange, Topology
 
 EM_X86_64 = 62
 #: kexec-tools ``X86_64_PAGE_OFFSET`` (no KASLR of the direct map).
