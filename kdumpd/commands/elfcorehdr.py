@@ -22,53 +22,22 @@ from __future__ import annotations
 
 import argparse
 
-from kdumpd.arch import get_arch
 from kdumpd.commands.common import (
     add_output_argument,
+    add_sizing_arguments,
     add_sysroot_arguments,
+    build_image,
     write_buffer,
 )
 from kdumpd.core.elfcorehdr import HeaderLayout
-from kdumpd.core.image import CrashImage
-from kdumpd.system.topologyreader import read_topology
 
 NAME = "elfcorehdr"
 HELP = "write the elfcorehdr (full preallocated buffer) for a topology to a file"
 
 
-#: Bound for --max-cpus/--max-ranges (the same as kdumpd.toml's): 2^20 entries is a
-#: 56 MiB header, far above any kernel's NR_CPUS or CRASH_MAX_MEMORY_RANGES.
-MAX_COUNT = 1 << 20
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    if value > MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"more than {MAX_COUNT}: {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sysroot_arguments(parser, "sysfs/procfs")
-    parser.add_argument(
-        "--max-cpus",
-        type=_count,
-        default=None,
-        metavar="N",
-        help="size the buffer for N CPU notes (default: from the kernel or possible CPUs)",
-    )
-    parser.add_argument(
-        "--max-ranges",
-        type=_count,
-        default=None,
-        metavar="M",
-        help="size the buffer for M memory ranges (default: from the kernel or 8192)",
-    )
+    add_sizing_arguments(parser)
     add_output_argument(parser)
 
 
@@ -83,12 +52,7 @@ def summary(layout: HeaderLayout, target: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    topology = read_topology(args.sysroot, arch=args.arch)
-    arch = get_arch(topology.arch)
-    capacity = arch.elfcorehdr_capacity(
-        topology, max_cpus=args.max_cpus, max_ranges=args.max_ranges
-    )
-    image = CrashImage.for_topology(arch, topology, capacity)
+    _topology, image = build_image(args)
     layout = image.layout
     assert layout is not None  # for_topology always builds
     data = image.elfcorehdr.buf

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import argparse
 
-from kdumpd.arch import FdtArch, get_arch
+from kdumpd.arch import FdtArch
 from kdumpd.commands.common import (
     add_output_argument,
     add_sysroot_arguments,
+    int_argument,
+    read_machine,
     write_buffer,
 )
 from kdumpd.core.errors import InputError, UnsupportedError
 from kdumpd.core.fdt import FdtLayout
 from kdumpd.system.devicetree import DT_CPUS
-from kdumpd.system.topologyreader import read_topology
 
 NAME = "fdt"
 HELP = "write the crash FDT (ppc64le) with its /cpus node regenerated for a topology"
@@ -40,10 +41,7 @@ HELP = "write the crash FDT (ppc64le) with its /cpus node regenerated for a topo
 def _capacity(text: str) -> int | str:
     if text == "auto":
         return text
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
+    value = int_argument(text, "a number or 'auto'")
     if value < 40:
         raise argparse.ArgumentTypeError(f"smaller than an FDT header: {text!r}")
     return value
@@ -83,8 +81,7 @@ def summary(layout: FdtLayout, target: str) -> str:
 def run(args: argparse.Namespace) -> int:
     with open(args.base, "rb") as f:
         base = f.read()
-    topology = read_topology(args.sysroot, arch=args.arch)
-    arch = get_arch(topology.arch)
+    topology, arch = read_machine(args)
     if not isinstance(arch, FdtArch):
         raise UnsupportedError(f"architecture {arch.name} has no crash FDT to regenerate")
     if not any(n.is_cpu for n in topology.dt_cpus):

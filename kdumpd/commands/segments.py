@@ -21,14 +21,10 @@ import argparse
 import json
 from pathlib import Path
 
-from kdumpd.arch import get_arch
-from kdumpd.commands.common import add_sysroot_arguments
-from kdumpd.commands.elfcorehdr import _count
-from kdumpd.core.image import CrashImage
+from kdumpd.commands.common import add_sizing_arguments, add_sysroot_arguments, build_image
 from kdumpd.daemon.backends.file import KexecFiles, default_files
 from kdumpd.daemon.backends.segment import SegmentBackend
 from kdumpd.system.kexec import KEXEC_ON_CRASH
-from kdumpd.system.topologyreader import read_topology
 
 NAME = "segments"
 HELP = "write every segment of the kexec_load crash image and a JSON manifest (no load)"
@@ -43,8 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cmdline", metavar="ARGS", help="capture arguments (default: from /proc/cmdline)"
     )
     parser.add_argument("--purgatory", metavar="FILE", help="purgatory blob (default: built one)")
-    parser.add_argument("--max-cpus", type=_count, default=None, metavar="N")
-    parser.add_argument("--max-ranges", type=_count, default=None, metavar="M")
+    add_sizing_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
 
 
@@ -57,12 +52,7 @@ class _NoSyscalls:
 
 
 def run(args: argparse.Namespace) -> int:
-    topology = read_topology(args.sysroot, arch=args.arch)
-    arch = get_arch(topology.arch)
-    capacity = arch.elfcorehdr_capacity(
-        topology, max_cpus=args.max_cpus, max_ranges=args.max_ranges
-    )
-    image = CrashImage.for_topology(arch, topology, capacity)
+    topology, image = build_image(args)
     resolved = default_files(args.sysroot, cmdline=args.cmdline or "")
     files = KexecFiles(
         kernel=args.kernel or resolved.kernel,

@@ -207,15 +207,20 @@ def _sort_key(node: DtNode) -> tuple[int, int, str]:
     return (1, 0, node.name)
 
 
+def _check_unique(names: Sequence[str]) -> None:
+    """Two ``/cpus`` children with one name would make an invalid tree."""
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise InputError("device tree /cpus", f"node {name!r} appears twice")
+            seen.add(name)
+
+
 def order_nodes(nodes: Iterable[DtNode]) -> list[DtNode]:
     """The deterministic output order: cpu nodes by ``reg`` then name, then the rest."""
     ordered = sorted(nodes, key=_sort_key)
-    if len({n.name for n in ordered}) != len(ordered):
-        seen: set[str] = set()
-        for n in ordered:
-            if n.name in seen:
-                raise InputError("device tree /cpus", f"node {n.name!r} appears twice")
-            seen.add(n.name)
+    _check_unique([n.name for n in ordered])
     return ordered
 
 
@@ -360,12 +365,7 @@ class CrashFdt:
             for node in sorted(missing, key=_sort_key):  # in the strings block in a
                 self._entry(node)  # deterministic order whatever the input order
         entries = sorted(map(self._entry, nodes))  # _Entry sorts by its sort key first
-        if len({e.name for e in entries}) != len(entries):
-            seen: set[str] = set()
-            for e in entries:
-                if e.name in seen:
-                    raise InputError("device tree /cpus", f"node {e.name!r} appears twice")
-                seen.add(e.name)
+        _check_unique([e.name for e in entries])
         return entries
 
     def _pieces(self, entries: list[_Entry] | None) -> tuple[list[bytes | bytearray], int, int]:
