@@ -3,17 +3,17 @@
 An :class:`Arch` knows its ELF machine, how big the preallocated elfcorehdr must be,
 how to fill it from a :class:`~kdumpd.core.topology.Topology`, and which image
 segments a hotplug event regenerates (and must therefore be left out of the
-purgatory digest).  x86_64 regenerates only the elfcorehdr; ppc64le will also
-regenerate its FDT (CPU nodes), which is why :attr:`Arch.regenerated_segments`
+purgatory digest).  x86_64 regenerates only the elfcorehdr; ppc64le also
+regenerates its FDT (CPU nodes), which is why :attr:`Arch.regenerated_segments`
 returns segment *kinds* rather than a yes/no.
 
-Capacity policy (kexec-internals.md §1.9, §3.1, §4.4):
+Capacity policy (docs/kernel-interfaces.md §3, §5):
 
 * the kernel advertises the elfcorehdr segment size it will rewrite in place in
   ``/sys/kernel/crash_elfcorehdr_size`` (CONFIG_CRASH_HOTPLUG); kexec-tools
   ``--hotplug`` uses ``ALIGN(size, 1024)`` as the segment's ``memsz``.  The x86
   value is ``(2 + NR_CPUS + CRASH_MAX_MEMORY_RANGES) * sizeof(Elf64_Phdr)`` with no
-  ``Elf64_Ehdr`` term (§3.1), although the kernel writes the 64-byte Ehdr too, so we
+  ``Elf64_Ehdr`` term, although the kernel writes the 64-byte Ehdr too, so we
   use ``ALIGN(size + 64, 1024)``: a full-size header always fits.  Never less than
   the current topology needs;
 * otherwise: possible CPUs + 8192 ranges (the kernel's default

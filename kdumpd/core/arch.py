@@ -40,7 +40,8 @@ class Arch(Protocol):
 
     def digested_segments(self, *, hotplug: bool) -> frozenset[SegmentKind]:
         """Segment kinds purgatory verifies.  Purgatory never digests itself; with
-        crash-hotplug support the regenerated kinds are left out too (§2.4)."""
+        crash-hotplug support the regenerated kinds are left out too
+        (docs/kernel-interfaces.md §6)."""
         ...
 
     def elfcorehdr_capacity(

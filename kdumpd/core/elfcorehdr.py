@@ -2,7 +2,7 @@
 
 The capture kernel finds the first kernel's memory and CPU state through this
 header (``elfcorehdr=`` on its command line).  Its layout follows kexec-tools
-(kexec/crashdump-elf.c; kexec-internals.md §1.3-1.4):
+(kexec/crashdump-elf.c; docs/kernel-interfaces.md §5):
 
 * ``Elf64_Ehdr`` at offset 0: ``ET_CORE``, the arch's ``e_machine``,
   ``e_phoff`` = 64 (0 in the degenerate header without phdrs, as ELF requires),
@@ -207,7 +207,7 @@ class Elfcorehdr:
 
         cpus = [n.cpu for n in cpu_notes]
         if n_cpu > 1 and not all(map(operator.lt, cpus, cpus[1:])):
-            # §1.4 wants ascending CPU numbers; put them in order (rare: the reader
+            # kexec-tools writes them by ascending CPU number; put them in order (rare: the reader
             # already delivers them sorted), but a CPU twice is a bug upstream.
             if len(set(cpus)) != n_cpu:
                 raise InputError("elfcorehdr", "a CPU has more than one crash note")

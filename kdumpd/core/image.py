@@ -1,15 +1,15 @@
 """The crash image: a list of segments inside the crashkernel reservation.
 
 A kexec crash image is at most 16 physically placed segments (kernel, initrd,
-purgatory, boot parameters, the elfcorehdr, ...; kexec-internals.md §1.1, §1.12).
+purgatory, boot parameters, the elfcorehdr, ...; docs/kernel-interfaces.md §8).
 This module models what hotplug regenerates: the **elfcorehdr** segment, whose
 buffer is allocated once at its fixed capacity and rewritten in place by
 :meth:`CrashImage.regenerate`.  :class:`~kdumpd.core.segment.Segment` and the
 placement helpers live in :mod:`kdumpd.core.segment`; an architecture's image builder
 (:class:`~kdumpd.core.segment.ImageBuilder`) adds the other segments around it.
 
-Placement (§1.1, §1.9): kexec-tools clamps every crash segment to the *highest*
-``Crash kernel`` range and allocates top-down.  It aligns the elfcorehdr to 1 KiB,
+Placement (docs/kernel-interfaces.md §5, §8): kexec-tools clamps every crash
+segment to the *highest* ``Crash kernel`` range and allocates top-down.  It aligns the elfcorehdr to 1 KiB,
 but segment addresses must be page aligned, so we place it top-down at a 4 KiB
 boundary with ``memsz`` rounded up to whole pages.  The address never changes
 afterwards: the capture kernel's ``elfcorehdr=`` argument points at it.

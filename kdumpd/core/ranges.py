@@ -1,7 +1,7 @@
 """The memory a crash dump must describe: System RAM minus the crash reservation.
 
 kexec-tools (``get_crash_memory_ranges()`` + ``exclude_region()``,
-kexec/arch/i386/crashdump-x86.c; kexec-internals.md §1.8) turns every
+kexec/arch/i386/crashdump-x86.c; docs/kernel-interfaces.md §5) turns every
 ``/proc/iomem`` line whose name contains ``System RAM`` (top level or nested, e.g.
 ``System RAM (virtio_mem)``, ``System RAM (kmem)``) into a RAM range and cuts every
 ``Crash kernel`` range (normal and ``,low``) and the ``GART`` aperture out of them,

@@ -90,7 +90,9 @@ class KernelText:
     """Virtual placement of the kernel text, as kexec-tools derives it.
 
     ``vaddr``/``size`` describe the kernel-text PT_LOAD; ``source`` says where the
-    numbers came from (``"kcore"`` or ``"fallback"``) so a reader can judge them.
+    numbers came from (``"kcore"``, ``"kcore-range"``, ``"kallsyms"`` or
+    ``"kallsyms-estimate"``, see :mod:`kdumpd.system.kernelfacts`) so a reader can
+    judge them.
     """
 
     vaddr: int

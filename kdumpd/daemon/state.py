@@ -1,8 +1,8 @@
 """The daemon's one state object and its observers.
 
-The reconciler is the only writer.  D-Bus, sd_notify STATUS, the journal and
-``state.json`` observe it through :meth:`StateStore.subscribe`; none of them
-drives a back-end directly.
+The reconciler is the only writer.  D-Bus and sd_notify ``STATUS=`` observe it
+through :meth:`StateStore.subscribe`; ``state.json`` is not an observer: the
+reconciler records it before it publishes (:mod:`kdumpd.daemon.projection`).
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ back-end itself: methods are forwarded to the reconciler's
 * Errors reach the caller as ``org.kdumpd1.Error.*`` with one line of text; a
   Python traceback never leaves the process (unexpected exceptions are logged
   locally and answered with ``org.kdumpd1.Error.Failed``).
-* An unexpected disconnect from the bus resolves :meth:`DBusService.wait_disconnected`
-  with :class:`BusDisconnected`; the daemon treats that as fatal (systemd restarts it).
+* An unexpected disconnect from the bus: the service reconnects with a capped
+  backoff, re-exports the object and owns the name again (the daemon runs with
+  ``reconnect=True``); with ``reconnect=False``, :meth:`DBusService.wait_disconnected`
+  raises :class:`BusDisconnected` instead.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``kdumpctl``-compatible shim in front of kdumpd.
 
-Sub-commands and exit codes follow kdump-utils' ``kdumpctl`` (``kexec-internals.md``
-§6.2).  Messages go to stderr as ``kdump: <msg>``; only ``estimate`` and
+Sub-commands and exit codes follow kdump-utils' ``kdumpctl`` (docs/kernel-interfaces.md
+§7).  Messages go to stderr as ``kdump: <msg>``; only ``estimate`` and
 ``get-default-crashkernel`` write to stdout.
 
 * ``start``/``stop``/``restart``/``reload`` ask the daemon over D-Bus (``Load``,
@@ -11,7 +11,7 @@ Sub-commands and exit codes follow kdump-utils' ``kdumpctl`` (``kexec-internals.
   ``/sys/kernel/kexec_crash_loaded`` otherwise (and the kernel wins when it says 0).
   Exit 0 operational, 3 not operational (also when the sysfs node is missing).
 * ``showmem`` reads ``/sys/kernel/kexec_crash_size``; ``estimate`` and
-  ``get-default-crashkernel`` compute as kdump-utils does (§6.5, §6.6).
+  ``get-default-crashkernel`` compute as kdump-utils does.
 * ``rebuild``, ``propagate``, ``reset-crashkernel`` and ``setup-crypttab`` belong to
   kdump-utils (initramfs, ssh keys, boot loader): they are delegated to the program
   named by ``$KDUMPD_UPSTREAM_KDUMPCTL`` when it is executable, else refused with one
@@ -88,7 +88,7 @@ class Context:
         return self.root.read_text(absolute)
 
 
-# -- crashkernel= arithmetic (kdump-lib.sh, §6.5) -------------------------------
+# -- crashkernel= arithmetic (kdump-lib.sh) ---------------------------------------
 
 
 def parse_size(text: str, source: str = "crashkernel") -> int:

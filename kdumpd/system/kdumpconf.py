@@ -5,7 +5,7 @@ kdumpd does not build the kdump initramfs and does not write a dump; it needs fr
 these files what ``kdumpctl``'s ``load_kdump()`` would pass to ``kexec -p``: the
 capture kernel, its initramfs, the command line and ``KEXEC_ARGS``.  The rules
 follow kdump-utils (``kdumpctl`` ``parse_config()``, ``prepare_cmdline()``,
-``gen-kdump-sysconfig.sh``; see ``kexec-internals.md`` §6.3-6.4):
+``gen-kdump-sysconfig.sh``; see docs/kernel-interfaces.md §7):
 
 * ``kdump.conf``: one ``directive value`` per line, ``#`` starts a comment; exactly one
   dump target at most; deprecated directives (``net``, ``options``, ``link_delay``,
@@ -88,12 +88,12 @@ ALWAYS_REMOVED = (
 )
 
 #: What kdumpd appends to the capture kernel's command line when nothing else says:
-#: the core of kdump-utils' x86_64 KDUMP_COMMANDLINE_APPEND (kexec-internals §6.4).
+#: the core of kdump-utils' x86_64 KDUMP_COMMANDLINE_APPEND (docs/kernel-interfaces.md §7).
 #: ``acpi_no_memhotplug`` matters after hotplug: without it the capture kernel re-adds
 #: every hot-plugged DIMM from ACPI and runs out of its reservation (docs/e2e.md).
 DEFAULT_CAPTURE_APPEND = "irqpoll nr_cpus=1 reset_devices acpi_no_memhotplug"
 
-# gen-kdump-sysconfig.sh's common KDUMP_COMMANDLINE_REMOVE (kexec-internals §6.4) plus
+# gen-kdump-sysconfig.sh's common KDUMP_COMMANDLINE_REMOVE (docs/kernel-interfaces.md §7) plus
 # the default ``cma``: what the capture kernel must not inherit when no
 # /etc/sysconfig/kdump says otherwise.
 DEFAULT_COMMANDLINE_REMOVE = (

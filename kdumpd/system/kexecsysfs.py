@@ -2,9 +2,9 @@
 
 Which reads take the kexec lock matters: the ``show()`` of ``crash_hotplug`` and
 ``kexec_crash_size`` takes ``kexec_trylock()``, and a kernel hotplug update that finds
-the lock taken skips its elfcorehdr update (docs/kernel-interfaces.md, "Reading the
-kexec sysfs files").  ``kexec_crash_loaded`` and a stat of any file take no lock, so
-only those are used in the burst path.
+the lock taken skips its elfcorehdr update (docs/kernel-interfaces.md §2).
+``kexec_crash_loaded`` and a stat of any file take no lock, so only those are used
+in the burst path.
 """
 
 from __future__ import annotations

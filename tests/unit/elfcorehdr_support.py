@@ -1,7 +1,7 @@
 """Hypothesis strategies and checkers shared by the elfcorehdr/ranges/image tests.
 
 Everything here is computed independently of the code under test: topologies are
-random, expected headers are derived from the spec (kexec-internals.md §1.3-1.8) with
+random, expected headers are derived from the spec (docs/kernel-interfaces.md §5) with
 plain ``struct`` packing, and ``readelf`` output is parsed from text.
 """
 

@@ -1,7 +1,7 @@
 """ppc64le: the elfcorehdr and the crash FDT, as kexec-tools / the kernel build them.
 
-elfcorehdr (kexec-tools kexec/arch/ppc64/crashdump-ppc64.c; kexec-internals.md
-§3.1, §4.8):
+elfcorehdr (kexec-tools kexec/arch/ppc64/crashdump-ppc64.c; docs/kernel-interfaces.md
+§6):
 
 * ELF64, ``e_machine`` = ``EM_PPC64`` (21), ``ELFDATA2LSB`` (kexec-tools picks the
   byte order of the host; ppc64le is little-endian).
@@ -25,7 +25,7 @@ elfcorehdr (kexec-tools kexec/arch/ppc64/crashdump-ppc64.c; kexec-internals.md
 
 Capacity: ``/sys/kernel/crash_elfcorehdr_size`` when present (aligned to 1 KiB,
 as kexec-tools ``--hotplug``), else the kernel's ppc64 formula ``sizeof(Elf64_Ehdr)
-+ (possible CPUs + 1 + CRASH_MAX_MEMORY_RANGES) * sizeof(Elf64_Phdr)`` (§3.1),
++ (possible CPUs + 1 + CRASH_MAX_MEMORY_RANGES) * sizeof(Elf64_Phdr)``,
 never less than the current topology needs.
 
 crash FDT (:mod:`kdumpd.core.fdt`): the capture kernel learns its CPUs from the FDT
@@ -33,7 +33,7 @@ segment, so CPU hotplug regenerates its ``/cpus`` node from the live device tree
 (``Topology.dt_cpus``), as the kernel's ``update_crash_fdt()`` does.  Both segments
 are left out of the purgatory digest with crash-hotplug support (kexec-tools
 ``arch_do_exclude_segment()`` on ppc64: the elfcorehdr and every segment starting
-with the FDT magic, §2.4).
+with the FDT magic, docs/kernel-interfaces.md §6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""x86_64: the elfcorehdr as kexec-tools' ``kexec -p`` builds it (kexec-internals.md §1).
+"""x86_64: the elfcorehdr as kexec-tools' ``kexec -p`` builds it (docs/kernel-interfaces.md §5).
 
 * ``e_machine`` = ``EM_X86_64`` (62), always ELF64.
 * One PT_NOTE per *present* CPU that has ``crash_notes`` (ascending CPU number);

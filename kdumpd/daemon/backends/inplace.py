@@ -1,7 +1,7 @@
 """A load on a kernel that keeps the loaded crash image current itself: check the
 topology around the syscall, and load once more if it moved meanwhile.
 
-Why (docs/kernel-interfaces.md, "Skipped in-kernel updates"): a load syscall holds
+Why (docs/kernel-interfaces.md §9.1): a load syscall holds
 the kernel's kexec lock from start to end.  The kernel's crash-hotplug handler only
 *try*-locks it; when a CPU or memory block comes or goes while any load runs, the
 handler prints ``crash hp: kexec_trylock() failed, kdump image may be inaccurate``

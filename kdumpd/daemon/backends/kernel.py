@@ -1,7 +1,7 @@
 """``kernel`` backend: the kernel's own crash hotplug (6.6+) keeps the image current.
 
 The image is loaded once with ``kexec_file_load``, which makes it hotplug-capable by
-construction (``image->file_mode``, kexec-internals §4.4), and never reloaded on
+construction (``image->file_mode``, docs/kernel-interfaces.md §3), and never reloaded on
 hotplug: the kernel rewrites the elfcorehdr inside its own handler.
 
 What is read when, and why so little:
@@ -13,8 +13,8 @@ What is read when, and why so little:
   ``crash_hotplug`` and ``kexec_crash_size`` are *not* read per burst: their ``show()``
   takes ``kexec_trylock()``, which can make the kernel's own hotplug handler fail its
   trylock and skip the elfcorehdr update, and a panic during the read does not kdump
-  (§4.5, §4.7).  A ``crash_hotplug`` 0 is also expected while the kernel is busy
-  (§0.5), so it could never justify a reload anyway.
+  (docs/kernel-interfaces.md §2).  A ``crash_hotplug`` 0 is also expected while the
+  kernel is busy, so it could never justify a reload anyway.
 - ``crash_hotplug`` is read once, right after our own load, to report whether the
   kernel marked the image hotplug-capable (informational; a 0 there is logged).
 
@@ -22,7 +22,7 @@ What is read when, and why so little:
   ``crash_hotplug`` is read up to :data:`ADOPT_READS` times: another loader may have
   replaced our image with a ``kexec_load`` one without ``--hotplug`` while kdumpd was
   stopped.  The image is adopted only if a read gives 1 (a 0 may just be a busy kexec
-  lock, §0.5, §8); otherwise it is loaded once afresh.
+  lock); otherwise it is loaded once afresh.
 
 A reload (one ``kexec_file_load``) happens only when ``kexec_crash_loaded`` reads 0,
 when the loaded image was not loaded by us through ``kexec_file_load`` (e.g. adopted
@@ -52,7 +52,7 @@ from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, rea
 
 log = logging.getLogger("kdumpd.daemon.backends.kernel")
 
-ADOPT_READS = 3  # crash_hotplug reads at adoption (a single 0 is not proof, §0.5)
+ADOPT_READS = 3  # crash_hotplug reads at adoption (a single 0 is not proof)
 ADOPT_READ_DELAY = 0.05  # seconds between them
 
 
@@ -153,9 +153,9 @@ class KernelBackend:
     def _ram_removed(self, topology: Topology | None) -> str:
         """Why the kernel's in-place header still lists RAM that is gone, or "".
 
-        The kernel rebuilds the elfcorehdr on MEM_OFFLINE (kexec-internals §4.5), while
-        the block's ``System RAM`` resource still exists; the resource is released
-        only when the memory is removed, and no notifier runs then (§4.6).  So after a
+        The kernel rebuilds the elfcorehdr on MEM_OFFLINE, while the block's ``System
+        RAM`` resource still exists; the resource is released only when the memory is
+        removed, and no notifier runs then (docs/kernel-interfaces.md §3).  So after a
         hot-remove the loaded header keeps a PT_LOAD over memory that is no longer
         there (seen on Debian 6.12 in QEMU: docs/e2e.md) until the next memory event.
         An offline without a removal leaves /proc/iomem unchanged and needs nothing.
