@@ -10,8 +10,8 @@ placement helpers live in :mod:`kdumpd.core.segment`; an architecture's image bu
 
 Placement (docs/kernel-interfaces.md §5, §8): kexec-tools clamps every crash
 segment to the *highest* ``Crash kernel`` range and allocates top-down.  It aligns
-the elfcorehdr to 1 KiB, but segment addresses must be page aligned, so we place it top-down at a 4 KiB
-boundary with ``memsz`` rounded up to whole pages.  The address never changes
+the elfcorehdr to 1 KiB, but segment addresses must be page aligned, so we place it
+top-down at a 4 KiB boundary with ``memsz`` rounded up to whole pages.  The address never changes
 afterwards: the capture kernel's ``elfcorehdr=`` argument points at it.
 
 ppc64le adds the **crash FDT** segment (:mod:`kdumpd.core.fdt`): its own fixed
