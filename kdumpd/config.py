@@ -11,7 +11,7 @@ Example file::
 
     backend = "auto"            # auto | kernel | file | segment | kexec-tools | dry-run
     state_dir = "/run/kdumpd"
-    event_source = "auto"       # auto | udev | kernel
+    event_source = "auto"       # auto | udev | kernel (the uevent netlink group)
     dbus = true
     # Prometheus metrics for node_exporter's textfile collector; unset = none.
     # metrics_file = "/var/lib/prometheus/node-exporter/kdumpd.prom"

@@ -1,4 +1,7 @@
-"""Architecture back-ends behind one small interface (see :mod:`kdumpd.arch.base`)."""
+"""The supported architectures, each an :class:`Arch` (see :mod:`kdumpd.arch.base`).
+
+"Back-end" in kdumpd means a loader (:mod:`kdumpd.daemon.backends`), never an
+architecture."""
 
 from __future__ import annotations
 
@@ -7,12 +10,12 @@ from kdumpd.core.errors import UnsupportedError
 
 __all__ = ["SUPPORTED", "Arch", "FdtArch", "get_arch"]
 
-#: Architectures with a back-end, by the name ``uname -m`` prints.
+#: Architectures kdumpd supports, by the name ``uname -m`` prints.
 SUPPORTED: tuple[str, ...] = ("x86_64", "ppc64le")
 
 
 def get_arch(name: str) -> Arch:
-    """The back-end for ``name`` (``uname -m`` spelling); raises UnsupportedError."""
+    """The :class:`Arch` for ``name`` (``uname -m`` spelling); raises UnsupportedError."""
     if name == "x86_64":
         from kdumpd.arch.x86_64 import X86_64
 

@@ -53,7 +53,7 @@ MIN_ELFCOREHDR_SIZE = 16 * 1024
 
 
 class ArchIdentity:
-    """What every back-end states the same way: subclasses set ``NAME``,
+    """What every architecture states the same way: subclasses set ``NAME``,
     ``ELF_MACHINE`` and ``REGENERATED`` (the segment kinds hotplug rewrites)."""
 
     __slots__ = ()

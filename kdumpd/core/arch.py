@@ -1,4 +1,4 @@
-"""The interface an architecture back-end implements for the core.
+"""The interface each supported architecture implements for the core.
 
 Like the kernel's ``arch_crash_*`` hooks: which headers an architecture writes, which
 segments hotplug regenerates, which purgatory digests.  It lives in the core (the
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class Arch(Protocol):
-    """One architecture back-end.  Implementations are stateless."""
+    """One architecture.  Implementations are stateless."""
 
     @property
     def name(self) -> str:

@@ -23,7 +23,7 @@ and :meth:`Reconciler.reconcile`; a reload applies new settings with
 
 kdumpd's own elfcorehdr model (:class:`CrashImage`) is needed only by backends that
 load it (``Backend.consumes_image``).  For ``file``/``kernel`` the kernel builds its
-own header, so a model that cannot be built (an arch without an Arch back-end, an
+own header, so a model that cannot be built (an unsupported architecture, an
 odd ``/proc/iomem``, a header beyond any capacity) does not stop the load; it is
 reported through ``last_error`` and ``stale``.  Even a topology that cannot be read
 at all (``/proc/iomem`` with every address 0) does not: such a backend loads
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kdumpd.daemon.reconciler")
 
-TopologyReader = Callable[[Path], "Topology"]
+ReadTopology = Callable[[Path], "Topology"]
 ImageFactory = Callable[["Topology"], "CrashImage"]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -90,7 +90,7 @@ def default_image_factory(max_cpus: int = 0, max_ranges: int = 0) -> ImageFactor
     return make
 
 
-def default_topology_reader(sysroot: Path) -> TopologyReader:
+def default_topology_reader(sysroot: Path) -> ReadTopology:
     """Reads ``sysroot`` through one :class:`kdumpd.system.topologyreader.TopologyReader`,
     which keeps the boot-constant kernel facts (kallsyms, kcore) between bursts."""
     from kdumpd.system import topologyreader
@@ -110,7 +110,7 @@ class Reconciler:
         *,
         sysroot: str | Path = "/",
         state_dir: str | Path | None = None,
-        read_topology: TopologyReader | None = None,
+        read_topology: ReadTopology | None = None,
         image_factory: ImageFactory | None = None,
         quiet: float = 0.1,
         max_staleness: float = 1.0,

@@ -6,6 +6,9 @@ filters, one socket so events stay in SEQNUM order), read with
 None.  Source ``udev`` (events after udevd processed them) is preferred; without
 udevd (``/run/udev/control`` absent) nothing is ever re-broadcast on that group,
 so ``auto`` falls back to raw ``kernel`` uevents and logs which one it uses.
+
+The source names are the two netlink groups (pyudev's ``source=``): ``kernel`` here
+means the kernel's own uevent broadcast, not the ``kernel`` back-end.
 """
 
 from __future__ import annotations

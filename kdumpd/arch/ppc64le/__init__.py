@@ -79,7 +79,7 @@ def ppc64_elfcorehdr_size(cpus: int, ranges: int) -> int:
 
 
 class Ppc64le(ArchIdentity):
-    """The ppc64le back-end (stateless)."""
+    """ppc64le (stateless)."""
 
     __slots__ = ()
     NAME = "ppc64le"

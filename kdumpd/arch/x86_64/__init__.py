@@ -61,7 +61,7 @@ def x86_crash_ranges(topology: Topology) -> tuple[MemRange, ...]:
 
 
 class X86_64(ArchIdentity):
-    """The x86_64 back-end (stateless)."""
+    """x86_64 (stateless)."""
 
     __slots__ = ()
     NAME = "x86_64"

@@ -14,7 +14,7 @@ Two class attributes tell the reconciler what a backend needs and does:
 - ``consumes_image``: the backend loads kdumpd's own :class:`CrashImage` (dry-run,
   a future ``kexec_load`` backend).  When False (``file``, ``kernel``: the kernel
   builds its own elfcorehdr inside ``kexec_file_load``), a failure to build
-  kdumpd's model (an arch without an Arch back-end, an unreadable ``/proc/iomem``
+  kdumpd's model (an unsupported architecture, an unreadable ``/proc/iomem``
   layout, a placement that does not fit) must not stop the load: the request
   carries ``image=None`` and the missing model is reported as ``LastError`` and
   ``Stale``.
