@@ -12,7 +12,8 @@ STAMP := $(VENV)/.installed
 # check against (readelf, dtc, dbus-daemon, busctl, setpriv) and the e2e harness.
 APT_PACKAGES := python3-venv python3-dev gcc libc6-dev make pkg-config libsystemd-dev libudev1 \
 	binutils device-tree-compiler dbus dbus-daemon systemd util-linux \
-	qemu-system-x86 kexec-tools busybox-static cpio xz-utils zstd kmod
+	qemu-system-x86 kexec-tools busybox-static cpio xz-utils zstd kmod \
+	qemu-system-ppc
 
 .PHONY: all bootstrap apt venv purgatory test lint typecheck pytest fuzz demo bench e2e install clean
 
@@ -78,7 +79,7 @@ bench: venv
 	$(PY) bench/storm.py
 
 e2e: venv
-	$(PY) -m tests.e2e.run $(if $(KERNELS),--kernels "$(KERNELS)") $(if $(SCENARIOS),--scenarios "$(SCENARIOS)")
+	$(PY) -m tests.e2e.run $(if $(ARCH),--arch $(ARCH)) $(if $(KERNELS),--kernels "$(KERNELS)") $(if $(SCENARIOS),--scenarios "$(SCENARIOS)")
 
 # System install: the package in its own venv under $(PREFIX)/lib/kdumpd, commands
 # linked into $(PREFIX)/sbin, and the unit, udev overrides, bus policy, bus activation,

@@ -1,10 +1,18 @@
-"""One QEMU (TCG, q35) guest with CPU/DIMM hotplug slots, a QMP socket, the console
-on a file and a command channel on the second serial port.
+"""One QEMU (TCG) guest with CPU/DIMM hotplug slots, a QMP socket, the console on a
+file and a command channel on a second console.
 
-The guest's ``/init`` (see initramfs.py) mounts the host root read-only over 9p at
-``/host`` and a writable per-run directory at ``/out`` (``/host/mnt`` inside the
-chroot), so the guest runs the host's ``/usr/sbin/kexec`` and the project's own
-``.venv/bin/kdumpd`` with ``chroot /host``.
+x86_64 (q35): the guest's ``/init`` (see initramfs.py) mounts the host root read-only
+over 9p at ``/host`` and a writable per-run directory at ``/out`` (``/host/mnt``
+inside the chroot), so the guest runs the host's ``/usr/sbin/kexec`` and the
+project's own ``.venv/bin/kdumpd`` with ``chroot /host``.
+
+ppc64le (pseries, POWER9): the host root cannot run there; ``/host`` is the ppc64el
+root of tests/e2e/pyroot.py (Debian's Python, kexec-tools, busybox, dbus-daemon,
+the project's dependencies), with the checkout at ``/src`` and the e2e cache (kernels,
+initramfs) at ``/cache``, both read-only; the daemon runs as ``python3 -m kdumpd.cli``
+with ``PYTHONPATH=/src``.  The console is a ``spapr-vty`` (``hvc0``); the command
+channel a ``virtserialport`` (``/dev/vport*p1``): a second ``spapr-vty`` is polled by
+the hvc driver with a back-off of up to 2 s per read.
 """
 
 from __future__ import annotations
@@ -23,11 +31,22 @@ from pathlib import Path
 from tests.e2e.kernels import CACHE, Kernel
 from tests.e2e.qmp import QMP
 
+REPO = Path(__file__).resolve().parents[2]
+
 QEMU = "qemu-system-x86_64"
+QEMU_BY_ARCH = {"x86_64": QEMU, "ppc64le": "qemu-system-ppc64"}
+APT_BY_ARCH = {"x86_64": "qemu-system-x86", "ppc64le": "qemu-system-ppc"}
 # acpi_no_memhotplug: without it the capture kernel re-adds every present DIMM
 # through ACPI and spends its 256M on their memmap (OOM while unpacking the
 # initramfs after ~6 GiB of hot-added DIMMs).  Fedora's kdump appends it too.
 CAPTURE_APPEND = "console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=-1 acpi_no_memhotplug quiet"
+# ppc64: one CPU in the capture kernel (maxcpus=1, as kdump-utils' ppc64 default) and
+# no IRQ distribution to CPUs that are not there.
+CAPTURE_APPEND_PPC64LE = "console=hvc0 maxcpus=1 noirqdistrib reset_devices panic=-1 quiet"
+
+
+def capture_append(arch: str) -> str:
+    return CAPTURE_APPEND_PPC64LE if arch == "ppc64le" else CAPTURE_APPEND
 
 
 class GuestError(RuntimeError):
@@ -42,10 +61,11 @@ class GuestError(RuntimeError):
         return f"{self.args[0]}{tail}"
 
 
-def qemu_available() -> str | None:
+def qemu_available(arch: str = "x86_64") -> str | None:
     """None if QEMU can run here, else the reason it cannot."""
-    if shutil.which(QEMU) is None:
-        return f"no {QEMU} binary (apt-get install qemu-system-x86)"
+    binary = QEMU_BY_ARCH[arch]
+    if shutil.which(binary) is None:
+        return f"no {binary} binary (apt-get install {APT_BY_ARCH[arch]})"
     return None
 
 
@@ -63,8 +83,11 @@ class Guest:
         crashkernel: str = "256M",
         extra_append: str = "",
         cpu_hotplug: str = "acpi",
+        pyroot: Path | None = None,
     ) -> None:
         self.kernel = kernel
+        self.arch = kernel.arch
+        self.pyroot = pyroot  # ppc64le: the guest's root (tests/e2e/pyroot.py)
         self.initramfs = initramfs
         self.workdir = workdir
         self.outdir = workdir / "out"
@@ -83,9 +106,11 @@ class Guest:
         keep = ":".join(
             str(p) for p in (Path(__file__).resolve().parents[2], CACHE) if " " not in str(p)
         )
-        extra_append = f"e2e.keep={keep} {extra_append}"
+        if self.arch == "x86_64":
+            extra_append = f"e2e.keep={keep} {extra_append}"
+        console = "hvc0" if self.arch == "ppc64le" else "ttyS0"
         self.append = (
-            f"console=ttyS0 crashkernel={crashkernel} panic=-1 "
+            f"console={console} crashkernel={crashkernel} panic=-1 "
             f"memhp_default_state=online_movable loglevel=6 {extra_append}"
         ).strip()
         self.cpu_model = os.environ.get("KDUMPD_E2E_CPU", "max")
@@ -98,11 +123,43 @@ class Guest:
 
     # -- lifecycle --------------------------------------------------------------------
 
+    def _argv_ppc64le(self) -> list[str]:
+        assert self.pyroot is not None
+        ro = "security_model=none,readonly=on,multidevs=remap"
+        return [
+            QEMU_BY_ARCH["ppc64le"], "-M", "pseries", "-cpu", "power9", "-accel", "tcg",
+            "-m", f"{self.mem},slots={self.slots},maxmem={self.maxmem}",
+            "-smp", f"1,maxcpus={self.maxcpus}",
+            "-kernel", str(self.kernel.vmlinuz), "-initrd", str(self.initramfs),
+            "-append", self.append,
+            "-display", "none", "-no-reboot", "-nodefaults",
+            "-chardev", f"file,id=con,path={self.console_path}",
+            "-device", "spapr-vty,chardev=con",
+            "-device", "virtio-serial-pci",
+            "-chardev", f"socket,id=cmd,path={self.cmd_path},server=on,wait=off",
+            "-device", "virtserialport,chardev=cmd,name=cmd",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-virtfs", f"local,path={self.pyroot},mount_tag=pyroot,{ro}",
+            "-virtfs", f"local,path={REPO},mount_tag=src,{ro}",
+            "-virtfs", f"local,path={CACHE},mount_tag=cache,{ro}",
+            "-virtfs", f"local,path={self.outdir},mount_tag=out,security_model=none",
+        ]  # fmt: skip
+
+    def guest_path(self, path: Path | str) -> str:
+        """Where a host file (the checkout, the e2e cache) is inside ``chroot /host``."""
+        p = Path(path)
+        if self.arch != "ppc64le":
+            return str(p)
+        for host, guest in ((REPO, "/src"), (CACHE, "/cache")):
+            if p.is_relative_to(host):
+                return f"{guest}/{p.relative_to(host)}"
+        raise ValueError(f"{p} is not shared with the guest")
+
     def start(self, timeout: float = 180.0) -> None:
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
         self.outdir.mkdir(parents=True)
-        argv = [
+        argv = self._argv_ppc64le() if self.arch == "ppc64le" else [
             QEMU, "-accel", "tcg", "-cpu", self.cpu_model, "-M", "q35",
             "-m", f"{self.mem},slots={self.slots},maxmem={self.maxmem}",
             "-smp", self._smp(),
@@ -265,14 +322,18 @@ class Guest:
     def crashkernel(self) -> list[tuple[int, int]]:
         return iomem_ranges(self.read("/proc/iomem"), "Crash kernel")
 
-    def crash(self, timeout: float = 240.0) -> tuple[str, str, str]:
+    def crash(self, timeout: float = 240.0, cpu: int | None = None) -> tuple[str, str, str]:
         """Record the online CPUs and /proc/iomem, panic the guest in the same guest
         command (nothing happens in between but the copies), wait for the capture
-        kernel's report.  Returns (report body, cpu online list, iomem text)."""
+        kernel's report.  Returns (report body, cpu online list, iomem text).
+        ``cpu``: panic on that CPU (``taskset``), e.g. a hot-added one."""
         start = len(self.console())
+        trigger = "echo c > /proc/sysrq-trigger"
+        if cpu is not None:
+            trigger = f"taskset {1 << cpu:#x} sh -c '{trigger}'"
         self.spawn(
             "cat /sys/devices/system/cpu/online > /out/at-crash-cpus; "
-            "cat /proc/iomem > /out/at-crash-iomem; echo c > /proc/sysrq-trigger"
+            f"cat /proc/iomem > /out/at-crash-iomem; {trigger}"
         )
         m = self.wait_console(r"(?s)@@VMCORE-BEGIN\n(.*?)@@VMCORE-END", timeout, start)
         cpus = (self.outdir / "at-crash-cpus").read_text()

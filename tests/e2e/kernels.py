@@ -4,6 +4,12 @@
 added to a *private* apt configuration under the cache directory; the machine's
 own sources are never touched.  Packages are fetched with ``apt-get download`` and
 unpacked with ``dpkg-deb -x`` (no install).
+
+Two architectures: ``x86_64`` (Debian amd64, ``linux-image-*-amd64-unsigned``) and
+``ppc64le`` (Debian ppc64el, ``linux-image-*-powerpc64le``).  Each has its own
+private apt directory; the ppc64el one sets ``APT::Architecture "ppc64el"`` (no
+``dpkg --add-architecture`` on the machine) and also lists ``trixie`` for the guest's
+user space (tests/e2e/pyroot.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,21 @@ KNOWN: dict[str, tuple[str, str]] = {
     "6.1": ("bookworm", r"^linux-image-6\.1\.0-\d+-amd64-unsigned$"),
     "6.12": ("bookworm-backports", r"^linux-image-6\.12\.[^ ]*-amd64-unsigned$"),
 }
+KNOWN_PPC64LE: dict[str, tuple[str, str]] = {
+    "6.1": ("bookworm", r"^linux-image-6\.1\.0-\d+-powerpc64le$"),
+    "6.12": ("bookworm-backports", r"^linux-image-6\.12\.[^ ]*\+deb12-powerpc64le$"),
+}
+ARCHES = ("x86_64", "ppc64le")
+# Debian's name of each architecture, the suites of its private apt configuration
+DEB_ARCH = {"x86_64": "amd64", "ppc64le": "ppc64el"}
+SUITES = {
+    "x86_64": ("bookworm", "bookworm-backports"),
+    "ppc64le": ("bookworm", "bookworm-backports", "trixie"),
+}
+
+
+def known(arch: str = "x86_64") -> dict[str, tuple[str, str]]:
+    return KNOWN_PPC64LE if arch == "ppc64le" else KNOWN
 
 
 class KernelUnavailable(RuntimeError):
@@ -33,21 +54,37 @@ class KernelUnavailable(RuntimeError):
 class Kernel:
     key: str  # "6.1", "6.12" or a path given by the user
     release: str  # uname -r, e.g. 6.1.0-56-amd64
-    vmlinuz: Path
+    vmlinuz: Path  # the boot image: vmlinuz (x86_64) or vmlinux (ppc64le, an ELF)
     root: Path  # unpacked package root (lib/modules/<release>/...)
+    arch: str = "x86_64"
 
     @property
     def modules(self) -> Path:
         return self.root / "lib" / "modules" / self.release
 
 
-def _apt_dir() -> Path:
-    return CACHE / "apt"
+def _apt_dir(arch: str = "x86_64") -> Path:
+    return CACHE / ("apt" if arch == "x86_64" else f"apt-{DEB_ARCH[arch]}")
 
 
-def _apt_opts() -> list[str]:
-    d = _apt_dir()
-    return [
+def apt_opts(arch: str = "x86_64") -> list[str]:
+    """apt-get/apt-cache options of the private configuration for ``arch``."""
+    return _apt_opts(arch)
+
+
+def _apt_opts(arch: str = "x86_64") -> list[str]:
+    d = _apt_dir(arch)
+    extra = (
+        []
+        if arch == "x86_64"
+        else [
+            "-o",
+            f"APT::Architecture={DEB_ARCH[arch]}",
+            "-o",
+            f"APT::Architectures={DEB_ARCH[arch]}",
+        ]
+    )
+    return [*extra,
         "-o", f"Dir::Etc::sourcelist={d / 'sources.list'}",
         "-o", "Dir::Etc::sourceparts=-",
         "-o", f"Dir::State::Lists={d / 'lists'}",
@@ -58,13 +95,18 @@ def _apt_opts() -> list[str]:
     ]  # fmt: skip
 
 
-def _private_apt_update() -> None:
-    d = _apt_dir()
+def private_apt_update(arch: str = "x86_64") -> None:
+    """Write the private apt configuration for ``arch`` and update its lists once."""
+    _private_apt_update(arch)
+
+
+def _private_apt_update(arch: str = "x86_64") -> None:
+    d = _apt_dir(arch)
     (d / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (d / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    only = "" if arch == "x86_64" else f"arch={DEB_ARCH[arch]} "
     sources = "".join(
-        f"deb [signed-by={KEYRING}] {MIRROR} {suite} main\n"
-        for suite in ("bookworm", "bookworm-backports")
+        f"deb [{only}signed-by={KEYRING}] {MIRROR} {suite} main\n" for suite in SUITES[arch]
     )
     (d / "sources.list").write_text(sources)
     status = d / "status"
@@ -74,21 +116,23 @@ def _private_apt_update() -> None:
     if stamp.exists():
         return
     r = subprocess.run(
-        ["apt-get", "-q", *_apt_opts(), "update"], capture_output=True, text=True, check=False
+        ["apt-get", "-q", *_apt_opts(arch), "update"], capture_output=True, text=True, check=False
     )
     if r.returncode != 0:
         raise KernelUnavailable(f"private apt-get update failed: {r.stderr.strip()[-400:]}")
     stamp.write_text("ok\n")
 
 
-def resolve_package(key: str) -> str:
+def resolve_package(key: str, arch: str = "x86_64") -> str:
     """The current package name for a known kernel key, from the private apt lists."""
-    if key not in KNOWN:
-        raise KernelUnavailable(f"unknown kernel {key!r} (known: {', '.join(KNOWN)}; or a path)")
-    suite, pattern = KNOWN[key]
-    _private_apt_update()
+    table = known(arch)
+    if key not in table:
+        raise KernelUnavailable(f"unknown kernel {key!r} (known: {', '.join(table)}; or a path)")
+    suite, pattern = table[key]
+    _private_apt_update(arch)
+    flavour = "amd64-unsigned" if arch == "x86_64" else "powerpc64le"
     r = subprocess.run(
-        ["apt-cache", *_apt_opts(), "search", "--names-only", "^linux-image-.*-amd64-unsigned$"],
+        ["apt-cache", *_apt_opts(arch), "search", "--names-only", f"^linux-image-.*-{flavour}$"],
         capture_output=True,
         text=True,
         check=False,
@@ -109,12 +153,12 @@ def resolve_package(key: str) -> str:
     return max(names, key=abi)
 
 
-def fetch(key: str) -> Kernel:
+def fetch(key: str, arch: str = "x86_64") -> Kernel:
     """Download (once) and unpack a Debian kernel; return where it is."""
     p = Path(key)
     if p.exists():
-        return from_path(p)
-    pkg = resolve_package(key)
+        return from_path(p, arch)
+    pkg = resolve_package(key, arch)
     dest = CACHE / "kernels" / pkg
     done = dest / ".unpacked"
     if not done.exists():
@@ -123,7 +167,7 @@ def fetch(key: str) -> Kernel:
         debs = list(debdir.glob(f"{pkg}_*.deb"))
         if not debs:
             r = subprocess.run(
-                ["apt-get", "-q", *_apt_opts(), "download", pkg],
+                ["apt-get", "-q", *_apt_opts(arch), "download", pkg],
                 cwd=debdir,
                 capture_output=True,
                 text=True,
@@ -135,22 +179,23 @@ def fetch(key: str) -> Kernel:
         dest.mkdir(parents=True, exist_ok=True)
         subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(dest)], check=True)
         done.write_text(pkg + "\n")
-    return _from_root(key, dest)
+    return _from_root(key, dest, arch)
 
 
-def _from_root(key: str, root: Path) -> Kernel:
-    vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
+def _from_root(key: str, root: Path, arch: str = "x86_64") -> Kernel:
+    name = "vmlinuz" if arch == "x86_64" else "vmlinux"
+    vmlinuz = sorted((root / "boot").glob(f"{name}-*"))
     if not vmlinuz:
-        raise KernelUnavailable(f"no boot/vmlinuz-* under {root}")
-    release = vmlinuz[-1].name.removeprefix("vmlinuz-")
-    kern = Kernel(key=key, release=release, vmlinuz=vmlinuz[-1], root=root)
+        raise KernelUnavailable(f"no boot/{name}-* under {root}")
+    release = vmlinuz[-1].name.removeprefix(f"{name}-")
+    kern = Kernel(key=key, release=release, vmlinuz=vmlinuz[-1], root=root, arch=arch)
     if kern.modules.is_dir() and not (kern.modules / "modules.dep").exists():
         # The package does not ship modules.dep (the postinst runs depmod).
         subprocess.run(["depmod", "-b", str(root), release], check=True)
     return kern
 
 
-def from_path(path: Path) -> Kernel:
+def from_path(path: Path, arch: str = "x86_64") -> Kernel:
     """A kernel given by path: either an unpacked package root or a .deb file."""
     if path.suffix == ".deb":
         dest = CACHE / "kernels" / path.stem
@@ -158,13 +203,14 @@ def from_path(path: Path) -> Kernel:
             dest.mkdir(parents=True, exist_ok=True)
             subprocess.run(["dpkg-deb", "-x", str(path), str(dest)], check=True)
             (dest / ".unpacked").write_text(path.name + "\n")
-        return _from_root(str(path), dest)
-    return _from_root(str(path), path)
+        return _from_root(str(path), dest, arch)
+    return _from_root(str(path), path, arch)
 
 
 if __name__ == "__main__":
     import sys
 
-    for k in sys.argv[1:] or list(KNOWN):
-        kern = fetch(k)
+    arch = os.environ.get("KDUMPD_E2E_ARCH", "x86_64")
+    for k in sys.argv[1:] or list(known(arch)):
+        kern = fetch(k, arch)
         print(k, kern.release, kern.vmlinuz)

@@ -30,17 +30,20 @@ def _fmt(v: object) -> str:
 
 def table(results: Sequence[Result]) -> str:
     cols = (
-        "kernel", "scenario", "backend", "cpus", "PRSTATUS", "RAM MiB missing", "extra MiB",
-        "vmcore MB",
+        "arch", "kernel", "scenario", "backend", "crash on", "dump", "cpus", "PRSTATUS",
+        "RAM MiB missing", "extra MiB", "vmcore MB",
         "complete", "expect", "events", "uevents", "loads", "settle ms", "no-image ms", "result",
     )  # fmt: skip
     rows = []
     for r in results:
         rows.append(
             (
+                r.arch,
                 r.kernel,
                 r.scenario,
                 r.backend,
+                f"cpu{r.crash_cpu}" if r.crash_cpu is not None else "any",
+                ("yes" if r.dump else "NO") if not r.error else "-",
                 _fmt(len(r.cpus_online)) if not r.error else "-",
                 _fmt(len(r.prstatus_cpus)) if not r.error else "-",
                 _fmt(r.missing_mb) if not r.error else "-",
@@ -63,6 +66,16 @@ def table(results: Sequence[Result]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
         lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    for r in results:
+        if r.capture_dt_cpus or r.arch == "ppc64le":
+            lines.append(
+                f"\n{r.arch} {r.kernel} {r.scenario}: capture kernel /proc/device-tree/cpus:"
+            )
+            lines.extend(f"  {c}" for c in r.capture_dt_cpus or ["(no capture kernel)"])
+            cmp = r.detail.get("fdt_compare")
+            if cmp and "equal" in cmp:
+                verdict_ = "same CPU nodes" if cmp["equal"] else f"DIFFERENT: {cmp}"
+                lines.append(f"  kdumpd fdt for the topology at the crash: {verdict_}")
     for r in results:
         if r.error:
             lines.append(f"\nERROR {r.kernel} {r.scenario}: {r.error}")

@@ -19,23 +19,37 @@ DEFAULT_KERNELS = "6.1 6.12"
 DEFAULT_SCENARIOS = (
     "baseline hotplug-add hotplug-remove burst crash-during-burst load-race segment-corrupt"
 )
+DEFAULT_SCENARIOS_PPC64LE = "baseline hotplug-add burst"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.e2e.run", description=__doc__)
     p.add_argument("--kernels", default=DEFAULT_KERNELS, help="6.1, 6.12 or paths (.deb/unpacked)")
-    p.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
+    p.add_argument("--scenarios", default=None)
+    p.add_argument(
+        "--arch",
+        default="x86_64",
+        choices=("x86_64", "ppc64le"),
+        help="guest architecture (ppc64le: QEMU pseries, Debian ppc64el kernels)",
+    )
     p.add_argument("--out", default=str(REPO / "build" / "e2e"))
     args = p.parse_args(argv)
-    why = qemu_available()
+    arch = args.arch
+    why = qemu_available(arch)
     if why:
         print(f"e2e: cannot run: {why}", file=sys.stderr)
         return 1
+    ppc = arch == "ppc64le"
+    aliases = scenarios.ALIASES_PPC64LE if ppc else scenarios.ALIASES
+    chosen = args.scenarios or (DEFAULT_SCENARIOS_PPC64LE if ppc else DEFAULT_SCENARIOS)
     names: list[str] = []
-    for s in args.scenarios.split():
-        for n in scenarios.ALIASES.get(s, [s]):
+    for s in chosen.split():
+        for n in aliases.get(s, [s]):
             if n not in scenarios.SCENARIOS:
                 p.error(f"unknown scenario {n!r} (known: {', '.join(scenarios.SCENARIOS)})")
+            if n not in scenarios.ARCH_SCENARIOS[arch]:
+                print(f"e2e: {n}: skipped (not a {arch} scenario)", file=sys.stderr)
+                continue
             names.append(n)
     out = Path(args.out)
     results = []
@@ -45,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             if only is not None and k not in only:
                 print(f"e2e: {k} {n}: skipped (only on {' '.join(sorted(only))})", file=sys.stderr)
                 continue
-            print(f"e2e: {k} {n} ...", file=sys.stderr, flush=True)
-            r = scenarios.run(k, n, out)
+            print(f"e2e: {arch} {k} {n} ...", file=sys.stderr, flush=True)
+            r = scenarios.run(k, n, out, arch)
             print(
                 f"e2e: {k} {n}: {report.verdict(r)} ({r.duration_s}s)", file=sys.stderr, flush=True
             )

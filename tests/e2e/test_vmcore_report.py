@@ -74,3 +74,29 @@ def test_no_image_gaps_after_first_load_only() -> None:
         {"kind": "uevent", "mono": 8.25},  # last record: the open gap ends here
     ]
     assert _gaps(samples) == (750.0, 2)
+
+
+def test_parse_ppc64le_head_hex_loads_notes_and_dt_cpus() -> None:
+    """ppc64le guests print the head of /proc/vmcore as hex; notes at 64 KiB (64K pages)."""
+    notes = _note(b"CORE", 1, _prstatus(0, True)) + _note(b"CORE", 1, _prstatus(7, True))
+    phdrs = [
+        (4, 0, 0x10000, 0, 0, len(notes), len(notes)),  # PT_NOTE
+        (1, 7, 0x20000, 0xC000000000000000, 0, 0x20000000, 0x20000000),  # PT_LOAD
+        (1, 7, 0x20020000, 0xC000000040000000, 0x40000000, 0x60000000, 0x60000000),
+    ]
+    ehdr = bytearray(64)
+    ehdr[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<QHH", ehdr, 0x20, 64, 0, 0)
+    struct.pack_into("<HH", ehdr, 0x36, 56, len(phdrs))
+    head = bytearray(ehdr)
+    for p in phdrs:
+        head += struct.pack("<IIQQQQQQ", *p, 0)
+    head += bytes(0x10000 - len(head)) + notes
+    body = (
+        f"size 123\nheadhex {head.hex()}\n"
+        "dtcpu PowerPC,POWER9@0 reg=00000000 servers=00000000 status=okay\n"
+    )
+    rep = vmcore.parse(body)
+    assert rep.loads == [(0, 0x1FFFFFFF), (0x40000000, 0x9FFFFFFF)]
+    assert [p.pid for p in rep.prstatus] == [0, 7] and all(p.has_regs for p in rep.prstatus)
+    assert rep.dt_cpus == ["PowerPC,POWER9@0 reg=00000000 servers=00000000 status=okay"]

@@ -24,6 +24,7 @@ class VmcoreReport:
     loads: list[tuple[int, int]] = field(default_factory=list)  # physical, end inclusive
     prstatus: list[Prstatus] = field(default_factory=list)
     other_notes: list[str] = field(default_factory=list)
+    dt_cpus: list[str] = field(default_factory=list)  # ppc64le: "dtcpu NAME reg=.. ..." lines
 
     @property
     def prstatus_count(self) -> int:
@@ -50,11 +51,36 @@ def parse(body: str) -> VmcoreReport:
             notes_off, notes_size = int(parts[1]), int(parts[2])
         elif parts[0] == "noteshex" and len(parts) == 2:
             hexdata = parts[1]
+        elif parts[0] == "headhex" and len(parts) == 2:
+            _parse_head(bytes.fromhex(parts[1]), rep)
+        elif parts[0] == "dtcpu":
+            rep.dt_cpus.append(line.removeprefix("dtcpu ").strip())
     if hexdata:
         data = bytes.fromhex(hexdata)
         start = notes_off % 4096
         _parse_notes(data[start : start + notes_size], rep)
     return rep
+
+
+def _parse_head(head: bytes, rep: VmcoreReport) -> None:
+    """The first bytes of /proc/vmcore (ppc64le guests print them instead of running
+    readelf): ELF64 little-endian header, program headers, and the PT_NOTE data when
+    it lies within ``head``."""
+    if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return
+    phoff = struct.unpack_from("<Q", head, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    for i in range(phnum):
+        off = phoff + i * phentsize
+        if off + 56 > len(head):
+            break
+        ptype, _flags, poff, _vaddr, paddr, filesz, memsz = struct.unpack_from(
+            "<IIQQQQQ", head, off
+        )
+        if ptype == 1 and memsz:  # PT_LOAD
+            rep.loads.append((paddr, paddr + memsz - 1))
+        elif ptype == 4:  # PT_NOTE
+            _parse_notes(head[poff : poff + filesz], rep)
 
 
 def _parse_notes(data: bytes, rep: VmcoreReport) -> None:

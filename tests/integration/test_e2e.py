@@ -3,7 +3,9 @@ Debian's 6.1 and 6.12 kernels in QEMU (TCG) with ``kdumpd run`` in the guest.
 
 Each test boots a guest, starts the daemon, hot-adds 2 CPUs and 2 DIMMs, crashes
 the guest and checks the capture kernel's /proc/vmcore: one NT_PRSTATUS per online
-CPU and a PT_LOAD over every System RAM range.  The full matrix is ``make e2e``.
+CPU and a PT_LOAD over every System RAM range; and the ppc64le ``hotplug-add`` row on
+6.1 (a crash on a hot-added CPU).  The full matrix is ``make e2e`` (and ``make e2e
+ARCH=ppc64le``).
 Skips (with the reason) only when QEMU cannot run here or the kernel package cannot
 be fetched.
 """
@@ -41,3 +43,32 @@ def test_hotplug_add_vmcore_complete(kernel: str) -> None:
     assert res.complete
     assert res.events is not None and res.events >= 1
     assert res.loads is not None and res.loads >= 1
+
+
+def test_ppc64le_crash_on_a_hot_added_cpu_leaves_a_complete_dump() -> None:
+    """ppc64le (QEMU pseries, Debian's ppc64el 6.1: no kexec_file_load, kdumpd loads with
+    kexec-tools): hot-add 2 CPUs and 2 DIMMs, panic **on the last hot-added CPU**.  With
+    a stale crash FDT the capture kernel does not boot at all (the ``baseline`` row of
+    ``make e2e ARCH=ppc64le``); with kdumpd there is a dump with every RAM range, and
+    the CPU nodes of kdumpd's own crash FDT equal those the capture kernel booted with."""
+    why = qemu_available("ppc64le")
+    if why:
+        pytest.skip(f"QEMU cannot run ppc64le guests here: {why}")
+    try:
+        kernels.fetch("6.1", "ppc64le")
+    except (kernels.KernelUnavailable, OSError) as err:
+        pytest.skip(f"ppc64el kernel 6.1 cannot be downloaded: {err}")
+    res = scenarios.run("6.1", "hotplug-add", REPO / "build" / "e2e" / "pytest", "ppc64le")
+    print(report.table([res]))
+    assert not res.error, res.error
+    assert res.arch == "ppc64le"
+    assert res.backend == "kdumpd/kexec-tools", res.backend
+    assert res.crash_cpu is not None and res.crash_cpu != 0
+    assert res.dump, "the capture kernel did not boot after the crash on the hot-added CPU"
+    assert len(res.cpus_online) == 3, res.cpus_online
+    assert res.missing_ranges == [], res.missing_ranges
+    assert len(res.prstatus_cpus) == len(res.cpus_online), (res.prstatus_cpus, res.cpus_online)
+    assert res.complete
+    cmp = res.detail["fdt_compare"]
+    assert cmp["equal"], cmp
+    assert len(res.capture_dt_cpus) == 3, res.capture_dt_cpus

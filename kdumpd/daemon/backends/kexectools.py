@@ -15,7 +15,8 @@ What it runs, and what it never runs:
   is passed through, except options that would unload, execute or load a non-crash
   image (:data:`REFUSED_ARGS`).
 - ``--hotplug`` is added when the kernel has crash hotplug (``crash_hotplug`` files,
-  6.6+) and the installed kexec-tools lists the option in ``kexec --help`` (2.0.28+).
+  6.6+) and the installed kexec-tools lists the option in ``kexec --help`` (2.0.29 has
+  it; Debian bookworm's 2.0.25 does not).
   The kernel then updates the loaded image itself on CPU/memory hotplug (it keeps
   room for every possible CPU in the FDT and a full-size elfcorehdr), so bursts cost
   no load; ``crash_hotplug`` reads 1 after such a load.  Otherwise every burst loads
