@@ -730,9 +730,9 @@ def _dbus_target() -> Target:
         try:
             yield run
         finally:
-            logging.getLogger("kdumpd").removeHandler(catch)
             with contextlib.suppress(Exception):
-                loop.run_until_complete(service.stop())
+                loop.run_until_complete(service.stop())  # logs the denial summary
+            logging.getLogger("kdumpd").removeHandler(catch)
             client.disconnect()
             loop.close()
             bus.stop()
