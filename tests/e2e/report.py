@@ -28,10 +28,14 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def _yes(v: bool | None) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
 def table(results: Sequence[Result]) -> str:
     cols = (
         "arch", "kernel", "scenario", "backend", "crash on", "dump", "cpus", "PRSTATUS",
-        "RAM MiB missing", "extra MiB", "vmcore MB",
+        "RAM MiB missing", "extra MiB", "vmcore MB", "elfcorehdr", "ours", "purgatory",
         "complete", "expect", "events", "uevents", "loads", "settle ms", "no-image ms", "result",
     )  # fmt: skip
     rows = []
@@ -40,7 +44,9 @@ def table(results: Sequence[Result]) -> str:
             (
                 r.arch,
                 r.kernel,
-                r.scenario,
+                r.scenario
+                if r.requested_backend == "auto"
+                else f"{r.scenario}@{r.requested_backend}",
                 r.backend,
                 f"cpu{r.crash_cpu}" if r.crash_cpu is not None else "any",
                 ("yes" if r.dump else "NO") if not r.error else "-",
@@ -49,6 +55,9 @@ def table(results: Sequence[Result]) -> str:
                 _fmt(r.missing_mb) if not r.error else "-",
                 _fmt(r.extra_mb) if not r.error else "-",
                 _fmt(round(r.vmcore_size / 1e6)) if r.vmcore_size else "-",
+                r.elfcorehdr_addr or "-",
+                _yes(r.elfcorehdr_ours),
+                _yes(r.purgatory_entered),
                 ("yes" if r.complete else "NO") if not r.error else "-",
                 r.expect,
                 _fmt(r.events),

@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=("x86_64", "ppc64le"),
         help="guest architecture (ppc64le: QEMU pseries, Debian ppc64el kernels)",
     )
+    p.add_argument(
+        "--backends",
+        default="auto",
+        help="the daemon's back-end for the kdumpd rows: auto, segment, file, ... (each runs)",
+    )
     p.add_argument("--out", default=str(REPO / "build" / "e2e"))
     args = p.parse_args(argv)
     arch = args.arch
@@ -51,18 +56,30 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"e2e: {n}: skipped (not a {arch} scenario)", file=sys.stderr)
                 continue
             names.append(n)
+    # the daemon's back-end matters only for the kdumpd rows
+    rows = [
+        (n, b)
+        for n in names
+        for b in (args.backends.split() if n not in scenarios.NO_DAEMON else ["auto"])
+    ]
+    rows = list(dict.fromkeys(rows))
     out = Path(args.out)
     results = []
     for k in args.kernels.split():
-        for n in names:
+        for n, b in rows:
             only = scenarios.ONLY_ON.get(n)
+            name = scenarios.row_name(n, b)
             if only is not None and k not in only:
-                print(f"e2e: {k} {n}: skipped (only on {' '.join(sorted(only))})", file=sys.stderr)
+                print(
+                    f"e2e: {k} {name}: skipped (only on {' '.join(sorted(only))})", file=sys.stderr
+                )
                 continue
-            print(f"e2e: {arch} {k} {n} ...", file=sys.stderr, flush=True)
-            r = scenarios.run(k, n, out, arch)
+            print(f"e2e: {arch} {k} {name} ...", file=sys.stderr, flush=True)
+            r = scenarios.run(k, n, out, arch, b)
             print(
-                f"e2e: {k} {n}: {report.verdict(r)} ({r.duration_s}s)", file=sys.stderr, flush=True
+                f"e2e: {k} {name}: {report.verdict(r)} ({r.duration_s}s)",
+                file=sys.stderr,
+                flush=True,
             )
             results.append(r)
             report.write(results, out / "report.json")

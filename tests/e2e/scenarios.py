@@ -102,6 +102,14 @@ class Result:
     boot_s: float = 0.0
     duration_s: float = 0.0
     error: str = ""
+    requested_backend: str = "auto"  # what the daemon was configured with
+    # The capture kernel's elfcorehdr= (from its /proc/cmdline) and whether it is the
+    # address kdumpd placed its own header at (segment back-end): the capture kernel
+    # read kdumpd's elfcorehdr, not one the kernel built.
+    elfcorehdr_addr: str = ""
+    elfcorehdr_ours: bool | None = None
+    # The capture kernel was started through kdumpd's purgatory (segment back-end).
+    purgatory_entered: bool | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -209,10 +217,10 @@ def start_bus(g: Guest) -> None:
     g.host("dbus-daemon --config-file=/mnt/bus.conf --fork --nopidfile")
 
 
-def start_daemon(g: Guest, kern: kernels.Kernel, ird: Path) -> None:
+def start_daemon(g: Guest, kern: kernels.Kernel, ird: Path, backend: str = "auto") -> None:
     """``kdumpd run`` in the guest; its pid (for SIGHUP) in /host/run/kdumpd-e2e.pid."""
     config = (
-        'backend = "auto"\n'
+        f'backend = "{backend}"\n'
         'state_dir = "/run/kdumpd"\n'
         'event_source = "kernel"\n'
         "dbus = true\n"
@@ -296,6 +304,7 @@ class Ctx:
     ird: Path
     res: Result
     crash_cpu: int | None = None  # ppc64le: panic on this CPU (the last hot-added one)
+    backend: str = "auto"  # the daemon's configured back-end
 
 
 def _add_cpus(c: Ctx, n: int) -> list[tuple[str, int]]:
@@ -328,7 +337,7 @@ def sc_baseline_cpu0(c: Ctx) -> None:
 
 def sc_hotplug_add(c: Ctx) -> None:
     c.res.backend = "kdumpd"
-    start_daemon(c.g, c.kern, c.ird)
+    start_daemon(c.g, c.kern, c.ird, c.backend)
     _add_cpus(c, 2)
     hotplug.add_dimm(c.g, "dimm1", 256 * MiB)
     hotplug.add_dimm(c.g, "dimm2", 256 * MiB)
@@ -337,7 +346,7 @@ def sc_hotplug_add(c: Ctx) -> None:
 
 def sc_hotplug_remove(c: Ctx) -> None:
     c.res.backend = "kdumpd"
-    start_daemon(c.g, c.kern, c.ird)
+    start_daemon(c.g, c.kern, c.ird, c.backend)
     cpus = _add_cpus(c, 2)
     hotplug.add_dimm(c.g, "dimm1", 256 * MiB)
     hotplug.add_dimm(c.g, "dimm2", 256 * MiB)
@@ -356,7 +365,7 @@ def _burst(c: Ctx, n: int) -> None:
 
 def sc_burst(c: Ctx) -> None:
     c.res.backend = "kdumpd"
-    start_daemon(c.g, c.kern, c.ird)
+    start_daemon(c.g, c.kern, c.ird, c.backend)
     n = burst_dimms(c.g.arch)
     _burst(c, n)
     _wait_ram(c, n * BURST_DIMM_MB * MiB)
@@ -376,7 +385,7 @@ def sc_burst_udev(c: Ctx) -> None:
 def sc_crash_during_burst(c: Ctx) -> None:
     c.res.backend = "kdumpd"
     c.res.expect = "dump"
-    start_daemon(c.g, c.kern, c.ird)
+    start_daemon(c.g, c.kern, c.ird, c.backend)
     _burst(c, burst_dimms(c.g.arch))
     # crash while the guest is still onlining blocks and the daemon is debouncing
     time.sleep(1.0)
@@ -424,7 +433,7 @@ def sc_load_race(c: Ctx) -> None:
     g = c.g
     ird = padded_initrd(c.ird)
     c.res.detail["initrd_mb"] = round(ird.stat().st_size / MiB, 1)
-    start_daemon(g, c.kern, ird)
+    start_daemon(g, c.kern, ird, c.backend)
     st = wait_daemon_settled(g)
     c.res.detail["start_load_ms"] = round((st.get("last_load_gap_usec") or 0) / 1000, 1)
     log = g.outdir / "kdumpd.log"
@@ -558,6 +567,8 @@ ARCH_SCENARIOS = {
     },
     "ppc64le": {"baseline", "baseline-cpu0", "hotplug-add", "burst", "burst-udev"},
 }  # fmt: skip
+# Rows without kdumpd (the back-end option does not apply).
+NO_DAEMON = {"baseline", "baseline-cpu0", "burst-udev", "segment-corrupt"}
 # "burst" on the command line runs both the daemon and the udev-style reload.
 ALIASES = {"burst": ["burst", "burst-udev"]}
 # ppc64le: "baseline" also crashes on CPU 0 (the capture kernel boots; memory missing).
@@ -671,8 +682,55 @@ def _chosen_crashkernel(g: Guest) -> list[tuple[int, int]]:
     return [(base, base + size - 1)] if size else []
 
 
-def run(kernel_key: str, scenario: str, build: Path, arch: str = "x86_64") -> Result:
-    res = Result(kernel=kernel_key, scenario=scenario, backend="", arch=arch)
+def row_name(scenario: str, backend: str = "auto") -> str:
+    return scenario if backend == "auto" else f"{scenario}@{backend}"
+
+
+# The purgatory's line after every region checked out (docs/purgatory.md).
+PURGATORY_OK = re.compile(
+    r"kdumpd purgatory: (\d+) regions? ok, starting the capture kernel at (0x[0-9a-f]+)"
+)
+
+
+def _image_provenance(res: Result, body: str, g: Guest) -> None:
+    """elfcorehdr_addr/_ours and purgatory_entered from the capture kernel's command line,
+    the daemon's log and the console."""
+    # "elfcorehdr=0x<hex>" (the kernel's loader, kdumpd) or "elfcorehdr=<N>K" (kexec-tools)
+    m = re.search(r"^cmdline .*?\belfcorehdr=(0x[0-9a-fA-F]+|[0-9]+)([KkMm]?)", body, re.M)
+    if m is None:
+        return
+    addr = int(m.group(1), 0) << {"": 0, "k": 10, "m": 20}[m.group(2).lower()]
+    res.elfcorehdr_addr = f"{addr:#x}"
+    log_path = g.outdir / "kdumpd.log"
+    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    ours = re.findall(r"elfcorehdr at (0x[0-9a-f]+)", log)
+    if not res.backend.startswith("kdumpd"):
+        return
+    res.elfcorehdr_ours = bool(ours) and int(ours[-1], 16) == addr
+    if res.backend != "kdumpd/segment":
+        res.purgatory_entered = False
+        return
+    console = g.console_path.read_text(errors="replace") if g.console_path.exists() else ""
+    ok = PURGATORY_OK.search(console)
+    if ok:
+        res.purgatory_entered = True
+        res.detail["purgatory_evidence"] = ok.group(0)
+    else:
+        # kexec jumps to the image's entry point, which kdumpd set to the purgatory
+        # segment; nothing else in the image can start the capture kernel with the
+        # boot_params (and so the elfcorehdr= address) that only kdumpd wrote.
+        res.purgatory_entered = bool(res.elfcorehdr_ours)
+        res.detail["purgatory_evidence"] = (
+            "entry = purgatory segment; the capture kernel booted with kdumpd's boot_params"
+        )
+
+
+def run(
+    kernel_key: str, scenario: str, build: Path, arch: str = "x86_64", backend: str = "auto"
+) -> Result:
+    res = Result(
+        kernel=kernel_key, scenario=scenario, backend="", arch=arch, requested_backend=backend
+    )
     t0 = time.monotonic()
     g: Guest | None = None
     try:
@@ -684,12 +742,13 @@ def run(kernel_key: str, scenario: str, build: Path, arch: str = "x86_64") -> Re
             pyroot.compile_checkout()
         ird = initramfs.build(kern, pyroot=root)
         prefix = "" if arch == "x86_64" else f"{arch}-"
-        workdir = build / f"{prefix}{kern.key.replace('/', '_')}-{scenario}"
+        row = row_name(scenario, backend).replace("@", "-")
+        workdir = build / f"{prefix}{kern.key.replace('/', '_')}-{row}"
         g = _guest(kern, ird, workdir, scenario, root)
         g.start()
         res.boot_s = round(g.boot_s, 2)
         start_sampler(g)
-        c = Ctx(g, kern, ird, res)
+        c = Ctx(g, kern, ird, res, backend=backend)
         SCENARIOS[scenario](c)
         crashk = _chosen_crashkernel(g) if arch == "ppc64le" else None
         if arch == "ppc64le" and res.backend == "kdumpd":
@@ -731,6 +790,7 @@ def run(kernel_key: str, scenario: str, build: Path, arch: str = "x86_64") -> Re
         )
         res.ram_ranges = [_hex(r) for r in need]
         rep = vmcore.parse(body)
+        _image_provenance(res, body, g)
         res.capture_dt_cpus = rep.dt_cpus
         if "fdt_compare" in res.detail and rep.dt_cpus:
             res.detail["fdt_compare"].update(
@@ -763,6 +823,11 @@ def run(kernel_key: str, scenario: str, build: Path, arch: str = "x86_64") -> Re
             res.passed = not res.complete
         else:
             res.passed = True
+        if backend == "segment":  # the row is about kdumpd's own image reaching the kernel
+            res.passed = res.passed and bool(res.elfcorehdr_ours and res.purgatory_entered)
+            if res.backend != "kdumpd/segment":
+                res.passed = False
+                res.detail["backend_mismatch"] = res.backend
         if scenario == "load-race":
             res.detail["race_missing"] = race_proved(c)
             res.passed = res.passed and not res.detail["race_missing"]

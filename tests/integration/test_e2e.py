@@ -1,5 +1,6 @@
 """`make test`'s share of the end-to-end harness: the ``hotplug-add`` scenario on
-Debian's 6.1 and 6.12 kernels in QEMU (TCG) with ``kdumpd run`` in the guest.
+Debian's 6.1 kernel with the ``file`` and the ``segment`` back-ends and on 6.12 with
+the probed one (``kernel``), in QEMU (TCG) with ``kdumpd run`` in the guest.
 
 Each test boots a guest, starts the daemon, hot-adds 2 CPUs and 2 DIMMs, crashes
 the guest and checks the capture kernel's /proc/vmcore: one NT_PRSTATUS per online
@@ -24,8 +25,10 @@ pytestmark = pytest.mark.qemu
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
-def test_hotplug_add_vmcore_complete(kernel: str) -> None:
+@pytest.mark.parametrize(
+    ("kernel", "backend"), [("6.1", "file"), ("6.1", "segment"), ("6.12", "auto")]
+)
+def test_hotplug_add_vmcore_complete(kernel: str, backend: str) -> None:
     why = qemu_available()
     if why:
         pytest.skip(f"QEMU cannot run here: {why}")
@@ -33,7 +36,7 @@ def test_hotplug_add_vmcore_complete(kernel: str) -> None:
         kernels.fetch(kernel)
     except (kernels.KernelUnavailable, OSError) as err:
         pytest.skip(f"kernel {kernel} cannot be downloaded: {err}")
-    res = scenarios.run(kernel, "hotplug-add", REPO / "build" / "e2e" / "pytest")
+    res = scenarios.run(kernel, "hotplug-add", REPO / "build" / "e2e" / "pytest", backend=backend)
     print(report.table([res]))
     assert not res.error, res.error
     assert res.backend.startswith("kdumpd/"), res.backend
@@ -43,6 +46,13 @@ def test_hotplug_add_vmcore_complete(kernel: str) -> None:
     assert res.complete
     assert res.events is not None and res.events >= 1
     assert res.loads is not None and res.loads >= 1
+    if backend == "segment":
+        # kdumpd's own image reached the kernel: booted through its purgatory, and the
+        # capture kernel read the elfcorehdr kdumpd placed (not one the kernel built)
+        assert res.backend == "kdumpd/segment", res.backend
+        assert res.elfcorehdr_ours and res.purgatory_entered, res.detail
+    elif backend == "file":
+        assert res.backend == "kdumpd/file" and res.elfcorehdr_ours is False
 
 
 def test_ppc64le_crash_on_a_hot_added_cpu_leaves_a_complete_dump() -> None:
