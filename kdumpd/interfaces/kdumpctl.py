@@ -237,15 +237,15 @@ def crash_size(ctx: Context) -> int:
 
 def kernel_image_size(path: Path) -> int:
     """Memory the kernel needs: the x86 boot protocol's ``init_size`` when the file
-    is a bzImage (``HdrS`` at 0x202, boot protocol >= 2.10), else the file size."""
+    is a bzImage (boot protocol >= 2.10, :mod:`kdumpd.arch.x86_64.bzimage`), else the
+    file size."""
+    from kdumpd.arch.x86_64.bzimage import init_size
+
     with path.open("rb") as f:
         head = f.read(0x264)
     size = path.stat().st_size
-    if len(head) >= 0x264 and head[0x202:0x206] == b"HdrS":
-        version = int.from_bytes(head[0x206:0x208], "little")
-        if version >= 0x020A:
-            return max(size, int.from_bytes(head[0x260:0x264], "little"))
-    return size
+    needed = init_size(head)
+    return size if needed is None else max(size, needed)
 
 
 # -- commands -------------------------------------------------------------------

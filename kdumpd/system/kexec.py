@@ -17,10 +17,10 @@ import errno
 import mmap
 import os
 import platform
-import struct
 from collections.abc import Sequence
 from typing import Protocol
 
+from kdumpd.arch.x86_64.bzimage import HEADER_READ, cmdline_size
 from kdumpd.core.errors import InputError, KdumpdError, UnsupportedError
 
 # include/uapi/linux/kexec.h
@@ -244,24 +244,9 @@ MAX_ELFCOREHDR_STR_LEN = 30
 # With dm-crypt keys for the capture kernel (configfs crash_dm_crypt_keys, 6.15+) it
 # also prepends "dmcryptkeys=0x%lx " and checks for this much more.
 MAX_DMCRYPTKEYS_STR_LEN = 31
-# Documentation/arch/x86/boot.rst: the real-mode setup header.
-_HDRS_OFFSET = 0x202  # "HdrS"
-_VERSION_OFFSET = 0x206  # u16 boot protocol version
-_CMDLINE_SIZE_OFFSET = 0x238  # u32 cmdline_size, protocol >= 2.06
-_SETUP_HEADER_END = 0x240
-_PRE_206_CMDLINE_SIZE = 255  # "up to 2.05: 255 characters" (excluding the NUL)
-
-
-def bzimage_cmdline_size(header: bytes) -> int | None:
-    """The longest command line (bytes incl. the NUL) a bzImage accepts, from its setup
-    header; None when ``header`` is not a bzImage (arm64 Image, ELF, PE, ...)."""
-    if len(header) < _VERSION_OFFSET + 2 or header[_HDRS_OFFSET : _HDRS_OFFSET + 4] != b"HdrS":
-        return None
-    (version,) = struct.unpack_from("<H", header, _VERSION_OFFSET)
-    if version >= 0x0206 and len(header) >= _CMDLINE_SIZE_OFFSET + 4:
-        (size,) = struct.unpack_from("<I", header, _CMDLINE_SIZE_OFFSET)
-        return int(size)
-    return _PRE_206_CMDLINE_SIZE + 1
+# The setup header is read in one place (kdumpd.arch.x86_64.bzimage).
+_SETUP_HEADER_END = HEADER_READ
+bzimage_cmdline_size = cmdline_size
 
 
 def check_crash_cmdline(kernel: str, header: bytes, cmdline: str, reserve: int = 0) -> None:

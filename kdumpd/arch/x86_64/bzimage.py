@@ -79,6 +79,18 @@ def cmdline_size(header: bytes | bytearray | memoryview) -> int | None:
     return _PRE_206_CMDLINE_SIZE
 
 
+def init_size(header: bytes | bytearray | memoryview) -> int | None:
+    """``init_size`` (the memory the kernel needs from its load address) of a bzImage
+    speaking protocol 2.10 or later; None for anything else."""
+    if len(header) < 0x264 or bytes(header[0x202:0x206]) != HDRS:
+        return None
+    (version,) = struct.unpack_from("<H", header, 0x206)
+    if version < 0x020A:
+        return None
+    (size,) = struct.unpack_from("<I", header, 0x260)
+    return int(size)
+
+
 def is_bzimage(header: bytes | bytearray | memoryview) -> bool:
     return len(header) >= 0x206 and bytes(header[0x202:0x206]) == HDRS
 
