@@ -8,7 +8,7 @@ from __future__ import annotations
 from kdumpd.arch.base import Arch, FdtArch
 from kdumpd.core.errors import UnsupportedError
 
-__all__ = ["SUPPORTED", "Arch", "FdtArch", "get_arch"]
+__all__ = ["SUPPORTED", "Arch", "FdtArch", "capture_append", "get_arch"]
 
 #: Architectures kdumpd supports, by the name ``uname -m`` prints.
 SUPPORTED: tuple[str, ...] = ("x86_64", "ppc64le")
@@ -27,3 +27,21 @@ def get_arch(name: str) -> Arch:
     raise UnsupportedError(
         f"architecture {name!r} is not supported (supported: {', '.join(SUPPORTED)})"
     )
+
+
+#: The capture kernel's arguments for a machine kdumpd has no back-end for.
+GENERIC_CAPTURE_APPEND = "irqpoll nr_cpus=1 reset_devices"
+
+
+def capture_append(machine: str) -> str:
+    """What kdumpd appends to the capture kernel's command line on ``machine`` when
+    nothing else says (``[kexec] append``'s default): the architecture's own line."""
+    if machine == "x86_64":
+        from kdumpd.arch.x86_64 import CAPTURE_APPEND
+
+        return CAPTURE_APPEND
+    if machine == "ppc64le":
+        from kdumpd.arch.ppc64le import CAPTURE_APPEND as PPC_APPEND
+
+        return PPC_APPEND
+    return GENERIC_CAPTURE_APPEND

@@ -30,11 +30,13 @@ reason.
 from __future__ import annotations
 
 import os
+import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kdumpd.arch import capture_append
 from kdumpd.core.errors import InputError
 from kdumpd.system.sysroot import Sysroot, parse_bool01
 
@@ -88,10 +90,8 @@ ALWAYS_REMOVED = (
 )
 
 #: What kdumpd appends to the capture kernel's command line when nothing else says:
-#: the core of kdump-utils' x86_64 KDUMP_COMMANDLINE_APPEND (docs/kernel-interfaces.md §7).
-#: ``acpi_no_memhotplug`` matters after hotplug: without it the capture kernel re-adds
-#: every hot-plugged DIMM from ACPI and runs out of its reservation (docs/e2e.md).
-DEFAULT_CAPTURE_APPEND = "irqpoll nr_cpus=1 reset_devices acpi_no_memhotplug"
+#: the running machine's architecture's line (:func:`kdumpd.arch.capture_append`).
+DEFAULT_CAPTURE_APPEND = capture_append(platform.machine())
 
 # gen-kdump-sysconfig.sh's common KDUMP_COMMANDLINE_REMOVE (docs/kernel-interfaces.md §7) plus
 # the default ``cma``: what the capture kernel must not inherit when no

@@ -56,6 +56,10 @@ from kdumpd.core.segment import SegmentKind
 from kdumpd.core.topology import DtNode, MemRange, Topology
 
 EM_PPC64 = 21
+#: The capture kernel's arguments by default: the core of kdump-utils' ppc64le
+#: KDUMP_COMMANDLINE_APPEND (``maxcpus=1`` and no IRQ distribution rather than
+#: ``nr_cpus=1``; no ACPI).
+CAPTURE_APPEND = "irqpoll maxcpus=1 noirqdistrib reset_devices"
 #: ppc64 book3s ``PAGE_OFFSET`` (kexec-tools crashdump-ppc64.h, kernel page.h).
 PPC64_PAGE_OFFSET = 0xC000000000000000
 #: kexec-tools' ppc64 backup region: the first 64 KiB get their own PT_LOAD.
