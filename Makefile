@@ -79,7 +79,7 @@ bench: venv
 	$(PY) bench/storm.py
 
 e2e: venv
-	$(PY) -m tests.e2e.run $(if $(ARCH),--arch $(ARCH)) $(if $(KERNELS),--kernels "$(KERNELS)") $(if $(SCENARIOS),--scenarios "$(SCENARIOS)")
+	$(PY) -m tests.e2e.run $(if $(ARCH),--arch $(ARCH)) $(if $(KERNELS),--kernels "$(KERNELS)") $(if $(SCENARIOS),--scenarios "$(SCENARIOS)") $(if $(BACKENDS),--backends "$(BACKENDS)")
 
 # System install: the package in its own venv under $(PREFIX)/lib/kdumpd, commands
 # linked into $(PREFIX)/sbin, and the unit, udev overrides, bus policy, bus activation,
