@@ -47,9 +47,9 @@ _REGENERATED = frozenset({SegmentKind.ELFCOREHDR})
 
 
 #: The capture kernel's arguments by default: the core of kdump-utils' x86_64
-#: KDUMP_COMMANDLINE_APPEND (docs/kernel-interfaces.md §7).  ``acpi_no_memhotplug`` matters after hotplug: without it
-#: the capture kernel re-adds every hot-plugged DIMM from ACPI and runs out of its
-#: reservation (docs/e2e.md).
+#: KDUMP_COMMANDLINE_APPEND (docs/kernel-interfaces.md §7).  ``acpi_no_memhotplug``
+#: matters after hotplug: without it the capture kernel re-adds every hot-plugged DIMM
+#: from ACPI and runs out of its reservation (docs/e2e.md).
 CAPTURE_APPEND = "irqpoll nr_cpus=1 reset_devices acpi_no_memhotplug"
 
 #: x86 reserves the first MiB at boot; the header describes RAM from here up.
