@@ -28,6 +28,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from kdumpd.core.ranges import subtract
+from kdumpd.core.topology import MemRange, Topology
 from kdumpd.daemon.backends.base import ApplyResult
 
 log = logging.getLogger("kdumpd.daemon.backends.inplace")
@@ -90,4 +92,38 @@ class LoadRaceGuard:
             kernel_updates_in_place=second.kernel_updates_in_place,
             detail=f"{second.detail}; loaded twice ({RACE_REASON})",
             loads=first.load_count + second.load_count,
+        )
+
+
+class RemovedRam:
+    """Notices System RAM that was hot-removed since the previous burst.
+
+    The kernel rebuilds its in-place elfcorehdr on MEM_OFFLINE, while the block's
+    ``System RAM`` resource still exists; the resource is released only when the
+    memory is removed, and no notifier runs then (docs/kernel-interfaces.md §3).  So
+    after a hot-remove the loaded header keeps a PT_LOAD over memory that is no
+    longer there (seen on Debian 6.12 in QEMU: docs/e2e.md) until the next memory
+    event.  An offline without a removal leaves /proc/iomem unchanged.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[MemRange, ...] | None = None  # System RAM at the last check
+
+    def check(self, topology: Topology | None) -> str:
+        """Why the kernel's in-place header still lists RAM that is gone, or ""."""
+        if topology is None:
+            return ""
+        now = topology.system_ram
+        before, self._last = self._last, now
+        if before is None:
+            return ""
+        gone = subtract(((r.start, r.end) for r in before), ((r.start, r.end) for r in now))
+        if not gone:
+            return ""
+        first = gone[0]
+        return (
+            f"System RAM {first.start:#x}-{first.end:#x}"
+            + (f" and {len(gone) - 1} more range(s)" if len(gone) > 1 else "")
+            + " was hot-removed, but the kernel rebuilt its elfcorehdr at MEM_OFFLINE"
+            " while the range still existed"
         )

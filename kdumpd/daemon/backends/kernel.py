@@ -28,7 +28,7 @@ A reload (one ``kexec_file_load``) happens only when ``kexec_crash_loaded`` read
 when the loaded image was not loaded by us through ``kexec_file_load`` (e.g. adopted
 from another loader), when the kernel lacks CONFIG_CRASH_HOTPLUG, or once after System
 RAM was hot-removed: the kernel rebuilds its header at MEM_OFFLINE, before the range
-is released, and not again at removal (:meth:`KernelBackend._ram_removed`).
+is released, and not again at removal (:class:`~kdumpd.daemon.backends.inplace.RemovedRam`).
 
 Our own load holds the kexec lock for the whole syscall, and the kernel skips (does
 not defer) a hotplug update that finds the lock taken.  Every load this back-end
@@ -43,11 +43,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kdumpd.core.ranges import subtract
-from kdumpd.core.topology import MemRange, Topology
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import FileBackend
-from kdumpd.daemon.backends.inplace import LoadRaceGuard
+from kdumpd.daemon.backends.inplace import LoadRaceGuard, RemovedRam
 from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
 
 log = logging.getLogger("kdumpd.daemon.backends.kernel")
@@ -88,8 +86,8 @@ class KernelBackend:
         self.own_file_load = False
         self.hotplug_flag: bool | None = None  # crash_hotplug as read after our last load
         # System RAM as of the previous burst: a range that disappears from /proc/iomem
-        # was hot-removed, which the kernel's own update does not see (see _ram_removed).
-        self._last_ram: tuple[MemRange, ...] | None = None
+        # was hot-removed, which the kernel's own update does not see.
+        self.removed_ram = RemovedRam()
         # Our own load holds the kexec lock: a hotplug event during it is skipped by
         # the kernel.  The guard compares the topology around the syscall.
         self.race = LoadRaceGuard(self.name)
@@ -150,35 +148,8 @@ class KernelBackend:
             return "the loaded image was not loaded by kdumpd with kexec_file_load"
         return self.race.suspect
 
-    def _ram_removed(self, topology: Topology | None) -> str:
-        """Why the kernel's in-place header still lists RAM that is gone, or "".
-
-        The kernel rebuilds the elfcorehdr on MEM_OFFLINE, while the block's ``System
-        RAM`` resource still exists; the resource is released only when the memory is
-        removed, and no notifier runs then (docs/kernel-interfaces.md §3).  So after a
-        hot-remove the loaded header keeps a PT_LOAD over memory that is no longer
-        there (seen on Debian 6.12 in QEMU: docs/e2e.md) until the next memory event.
-        An offline without a removal leaves /proc/iomem unchanged and needs nothing.
-        """
-        if topology is None:
-            return ""
-        now = topology.system_ram
-        before, self._last_ram = self._last_ram, now
-        if before is None:
-            return ""
-        gone = subtract(((r.start, r.end) for r in before), ((r.start, r.end) for r in now))
-        if not gone:
-            return ""
-        first = gone[0]
-        return (
-            f"System RAM {first.start:#x}-{first.end:#x}"
-            + (f" and {len(gone) - 1} more range(s)" if len(gone) > 1 else "")
-            + " was hot-removed, but the kernel rebuilt its elfcorehdr at MEM_OFFLINE"
-            " while the range still existed"
-        )
-
     async def apply(self, request: LoadRequest) -> ApplyResult:
-        removed = self._ram_removed(request.topology)
+        removed = self.removed_ram.check(request.topology)
         if not request.force_load:
             why = self._in_place() or removed
             if not why:

@@ -52,11 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdumpd.core.errors import KdumpdError
-from kdumpd.core.ranges import subtract
-from kdumpd.core.topology import MemRange, Topology
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import KexecFiles, _file_digest
-from kdumpd.daemon.backends.inplace import LoadRaceGuard
+from kdumpd.daemon.backends.inplace import LoadRaceGuard, RemovedRam
 from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
 
 log = logging.getLogger("kdumpd.daemon.backends.kexectools")
@@ -168,7 +166,7 @@ class KexecToolsBackend:
         # and by adopt()); only then may a burst skip the load.
         self.own_hotplug_load = False
         self.hotplug_flag: bool | None = None  # crash_hotplug as read after our last load
-        self._last_ram: tuple[MemRange, ...] | None = None
+        self.removed_ram = RemovedRam()
         self.race = LoadRaceGuard(self.name)
 
     @property
@@ -257,20 +255,6 @@ class KexecToolsBackend:
         # this process: its run time bounds the window from above.
         return ApplyResult(True, usec, self.updated_in_place, " ".join(argv))
 
-    def _ram_removed(self, topology: Topology | None) -> str:
-        """As for the ``kernel`` back-end: the kernel rebuilds the header at MEM_OFFLINE
-        while the range is still System RAM, and not again at removal."""
-        if topology is None:
-            return ""
-        now = topology.system_ram
-        before, self._last_ram = self._last_ram, now
-        if before is None:
-            return ""
-        gone = subtract(((r.start, r.end) for r in before), ((r.start, r.end) for r in now))
-        if not gone:
-            return ""
-        return f"System RAM {gone[0].start:#x}-{gone[0].end:#x} was hot-removed"
-
     def _reload_reason(self) -> str:
         """Why this burst must load, or "" when the kernel keeps the image current."""
         if not self.updated_in_place:
@@ -283,7 +267,7 @@ class KexecToolsBackend:
 
     async def apply(self, request: LoadRequest) -> ApplyResult:
         await self._detect()
-        removed = self._ram_removed(request.topology)
+        removed = self.removed_ram.check(request.topology)
         if not request.force_load and self.own_hotplug_load:
             why = self._reload_reason() or removed
             if not why:
