@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 
 # Debian packages: build deps of systemd-python/pylibfdt and of the purgatory (gcc,
 # binutils, make; libc6-dev for the host-compiled purgatory tests), the real tools the tests
-# check against (readelf, dtc, dbus-daemon, busctl, setpriv) and the e2e harness.
+# check against (readelf, dtc, dbus-daemon, busctl, setpriv, polkitd) and the e2e harness.
 APT_PACKAGES := python3-venv python3-dev gcc libc6-dev make pkg-config libsystemd-dev libudev1 \
 	binutils device-tree-compiler dbus dbus-daemon systemd util-linux \
 	qemu-system-x86 kexec-tools busybox-static cpio xz-utils zstd kmod \
-	qemu-system-ppc
+	qemu-system-ppc polkitd
 
 .PHONY: all bootstrap apt venv purgatory test lint typecheck pytest fuzz demo bench e2e install clean
 
@@ -83,7 +83,8 @@ e2e: venv
 
 # System install: the package in its own venv under $(PREFIX)/lib/kdumpd, commands
 # linked into $(PREFIX)/sbin, and the unit, udev overrides, bus policy, bus activation,
-# example configuration and man pages where systemd, udev and dbus look for them.
+# polkit actions, example configuration and man pages where systemd, udev, dbus and
+# polkit look for them.
 PREFIX ?= /usr/local
 DESTDIR ?=
 install: apt
@@ -105,6 +106,8 @@ install: apt
 	install -D -m 0644 dbus/org.kdumpd1.conf $(DESTDIR)/usr/share/dbus-1/system.d/org.kdumpd1.conf
 	install -D -m 0644 dbus/org.kdumpd1.service \
 		$(DESTDIR)/usr/share/dbus-1/system-services/org.kdumpd1.service
+	install -D -m 0644 polkit/org.kdumpd1.policy \
+		$(DESTDIR)/usr/share/polkit-1/actions/org.kdumpd1.policy
 	test -e $(DESTDIR)/etc/kdumpd/kdumpd.toml || \
 		install -D -m 0644 docs/kdumpd.toml $(DESTDIR)/etc/kdumpd/kdumpd.toml
 	install -D -m 0644 docs/man/kdumpd.8 $(DESTDIR)$(PREFIX)/share/man/man8/kdumpd.8

@@ -10,10 +10,13 @@ back-end itself: methods are forwarded to the reconciler's
   ``min_interval`` seconds (default 10 ms).  A 3,840-event storm that updates the
   store thousands of times therefore costs a handful of signals, not thousands.
 * ``ImageUpdated(t generation, s trigger)`` is emitted once per applied image.
-* Methods are root-only.  The bus policy (``dbus/org.kdumpd1.conf``) already says so;
-  the service checks again (defence in depth): a message handler records the sender
-  of each method call in a :class:`~contextvars.ContextVar`, which the method task
-  inherits, and the method asks the bus for ``GetConnectionUnixUser(sender)``.
+* Who may call methods is decided here: the bus policy (``dbus/org.kdumpd1.conf``) lets
+  every caller reach them.  A message handler records the sender of each method call
+  (and whether it allows interactive authorization) in
+  :class:`~contextvars.ContextVar` s, which the method task inherits; the method asks
+  the bus for ``GetConnectionUnixUser(sender)``.  Root always may; anyone else may
+  when polkit says so for the method's action (:mod:`kdumpd.interfaces.polkit`);
+  without polkitd on the bus, only root may.
 * Errors reach the caller as ``org.kdumpd1.Error.*`` with one line of text; a
   Python traceback never leaves the process (unexpected exceptions are logged
   locally and answered with ``org.kdumpd1.Error.Failed``).
@@ -36,7 +39,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Annotated, Any, Final
 
-from dbus_fast import BusType, DBusError, Message, MessageType, NameFlag, RequestNameReply
+from dbus_fast import (
+    BusType,
+    DBusError,
+    Message,
+    MessageFlag,
+    MessageType,
+    NameFlag,
+    RequestNameReply,
+)
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import (
     DBusSignature,
@@ -48,6 +59,7 @@ from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus
 from kdumpd.core.errors import KdumpdError
 from kdumpd.daemon.control import Busy, Controller
 from kdumpd.daemon.state import DaemonState, StateStore
+from kdumpd.interfaces.polkit import METHOD_ACTIONS, Authority, PolkitAuthority, Verdict
 
 log = logging.getLogger("kdumpd.interfaces.dbus")
 
@@ -61,7 +73,7 @@ ERROR_FAILED: Final = "org.kdumpd1.Error.Failed"
 
 
 class AccessDenied(KdumpdError):
-    """The caller may not call methods (only root may)."""
+    """The caller may not call this method (not root, and polkit does not allow it)."""
 
 
 #: The D-Bus error each error class is answered with, most specific first;
@@ -145,6 +157,10 @@ UidLookup = Callable[[str], Awaitable[int]]
 _current_sender: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "kdumpd_dbus_sender", default=None
 )
+# ... and whether that call carried ALLOW_INTERACTIVE_AUTHORIZATION.
+_current_interactive: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "kdumpd_dbus_interactive", default=False
+)
 
 
 def _u64(value: int) -> int:
@@ -192,7 +208,8 @@ class DenialLog:
             return self._clock()
         return asyncio.get_running_loop().time()
 
-    def denied(self, method: str, uid: int, sender: str) -> None:
+    def denied(self, method: str, uid: int, sender: str, why: str = "") -> None:
+        """One denial of ``method`` to ``uid``; ``why`` is what the caller was told."""
         now = self._now()
         if self._window_start is None or now - self._window_start >= self.interval:
             self.flush()
@@ -201,11 +218,11 @@ class DenialLog:
         if self._logged < self.burst:
             self._logged += 1
             log.warning(
-                "denied %s to uid %d (%s): only root may call %s methods",
+                "denied %s to uid %d (%s): %s",
                 method,
                 uid,
                 sender,
-                INTERFACE,
+                why or f"only root may call {INTERFACE} methods",
                 extra={"CALLER_UID": uid, "SENDER": sender, "DBUS_METHOD": method},
             )
             return
@@ -247,11 +264,13 @@ class ManagerInterface(ServiceInterface):
         uid_lookup: UidLookup,
         *,
         min_interval: float = 0.01,
+        authority: Authority | None = None,
     ) -> None:
         super().__init__(INTERFACE)
         self._store = store
         self._controller = controller
         self._uid_lookup = uid_lookup
+        self._authority = authority  # None: only root may call
         self._min_interval = min_interval
         self._denials = DenialLog()
         self._pending: set[str] = set()
@@ -352,6 +371,7 @@ class ManagerInterface(ServiceInterface):
     # -- access control and error mapping ------------------------------------
 
     async def _authorize(self, method: str) -> None:
+        """Root may; anyone else when polkit allows ``method``'s action."""
         sender = _current_sender.get()
         if sender is None:
             raise AccessDenied("caller unknown")
@@ -359,9 +379,36 @@ class ManagerInterface(ServiceInterface):
             uid = await self._uid_lookup(sender)
         except DBusError as err:
             raise AccessDenied(f"cannot identify caller {sender}") from err
-        if uid != 0:
-            self._denials.denied(method, uid, sender)
-            raise AccessDenied(f"only root may call {INTERFACE} methods")
+        if uid == 0:
+            return
+        action = METHOD_ACTIONS[method]
+        verdict = Verdict.UNAVAILABLE
+        if self._authority is not None:
+            verdict = await self._authority.check(
+                sender, action, interactive=_current_interactive.get()
+            )
+        extra = {
+            "CALLER_UID": uid,
+            "SENDER": sender,
+            "DBUS_METHOD": method,
+            "POLKIT_ACTION": action,
+        }
+        if verdict is Verdict.ALLOWED:
+            log.info(
+                "%s by uid %d (%s): polkit allows %s", method, uid, sender, action, extra=extra
+            )
+            return
+        if verdict is Verdict.UNAVAILABLE:
+            why = f"only root may call {INTERFACE} methods (polkit is not running)"
+        elif verdict is Verdict.CHALLENGE:
+            why = (
+                f"{method} needs authentication for {action}: call it with interactive "
+                "authorization allowed"
+            )
+        else:
+            why = f"not authorized for {action} (polkit)"
+        self._denials.denied(method, uid, sender, why)
+        raise AccessDenied(why)
 
     async def _run(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
         try:
@@ -494,6 +541,7 @@ class DBusService:
         ):
             return None
         _current_sender.set(msg.sender)
+        _current_interactive.set(bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION))
         expected = METHOD_SIGNATURES.get(msg.member or "")
         if expected is not None and msg.signature != expected:
             return Message.new_error(
@@ -633,18 +681,27 @@ async def serve(
     min_interval: float = 0.01,
     uid_lookup: UidLookup | None = None,
     reconnect: bool = True,
+    authority: Authority | None = None,
+    polkit: bool = True,
 ) -> DBusService:
     """Connect to the bus (``bus_address``, else the system bus, which honours
     ``DBUS_SYSTEM_BUS_ADDRESS``), export ``/org/kdumpd1`` and own ``name``.
 
     Raises :class:`KdumpdError` with one line if the bus is unreachable or the name is
     taken or not allowed by policy.  See :class:`DBusService` for what happens when
-    the connection is lost later.
+    the connection is lost later.  Callers other than root are allowed what
+    ``authority`` allows (default: polkitd on the same bus; ``polkit=False``: nothing).
     """
     bus = await connect_bus(bus_address)
     service = DBusService(bus, bus_address=bus_address, name=name, reconnect=reconnect)
+    if authority is None and polkit:
+        authority = PolkitAuthority(lambda: service.bus)
     iface = ManagerInterface(
-        store, controller, uid_lookup or service.lookup_uid, min_interval=min_interval
+        store,
+        controller,
+        uid_lookup or service.lookup_uid,
+        min_interval=min_interval,
+        authority=authority,
     )
     service.interface = iface
     try:

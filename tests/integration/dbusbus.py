@@ -59,6 +59,16 @@ _PERMISSIVE_POLICY = """<policy context="default">
   </policy>"""
 
 
+# What Debian's org.freedesktop.PolicyKit1.conf says: polkitd (running as the polkitd
+# user) owns the name, anyone may ask it.
+_POLKIT_POLICY = """<policy user="polkitd">
+    <allow own="org.freedesktop.PolicyKit1"/>
+  </policy>
+  <policy context="default">
+    <allow send_destination="org.freedesktop.PolicyKit1"/>
+  </policy>"""
+
+
 @dataclass
 class PrivateBus:
     address: str
@@ -96,10 +106,13 @@ def dbus_daemon_path() -> str | None:
     return shutil.which("dbus-daemon")
 
 
-def start_bus(*, permissive: bool = False, servicedir: Path | None = None) -> PrivateBus:
+def start_bus(
+    *, permissive: bool = False, servicedir: Path | None = None, polkit: bool = False
+) -> PrivateBus:
     """Start a private system-like bus.  ``permissive`` replaces the project policy by
     one that lets anyone call anything (to reach the service's own access check).
-    ``servicedir`` holds activation files (no <servicehelper>: Exec= runs directly)."""
+    ``servicedir`` holds activation files (no <servicehelper>: Exec= runs directly).
+    ``polkit`` lets polkitd own ``org.freedesktop.PolicyKit1`` on it."""
     if dbus_daemon_path() is None:
         raise FileNotFoundError("dbus-daemon")
     directory = Path(tempfile.mkdtemp(prefix="kdumpd-bus-"))
@@ -108,6 +121,8 @@ def start_bus(*, permissive: bool = False, servicedir: Path | None = None) -> Pr
     extra = _PERMISSIVE_POLICY if permissive else f"<include>{POLICY}</include>"
     if servicedir is not None:
         extra += f"\n  <servicedir>{servicedir}</servicedir>"
+    if polkit:
+        extra += "\n  " + _POLKIT_POLICY
     conf = directory / "system.conf"
     conf.write_text(_SYSTEM_LIKE.format(socket=sock, extra=extra))
     conf.chmod(0o644)
