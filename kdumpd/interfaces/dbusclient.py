@@ -56,7 +56,7 @@ class DaemonError(KdumpdError):
 
 
 class DaemonAccessDenied(DaemonError):
-    """``org.kdumpd1.Error.AccessDenied``: only root may call the methods."""
+    """``org.kdumpd1.Error.AccessDenied``: the caller is not root and polkit does not allow it."""
 
 
 class DaemonBusy(DaemonError):
