@@ -125,6 +125,7 @@ async def test_async_debouncer_staleness_bound_under_an_endless_storm() -> None:
         sent.append(time.monotonic())
         ad.event()
         await asyncio.sleep(0.002)
+    sent.append(time.monotonic())  # the loop's end closes the last gap
     ad.close()
     assert len(got) >= 3, got  # ~0.6 s / 0.1 s bursts, none waited for a quiet gap
     # An unbounded debouncer would fire once, ~0.6 s after the first event; the bound
