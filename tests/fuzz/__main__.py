@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             status = "ok" if res.ok and not short else "FAIL"
             print(
                 f"{name:14} {status:4} {res.cases:>8} cases in {res.seconds:7.1f} s "
-                f"({rate:7.0f}/s), {res.kdumpd_errors} rejected with a kdumpd error"
+                f"({rate:7.0f}/s), {res.kdumpd_errors} rejections (kdumpd errors, skipped lines, "
+                "dropped uevents, D-Bus error replies)"
                 + (f"; stopped by the {args.budget:.0f} s budget" if short else ""),
                 flush=True,
             )

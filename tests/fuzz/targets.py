@@ -102,7 +102,7 @@ def _file_target(
         return [g.encode() + b"\n" + (fixture / g).read_bytes() for g in group]
 
     @contextlib.contextmanager
-    def setup() -> Iterator[Callable[[bytes], None]]:
+    def setup() -> Iterator[Callable[[bytes], int | None]]:
         with _scratch_copy(fixture) as root:
             originals = {g: (root / g).read_bytes() for g in group}
 
@@ -232,7 +232,7 @@ def _kdumpconf_target() -> Target:
         return [p.encode() + b"\n" + c for p, c in seeds_by_path.items()]
 
     @contextlib.contextmanager
-    def setup() -> Iterator[Callable[[bytes], None]]:
+    def setup() -> Iterator[Callable[[bytes], int | None]]:
         tmp = Path(tempfile.mkdtemp(prefix="kdumpd-fuzz-", dir=_scratch_parent()))
         try:
             root = tmp / "root"
@@ -304,7 +304,7 @@ _TOML_TOKENS = (
 
 def _toml_target() -> Target:
     @contextlib.contextmanager
-    def setup() -> Iterator[Callable[[bytes], None]]:
+    def setup() -> Iterator[Callable[[bytes], int | None]]:
         from kdumpd.config import load_settings
 
         tmp = Path(tempfile.mkdtemp(prefix="kdumpd-fuzz-", dir=_scratch_parent()))
@@ -352,7 +352,7 @@ KDUMPD_STATE_DIR=/run/kdumpd
 
 def _environment_target() -> Target:
     @contextlib.contextmanager
-    def setup() -> Iterator[Callable[[bytes], None]]:
+    def setup() -> Iterator[Callable[[bytes], int | None]]:
         from kdumpd.config import load_settings
 
         tmp = Path(tempfile.mkdtemp(prefix="kdumpd-fuzz-", dir=_scratch_parent()))
@@ -406,7 +406,7 @@ _REPLAY_SEED = (
 
 def _replay_target() -> Target:
     @contextlib.contextmanager
-    def setup() -> Iterator[Callable[[bytes], None]]:
+    def setup() -> Iterator[Callable[[bytes], int | None]]:
         from kdumpd.events.replay import Replayer, read_replay
 
         tmp = Path(tempfile.mkdtemp(prefix="kdumpd-fuzz-", dir=_scratch_parent()))
@@ -418,7 +418,7 @@ def _replay_target() -> Target:
             sysroot = tmp / "sysroot"
             sysroot.mkdir()
 
-            def run(data: bytes) -> None:
+            def run(data: bytes) -> int:
                 nonlocal count
                 count += 1
                 if count % 500 == 0:  # keep the scratch sysroot small
@@ -429,6 +429,7 @@ def _replay_target() -> Target:
                 stats = loop.run_until_complete(replayer.run(read_replay(path, replayer.stats)))
                 if stats.skipped != len(stats.errors):
                     raise AssertionError("skipped lines and logged errors disagree")
+                return stats.skipped
 
             yield run
         finally:
@@ -501,7 +502,7 @@ class _FakeMonitor:
 
 def _uevent_target() -> Target:
     @contextlib.contextmanager
-    def setup() -> Iterator[Callable[[bytes], None]]:
+    def setup() -> Iterator[Callable[[bytes], int | None]]:
         from kdumpd.events.udev import UdevSource
 
         logging.getLogger("kdumpd.events.udev").disabled = True
@@ -509,11 +510,13 @@ def _uevent_target() -> Target:
             source = UdevSource(lambda _ev: None, source="kernel")
             monitor = _FakeMonitor()
 
-            def run(data: bytes) -> None:
+            def run(data: bytes) -> int:
                 for record in data.split(b"\x1e"):
                     monitor.queue.append(_FakeDevice(record.split(b"\x00")))
                 source._monitor = monitor
+                dropped = source.dropped
                 source.drain()
+                return source.dropped - dropped
 
             yield run
         finally:
@@ -613,7 +616,7 @@ def _random_value(rng: random.Random, sig: str) -> Any:
 
 def _dbus_target() -> Target:
     @contextlib.contextmanager
-    def setup() -> Iterator[Callable[[bytes], None]]:
+    def setup() -> Iterator[Callable[[bytes], int | None]]:
         from dbus_fast import Message, MessageType
         from dbus_fast.aio import MessageBus
 
@@ -678,10 +681,11 @@ def _dbus_target() -> Target:
             ("org.freedesktop.DBus.Peer", "GetMachineId", ""),
             ("org.freedesktop.DBus.ObjectManager", "GetManagedObjects", ""),
         )
-        interfaces = (*{v[0] for v in valid}, "org.kdumpd1.Nope", None)
-        members = (*{v[1] for v in valid}, "Frobnicate")
+        # ordered (dict, not set): the same input must make the same call in any process
+        interfaces = (*dict.fromkeys(v[0] for v in valid), "org.kdumpd1.Nope", None)
+        members = (*dict.fromkeys(v[1] for v in valid), "Frobnicate")
 
-        def run(data: bytes) -> None:
+        def run(data: bytes) -> int:
             rng = random.Random(data)
             controller.rng = random.Random(data + b"c")
             uid["next"] = rng.choice((0, 0, 1000, 65534))
@@ -726,6 +730,8 @@ def _dbus_target() -> Target:
                 text = str(reply.body[0]) if reply.body else ""
                 if "internal error" in text or "\n" in text:
                     raise DBusFinding(f"{reply.error_name}: {text[:200]}")
+                return 1
+            return 0
 
         try:
             yield run

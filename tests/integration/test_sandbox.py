@@ -56,7 +56,9 @@ def test_kernel_uevents_reach_a_private_network_namespace() -> None:
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "listening"
-        UEVENT.write_text("change")  # a synthetic uevent, sent by the kernel
+        # A synthetic "change" uevent, sent by the kernel.  The distributions' kdump
+        # udev rules act on cpu add/remove and memory online/offline only.
+        UEVENT.write_text("change")
         out, err = child.communicate(timeout=15)
     finally:
         if child.poll() is None:
