@@ -122,8 +122,8 @@ async def test_async_debouncer_staleness_bound_under_an_endless_storm() -> None:
     sent: list[float] = []
     end = time.monotonic() + 0.6
     while time.monotonic() < end:
-        sent.append(time.monotonic())
         ad.event()
+        sent.append(time.monotonic())  # after event(): never before the burst's first_at
         await asyncio.sleep(0.002)
     sent.append(time.monotonic())  # the loop's end closes the last gap
     ad.close()
