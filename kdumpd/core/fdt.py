@@ -1,43 +1,21 @@
 """The crash FDT (ppc64): a flattened device tree in a fixed-capacity buffer whose
-``/cpus`` node is rewritten after CPU hotplug.
+``/cpus`` node is rewritten after CPU hotplug, as the kernel's ``update_crash_fdt()``
+does (docs/kernel-interfaces.md §6).
 
-A ppc64 capture kernel learns its CPUs from the device tree it boots with, not from
-the elfcorehdr.  The kernel's own crash-hotplug handler (arch/powerpc, 6.10+,
-``update_crash_fdt()`` → ``update_cpus_node()``) therefore rewrites the FDT segment
-on CPU hot-add: it deletes ``/cpus``, re-creates it with the live node's properties
-and adds one subnode per ``device_type = "cpu"`` node of the live tree (every
-property copied).  The segment was loaded with room for all *possible* cores
-(``kexec_extra_fdt_size_ppc64()``: ``(possible CPUs / threads per core - cpu nodes)
-* cpu node size`` extra, and the crash FDT is not packed), so the rewrite happens
-in place.  :class:`CrashFdt` does the same for kdumpd:
+:class:`CrashFdt` keeps one ``bytearray`` of ``capacity`` bytes for its lifetime;
+``totalsize`` is always ``capacity``.  :meth:`CrashFdt.write` replaces the children
+of ``/cpus`` with exactly the given nodes (``Topology.dt_cpus``: cpu nodes and, unlike
+the kernel, the ``l2-cache@...`` nodes they reference), and keeps everything else of
+the base blob.  Output order is deterministic (cpu nodes by ``reg`` then name, then
+the rest by name; properties by name).  A tree that does not fit raises
+:class:`~kdumpd.core.errors.CapacityError` and leaves the buffer as it was: the new
+tree is assembled apart, checked with libfdt's ``fdt_check_full()``, then copied in.
 
-* the buffer is a ``bytearray`` of ``capacity`` bytes, allocated once; the FDT
-  header's ``totalsize`` is always ``capacity`` (free space is padding at the end,
-  as ``dtc -p`` leaves it), and the object is never replaced;
-* :meth:`CrashFdt.write` replaces the *children* of ``/cpus`` with exactly the given
-  nodes (the live tree's ``/cpus`` children from
-  :attr:`kdumpd.core.topology.Topology.dt_cpus`), keeping ``/cpus``' own properties,
-  everything outside ``/cpus``, the memory reservation map and ``boot_cpuid_phys``
-  of the base blob.  Unlike the kernel, non-cpu children of the live ``/cpus``
-  (``l2-cache@...`` nodes, referenced by the cpu nodes' ``l2-cache`` phandles) are
-  kept too, so the result mirrors the live ``/cpus`` exactly;
-* output order is deterministic whatever the input order: cpu nodes by ``reg``
-  (first hardware thread) then name, then the other nodes by name; properties by
-  name;
-* a result that does not fit raises :class:`~kdumpd.core.errors.CapacityError`
-  and the buffer keeps the previous tree: the new tree is assembled in a separate
-  object, checked with libfdt's ``fdt_check_full()``, and only then copied in.
-
-How (and why not libfdt's editing calls): the base blob is parsed once (with
-libfdt locating ``/cpus``) into the struct block before and after the ``/cpus``
-children, the reservation map and the strings block.  A write encodes each node as
-FDT struct tokens (``FDT_BEGIN_NODE`` name, ``FDT_PROP`` len/nameoff/value,
-``FDT_END_NODE``; encodings of unchanged nodes are cached), joins the pieces and
-copies them into the buffer: linear in the tree size.  Doing the same with
-``fdt_add_subnode``/``fdt_setprop`` in place, as the kernel does, moves the rest
-of the blob on every insertion (quadratic); see ``bench/fdt.py`` and
-docs/performance.md for the numbers.  New property names are appended to the
-strings block (existing offsets never move, so cached encodings stay valid).
+The base blob is split once into the pieces around the ``/cpus`` children; a write
+encodes the nodes as FDT tokens (cached per node) and joins the pieces: linear in
+the tree, where libfdt's in-place ``fdt_add_subnode``/``fdt_setprop`` would be
+quadratic (``bench/fdt.py``, docs/performance.md).  New property names are appended
+to the strings block, so cached encodings stay valid.
 """
 
 from __future__ import annotations

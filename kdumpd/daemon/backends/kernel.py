@@ -1,39 +1,18 @@
-"""``kernel`` backend: the kernel's own crash hotplug (6.6+) keeps the image current.
+"""``kernel`` back-end: the kernel's own crash hotplug (6.6+) keeps the image current.
 
-The image is loaded once with ``kexec_file_load``, which makes it hotplug-capable by
-construction (``image->file_mode``, docs/kernel-interfaces.md §3), and never reloaded on
-hotplug: the kernel rewrites the elfcorehdr inside its own handler.
+The image is loaded with ``kexec_file_load``, which makes it hotplug-capable
+(docs/kernel-interfaces.md §3), and the kernel rewrites its elfcorehdr on hotplug.
 
-What is read when, and why so little:
+Reads, few because ``crash_hotplug`` takes the kexec lock (docs/kernel-interfaces.md
+§2): CONFIG_CRASH_HOTPLUG is a stat at construction; a burst reads only the lock-free
+``kexec_crash_loaded``; ``crash_hotplug`` is read once after our own load (for the
+report) and up to :data:`ADOPT_READS` times at adoption (one 0 proves nothing).
 
-- Whether the kernel has CONFIG_CRASH_HOTPLUG is decided once, at construction, from
-  the *existence* of ``/sys/devices/system/{cpu,memory}/crash_hotplug`` or
-  ``/sys/kernel/crash_elfcorehdr_size`` (a stat, no ``show()`` call).
-- After a burst's quiet period only ``kexec_crash_loaded`` is read: it is lock-free.
-  ``crash_hotplug`` and ``kexec_crash_size`` are *not* read per burst: their ``show()``
-  takes ``kexec_trylock()``, which can make the kernel's own hotplug handler fail its
-  trylock and skip the elfcorehdr update, and a panic during the read does not kdump
-  (docs/kernel-interfaces.md §2).  A ``crash_hotplug`` 0 is also expected while the
-  kernel is busy, so it could never justify a reload anyway.
-- ``crash_hotplug`` is read once, right after our own load, to report whether the
-  kernel marked the image hotplug-capable (informational; a 0 there is logged).
-
-- At adoption only (a restart finding an image state.json says is ours),
-  ``crash_hotplug`` is read up to :data:`ADOPT_READS` times: another loader may have
-  replaced our image with a ``kexec_load`` one without ``--hotplug`` while kdumpd was
-  stopped.  The image is adopted only if a read gives 1 (a 0 may just be a busy kexec
-  lock); otherwise it is loaded once afresh.
-
-A reload (one ``kexec_file_load``) happens only when ``kexec_crash_loaded`` reads 0,
-when the loaded image was not loaded by us through ``kexec_file_load`` (e.g. adopted
-from another loader), when the kernel lacks CONFIG_CRASH_HOTPLUG, or once after System
-RAM was hot-removed: the kernel rebuilds its header at MEM_OFFLINE, before the range
-is released, and not again at removal (:class:`~kdumpd.daemon.backends.inplace.RemovedRam`).
-
-Our own load holds the kexec lock for the whole syscall, and the kernel skips (does
-not defer) a hotplug update that finds the lock taken.  Every load this back-end
-makes is therefore wrapped by :class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard`:
-if the topology changed while the syscall ran, it loads once more.
+A burst loads (one ``kexec_file_load``) only when no image is loaded, when the loaded
+one is not ours from ``kexec_file_load``, when the kernel lacks CONFIG_CRASH_HOTPLUG,
+after System RAM was hot-removed (:class:`~kdumpd.daemon.backends.inplace.RemovedRam`)
+or when our own load may have made the kernel skip an update
+(:class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard`).
 """
 
 from __future__ import annotations
