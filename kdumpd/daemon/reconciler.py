@@ -4,8 +4,9 @@ Events only bump counters and feed the debouncer.  When a burst is due, one work
 task re-reads the topology from the sysroot, compares ``Topology.image_key()`` with
 what the loaded image describes, regenerates the :class:`CrashImage` in place,
 applies it through the back-end, records ``state.json`` and then publishes to the
-:class:`StateStore` (:mod:`kdumpd.daemon.projection`).  Then, if events arrived while the load ran, their burst drives the
-next pass (so a sustained storm costs one load per ``max_ms``, not one per pass);
+:class:`StateStore` (:mod:`kdumpd.daemon.projection`).  Then, if events arrived
+while the load ran, their burst drives the next pass (so a sustained storm costs one
+load per ``max_ms``, not one per pass);
 only when none is pending is the topology re-read at once (a change without a
 uevent) and re-applied, at most once.  Every later burst goes through the same
 comparison, so no event is lost and nothing is applied twice for nothing.
