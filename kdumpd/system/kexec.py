@@ -12,6 +12,7 @@ tests pass a fake that raises chosen errnos instead of monkey-patching.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -198,14 +199,38 @@ _release_buffer.argtypes = (ctypes.c_void_p,)
 _release_buffer.restype = None
 
 
+FileIdentity = tuple[int, int, int, int, int]
+
+
+def identity_of(st: os.stat_result) -> FileIdentity:
+    """Device, inode, size, mtime and ctime: changes when a file is replaced,
+    rewritten in place or truncated."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_identity(path: str) -> FileIdentity | None:
+    try:
+        return identity_of(os.stat(path))
+    except OSError:
+        return None
+
+
 class MappedFile:
     """A file mapped read-only and shared with the page cache, so a segment buffer
     needs no anonymous copy: :attr:`view` is a read-only ``memoryview``.
 
     The mapping cannot be closed while a segment still exports it (``mmap`` refuses);
-    :meth:`close` then leaves it to the garbage collector.  A file truncated under a
-    mapping raises SIGBUS on access, so the back-end maps only what it checked and
-    re-maps when the file's identity (device, inode, size, mtime) changes."""
+    :meth:`close` then leaves it to the garbage collector.  :meth:`release_pages` drops
+    the mapping's page-table entries after a load (the pages stay in the page cache),
+    so the daemon's resident set does not keep the kernel and initrd between bursts;
+    the next load faults them back in (``mlock``) before its syscall.
+
+    A file replaced (new inode), rewritten in place or truncated changes
+    :func:`file_identity`; the back-end compares it before and after every load and
+    prepares a new input set when it moved (so a digest never describes other bytes
+    than the ones loaded).  Touching a mapping beyond a truncated end raises SIGBUS:
+    only the kernel's copy (``EFAULT``) and ``mlock`` (an error) touch it after the
+    digests were taken at preparation."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -218,8 +243,13 @@ class MappedFile:
         except OSError as err:
             raise InputError(path, f"cannot map: {err.strerror}") from None
         self.size = st.st_size
-        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        self.identity = identity_of(st)
         self.view: memoryview = memoryview(self._map)
+
+    def release_pages(self) -> None:
+        """Drop this mapping's resident pages from the process (not from the cache)."""
+        with contextlib.suppress(OSError, ValueError):
+            self._map.madvise(mmap.MADV_DONTNEED)
 
     def close(self) -> None:
         try:

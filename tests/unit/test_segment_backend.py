@@ -219,3 +219,33 @@ def test_segments_command_writes_segments_and_manifest(
     assert loads and all(int(f[3], 16) >= 1 << 20 for f in loads)  # no PT_LOAD below 1 MiB
     crash = (int(segs[-1]["mem"], 16), hdr_addr)
     assert not any(int(f[3], 16) <= crash[0] < int(f[3], 16) + int(f[5], 16) for f in loads)
+
+
+async def test_a_file_rewritten_during_the_load_is_prepared_again(sysroot: Path) -> None:
+    b = segment_backend(sysroot, ScriptedKexec())
+    initrd = Path(b.files.initrd or "")
+
+    class Rewriting(ScriptedKexec):
+        def load(self, entry: int, segments: list[tuple[object, int, int]], flags: int) -> None:
+            super().load(entry, segments, flags)
+            if len(self.loads) == 2:  # the second load: the initrd changes meanwhile
+                initrd.write_bytes(b"\x1f\x8b" + b"new" * 30000)
+
+    kexec = Rewriting()
+    b.syscalls = kexec
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    first = b.prepared
+    assert first is not None and r.store.current.state == ImageState.LOADED
+    holder.add_blocks(1)
+    r.request("burst")
+    await r.settle()
+    assert "changed during the load" in r.store.current.last_error
+    assert b.prepared is None  # the next pass maps and hashes the new file
+    holder.add_blocks(1)
+    r.request("retry")
+    await r.settle()
+    assert b.prepared is not None and b.prepared is not first
+    assert kexec.loads[-1][1][3][0] == b"\x1f\x8b" + b"new" * 30000  # the new initrd
+    await r.stop()

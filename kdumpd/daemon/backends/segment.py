@@ -33,7 +33,13 @@ from kdumpd.core.errors import KdumpdError
 from kdumpd.core.segment import LoaderInputs, SegmentImage
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import KexecFiles, _executor, _file_digest
-from kdumpd.system.kexec import KEXEC_ON_CRASH, KexecSyscalls, MappedFile
+from kdumpd.system.kexec import (
+    KEXEC_ON_CRASH,
+    FileIdentity,
+    KexecSyscalls,
+    MappedFile,
+    file_identity,
+)
 from kdumpd.system.kexecsysfs import crash_image_loaded
 from kdumpd.system.sysroot import Sysroot
 
@@ -123,17 +129,14 @@ class SegmentBackend:
         return builder
 
     def _key(self, image: CrashImage) -> tuple[object, ...]:
+        """What a prepared image depends on: the inputs, the elfcorehdr buffer and its
+        address, and the identity of the kernel and initrd files."""
         seg = image.elfcorehdr
         files = self.files
-        ids: list[object] = [files.kernel, files.initrd, files.cmdline, id(seg.buf), seg.mem]
-        for path in (files.kernel, files.initrd):
-            if path:
-                try:
-                    st = Path(path).stat()
-                    ids.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-                except OSError:
-                    ids.append(None)
-        return tuple(ids)
+        return (files.kernel, files.initrd, files.cmdline, id(seg.buf), seg.mem, *self._files())
+
+    def _files(self) -> tuple[FileIdentity | None, ...]:
+        return tuple(file_identity(p) for p in (self.files.kernel, self.files.initrd) if p)
 
     def prepare(self, image: CrashImage, topology: Topology) -> SegmentImage:
         """The segment image for ``image``'s elfcorehdr, built once per set of inputs
@@ -187,7 +190,19 @@ class SegmentBackend:
 
     async def _load(self, prepared: Prepared) -> int:
         loop = asyncio.get_running_loop()
-        gap = await loop.run_in_executor(_executor(), self._load_sync, prepared.image)
+        try:
+            gap = await loop.run_in_executor(_executor(), self._load_sync, prepared.image)
+        finally:
+            for m in prepared.maps:
+                m.release_pages()
+        if prepared.key[5:] != self._files():
+            # a file changed while it was being loaded: the kernel may hold a mix of
+            # old and new bytes under the old digests; the next pass prepares anew
+            self.prepared = None
+            raise KdumpdError(
+                f"{self.files.kernel} or its initrd changed during the load; loading "
+                "again with the new files"
+            )
         old, self.last_good = self.last_good, prepared
         if old is not None and old is not prepared and old is not self.prepared:
             old.close()
