@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdumpd.core.errors import InputError, KdumpdError, UnsupportedError
-from kdumpd.interfaces.dbusclient import DaemonError, DaemonUnreachable, call, get_state
+from kdumpd.interfaces.dbusclient import (
+    DaemonAccessDenied,
+    DaemonError,
+    DaemonUnreachable,
+    call,
+    get_state,
+)
 from kdumpd.system.kexecsysfs import KEXEC_CRASH_SIZE, read_crash_loaded, read_crash_size
 from kdumpd.system.sysroot import Sysroot
 
@@ -281,47 +287,53 @@ def cmd_status(ctx: Context, args: list[str]) -> int:
 
 
 def _daemon_call(
-    ctx: Context, member: str, action: str, done: str, *, auto_start: bool = False
+    ctx: Context,
+    member: str,
+    action: str,
+    done: str,
+    *,
+    auto_start: bool = False,
+    already: str = "",
 ) -> int:
-    """Ask the daemon for ``member``; say ``<action>: [OK]`` or ``[FAILED]`` as
-    kdumpctl does (the failure's reason follows on the next line)."""
+    """Ask the daemon for ``member``; say ``<action>: [OK]`` (or ``already``) or
+    ``[FAILED]`` as kdumpctl does (the failure's reason follows on the next line).
+    A caller the daemon refuses (not root, and polkit does not allow it) gets one
+    line saying so, not a [FAILED] and the bus's text."""
     try:
         call(member, bus_address=ctx.bus_address, auto_start=auto_start)
+    except DaemonAccessDenied as err:
+        raise KdumpdError(f"permission denied: {err.text or err.name}") from None
     except DaemonUnreachable as err:
         info(f"{action}: [FAILED]")
         raise KdumpdError(f"{err}; start kdumpd.service") from None
     except KdumpdError:
         info(f"{action}: [FAILED]")
         raise
-    info(f"{done}: [OK]")
+    info(already or f"{done}: [OK]")
     return EXIT_OK
 
 
-def _require_root(verb: str) -> None:
-    """start/stop/reload/restart change the crash kernel: root only, as the bus
-    policy and the daemon enforce.  Say so in one line up front instead of relaying
-    the bus's "Rejected send message" (or, for start, reporting a running daemon
-    with exit 0 to a caller who could not have started it)."""
-    if os.geteuid() != 0:
-        raise KdumpdError(f"only root may {verb} kdump (permission denied)")
-
-
 def cmd_start(ctx: Context, args: list[str]) -> int:
-    _require_root("start")
     state = _daemon_state(ctx)
-    if state is not None and state.get("state") in ("loaded", "updating"):
-        info("Kdump already running: [WARNING]")
-        return EXIT_OK
-    return _daemon_call(ctx, "Load", "Starting kdump", "Starting kdump", auto_start=True)
+    running = state is not None and state.get("state") in ("loaded", "updating")
+    # Load even when an image is loaded (then it loads nothing): the daemon decides
+    # whether this caller may start kdump at all, so a caller who may not is told so
+    # and gets exit 1, never "already running" and 0.
+    return _daemon_call(
+        ctx,
+        "Load",
+        "Starting kdump",
+        "Starting kdump",
+        auto_start=True,
+        already="Kdump already running: [WARNING]" if running else "",
+    )
 
 
 def cmd_stop(ctx: Context, args: list[str]) -> int:
-    _require_root("stop")
     return _daemon_call(ctx, "Unload", "Stopping kdump", "Stopping kdump")
 
 
 def cmd_reload(ctx: Context, args: list[str]) -> int:
-    _require_root("reload")
     state = _daemon_state(ctx)
     if state is not None and state.get("state") not in OPERATIONAL_STATES:
         warn("Kdump was not running")
@@ -331,7 +343,6 @@ def cmd_reload(ctx: Context, args: list[str]) -> int:
 
 
 def cmd_restart(ctx: Context, args: list[str]) -> int:
-    _require_root("restart")
     return cmd_reload(ctx, args)
 
 

@@ -730,7 +730,10 @@ async def test_kdumpctl_reload_as_nobody_fails_cleanly(running: Running, tmp_pat
     )
     assert code == 1, err
     assert "Traceback" not in err
-    assert err.strip() == "kdump: reload: only root may reload kdump (permission denied)"
+    assert err.strip() == (
+        "kdump: reload: permission denied: only root may call org.kdumpd1.Manager methods "
+        "(polkit is not running)"
+    )
     assert "Rejected send message" not in err
     assert running.controller.calls == []
 

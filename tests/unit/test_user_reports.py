@@ -121,22 +121,37 @@ def test_policy_refusal_is_one_clear_line() -> None:
         raise AssertionError("no error")
 
 
-def test_kdumpctl_start_stop_reload_restart_as_non_root_fail_with_one_line(
+def test_kdumpctl_refused_by_the_daemon_is_one_line_and_exit_1(
     monkeypatch: object, capsys: object
 ) -> None:
-    import os
-
+    """start/stop/reload/restart as a caller the daemon refuses (not root, polkit says
+    no): one line, exit 1; start no longer says "already running" with exit 0."""
     import pytest
 
     from kdumpd.interfaces import kdumpctl
+    from kdumpd.interfaces.dbusclient import DaemonAccessDenied
 
     mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
     cap: pytest.CaptureFixture[str] = capsys  # type: ignore[assignment]
-    mp.setattr(os, "geteuid", lambda: 1000)
-    # a daemon that reports a loaded image: `start` said "already running", exit 0
+    calls: list[str] = []
+
+    def refuse(member: str, **_kw: object) -> None:
+        calls.append(member)
+        raise DaemonAccessDenied(
+            "org.kdumpd1.Error.AccessDenied", "not authorized for org.kdumpd1.manage (polkit)"
+        )
+
+    mp.setattr(kdumpctl, "call", refuse)
     mp.setattr(kdumpctl, "_daemon_state", lambda _ctx: {"state": "loaded"})
     for command in ("start", "stop", "reload", "restart"):
         assert kdumpctl.main(["--bus-address", "unix:path=/nonexistent", command]) == 1
         out, err = cap.readouterr()
         lines = (out + err).strip().splitlines()
-        assert lines == [f"kdump: {command}: only root may {command} kdump (permission denied)"]
+        assert lines == [
+            f"kdump: {command}: permission denied: not authorized for org.kdumpd1.manage (polkit)"
+        ], lines
+    assert calls == ["Load", "Unload", "Reload", "Reload"]
+    # allowed, and an image is loaded: Load loads nothing, start says so
+    mp.setattr(kdumpctl, "call", lambda member, **_kw: calls.append(member))
+    assert kdumpctl.main(["--bus-address", "unix:path=/nonexistent", "start"]) == 0
+    assert "Kdump already running: [WARNING]" in cap.readouterr().err
