@@ -98,6 +98,10 @@ class TopologyReader:
         if self._facts is None:
             self._facts = read_kernel_facts(root, self.arch)
         facts = self._facts
+        if facts.arch.startswith("ppc64") and not any(r.name == "Crash kernel" for r in iomem):
+            reserved = _dt_crashkernel(root)
+            if reserved is not None:
+                iomem = (*iomem, reserved)
         crash_notes = _crash_notes(root, set(possible) | set(present))
         vmcoreinfo = _vmcoreinfo(root)
         block_size = _block_size(root)
@@ -120,6 +124,25 @@ class TopologyReader:
             # Only ppc64 puts CPU nodes into the crash image (its FDT).
             dt_cpus=read_dt_cpus(root) if facts.arch.startswith("ppc64") else (),
         )
+
+
+DT_CHOSEN = "/sys/firmware/devicetree/base/chosen"
+
+
+def _dt_crashkernel(root: Sysroot) -> Resource | None:
+    """ppc64: the ``crashkernel=`` reservation, which its /proc/iomem does not list; the
+    kernel publishes it as ``/chosen/linux,crashkernel-{base,size}`` (big-endian
+    cells).  Returned as the ``Crash kernel`` line /proc/iomem has elsewhere."""
+    cells = []
+    for name in ("linux,crashkernel-base", "linux,crashkernel-size"):
+        data = root.read_bytes(f"{DT_CHOSEN}/{name}", limit=16)
+        if data is None or len(data) not in (4, 8):
+            return None
+        cells.append(int.from_bytes(data, "big"))
+    base, size = cells
+    if size == 0:
+        return None
+    return Resource(base, base + size - 1, "Crash kernel", 1)
 
 
 def read_topology(sysroot: str | Path = "/", *, arch: str | None = None) -> Topology:
