@@ -254,7 +254,7 @@ def parse_hex(text: str, source: str, what: str = "a hexadecimal number") -> int
 
 
 def parse_dec(text: str, source: str, what: str = "a decimal number", *, bits: int = 64) -> int:
-    """``"%u\n"``/``"%zu\n"``: ASCII decimal digits, at most ``bits`` wide."""
+    """``"%u\\n"``/``"%zu\\n"``: ASCII decimal digits, at most ``bits`` wide."""
     value = one_line(text, source)
     if not (value.isascii() and value.isdigit()):
         raise InputError(source, f"expected {what}, found {value[:40]!r}", 1)
