@@ -58,6 +58,15 @@ class KexecFiles:
     initrd: str | None
     cmdline: str
 
+    def digests(self) -> dict[str, str]:
+        """kernel and initrd: path, size and mtime (a rebuilt kdump initrd counts as a
+        change); cmdline: its text.  A restart reloads when one of them changed."""
+        return {
+            "kernel": _file_digest(self.kernel),
+            "initrd": _file_digest(self.initrd) if self.initrd else "",
+            "cmdline": hashlib.sha256(self.cmdline.encode()).hexdigest(),
+        }
+
 
 def _release(sysroot: Path) -> str:
     return Sysroot(sysroot).read_value("/proc/sys/kernel/osrelease") or os.uname().release
@@ -185,14 +194,7 @@ class FileBackend:
         return True  # every burst reloads anyway; state.json's input digests must match
 
     def input_digests(self) -> dict[str, str]:
-        """kernel and initrd: path, size and mtime (a rebuilt kdump initrd counts as a
-        change); cmdline: its text."""
-        f = self.files
-        return {
-            "kernel": _file_digest(f.kernel),
-            "initrd": _file_digest(f.initrd) if f.initrd else "",
-            "cmdline": hashlib.sha256(f.cmdline.encode()).hexdigest(),
-        }
+        return self.files.digests()
 
     def _cmdline_reserve(self) -> int:
         """dm-crypt keys registered for the capture kernel (a key is a subdirectory of

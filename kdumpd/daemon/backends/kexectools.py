@@ -53,7 +53,7 @@ from pathlib import Path
 
 from kdumpd.core.errors import KdumpdError
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
-from kdumpd.daemon.backends.file import KexecFiles, _file_digest
+from kdumpd.daemon.backends.file import KexecFiles
 from kdumpd.daemon.backends.inplace import LoadRaceGuard, RemovedRam
 from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
 
@@ -205,11 +205,8 @@ class KexecToolsBackend:
         return flag is not False
 
     def input_digests(self) -> dict[str, str]:
-        f = self.files
         return {
-            "kernel": _file_digest(f.kernel),
-            "initrd": _file_digest(f.initrd) if f.initrd else "",
-            "cmdline": hashlib.sha256(f.cmdline.encode()).hexdigest(),
+            **self.files.digests(),
             "kexec_args": hashlib.sha256("\0".join(self.kexec_args).encode()).hexdigest(),
         }
 

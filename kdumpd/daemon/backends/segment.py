@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from kdumpd.core.errors import KdumpdError
 from kdumpd.core.segment import LoaderInputs, SegmentImage
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
-from kdumpd.daemon.backends.file import KexecFiles, _executor, _file_digest
+from kdumpd.daemon.backends.file import KexecFiles, _executor
 from kdumpd.system.kexec import (
     KEXEC_ON_CRASH,
     FileIdentity,
@@ -107,11 +107,8 @@ class SegmentBackend:
         return False  # the loaded image's segments cannot be read back: load our own
 
     def input_digests(self) -> dict[str, str]:
-        f = self.files
         return {
-            "kernel": _file_digest(f.kernel),
-            "initrd": _file_digest(f.initrd) if f.initrd else "",
-            "cmdline": hashlib.sha256(f.cmdline.encode()).hexdigest(),
+            **self.files.digests(),
             "purgatory": hashlib.sha256(self.purgatory).hexdigest() if self.purgatory else "",
         }
 
