@@ -8,8 +8,10 @@ import asyncio
 import itertools
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -156,3 +158,54 @@ def test_replay_command_writes_the_metrics_file(tmp_path: Path) -> None:
     assert [x.name for x in tmp_path.iterdir() if x.name.startswith("kdumpd.prom")] == [
         "kdumpd.prom"
     ]
+
+
+def test_run_metrics_file_flag_and_sigterm(tmp_path: Path) -> None:
+    """`kdumpd run --metrics-file`: the file appears with the first load, and SIGTERM
+    leaves it whole and in step with state.json."""
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURE, root)
+    metrics = tmp_path / "kdumpd.prom"
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kdumpd.cli",
+            "run",
+            "--sysroot",
+            str(root),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--backend",
+            "dry-run",
+            "--no-dbus",
+            "--metrics-file",
+            str(metrics),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        end = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < end, "no loaded state in the metrics file"
+            assert p.poll() is None, p.communicate()
+            if metrics.exists():
+                m = parse(metrics.read_text())
+                if m["kdumpd_state"][(("state", "loaded"),)] == 1:
+                    break
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        _out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err
+    m = parse(metrics.read_text())
+    recorded = json.loads((tmp_path / "state/state.json").read_text())
+    assert one(m, "kdumpd_generation") == recorded["generation"] == 1
+    assert one(m, "kdumpd_loads_total") == recorded["loads"] == 1
+    assert m["kdumpd_backend_info"] == {(("backend", "dry-run"),): 1}
