@@ -77,6 +77,7 @@ bench: venv
 	$(PY) bench/fdt.py
 	$(PY) bench/dbus_latency.py
 	$(PY) bench/storm.py
+	$(PY) bench/segment_burst.py
 
 e2e: venv
 	$(PY) -m tests.e2e.run $(if $(ARCH),--arch $(ARCH)) $(if $(KERNELS),--kernels "$(KERNELS)") $(if $(SCENARIOS),--scenarios "$(SCENARIOS)") $(if $(BACKENDS),--backends "$(BACKENDS)")
