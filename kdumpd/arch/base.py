@@ -12,10 +12,13 @@ Capacity policy (docs/kernel-interfaces.md §3, §5):
 * the kernel advertises the elfcorehdr segment size it will rewrite in place in
   ``/sys/kernel/crash_elfcorehdr_size`` (CONFIG_CRASH_HOTPLUG); kexec-tools
   ``--hotplug`` uses ``ALIGN(size, 1024)`` as the segment's ``memsz``.  The x86
-  value is ``(2 + NR_CPUS + CRASH_MAX_MEMORY_RANGES) * sizeof(Elf64_Phdr)`` with no
-  ``Elf64_Ehdr`` term, although the kernel writes the 64-byte Ehdr too, so we
-  use ``ALIGN(size + 64, 1024)``: a full-size header always fits.  Never less than
-  the current topology needs;
+  value is ``(2 + NR_CPUS_DEFAULT + CRASH_MAX_MEMORY_RANGES) * sizeof(Elf64_Phdr)``
+  with no ``Elf64_Ehdr`` term, although the kernel writes the 64-byte Ehdr too, and
+  NR_CPUS_DEFAULT may be below the possible CPUs, for each of which the kernel's
+  rebuild writes a PT_NOTE.  So we use ``PAGE_ALIGN(max(size + 64, 64 + (possible +
+  2 + 8192) * 56))``: whatever the kernel writes there in place fits, and the buffer
+  is the whole segment (the purgatory's structural check of an in-place header reads
+  up to its length).  Never less than the current topology needs;
 * otherwise: possible CPUs + 8192 ranges (the kernel's default
   CONFIG_CRASH_MAX_MEMORY_RANGES), at least what the current topology needs, and at
   least 16 KiB (kexec-tools' ``max(bufsz, 16 KiB)`` without ``--hotplug``);
@@ -30,11 +33,11 @@ from typing import ClassVar
 from kdumpd.core.arch import Arch, FdtArch
 from kdumpd.core.elfcorehdr import (
     EHDR_SIZE,
-    ELF_CORE_HEADER_ALIGN,
+    PHDR_SIZE,
     elfcorehdr_capacity,
 )
 from kdumpd.core.ranges import crash_memory_ranges, round_up
-from kdumpd.core.segment import ImageBuilder, SegmentKind
+from kdumpd.core.segment import PAGE_SIZE, ImageBuilder, SegmentKind
 from kdumpd.core.topology import CrashNote, MemRange, Topology
 
 __all__ = [
@@ -116,7 +119,9 @@ def default_elfcorehdr_capacity(
     needed = elfcorehdr_capacity(needed_cpus, needed_ranges)
     kernel_size = topology.capabilities.crash_elfcorehdr_size
     if kernel_size:
-        return max(round_up(kernel_size + EHDR_SIZE, ELF_CORE_HEADER_ALIGN), needed)
+        possible = len(topology.possible_cpus)
+        rebuilt = EHDR_SIZE + (possible + 2 + DEFAULT_MAX_RANGES) * PHDR_SIZE
+        return round_up(max(kernel_size + EHDR_SIZE, rebuilt, needed), PAGE_SIZE)
     cpus = max(len(topology.possible_cpus), needed_cpus)
     ranges = max(DEFAULT_MAX_RANGES, needed_ranges)
     return max(elfcorehdr_capacity(cpus, ranges), MIN_ELFCOREHDR_SIZE)

@@ -196,6 +196,12 @@ class SegmentImage(Protocol):
         """One JSON-able entry per segment (kind, mem, memsz, bufsz, sha256, ...)."""
         ...
 
+    def set_in_place(self, on: bool) -> None:
+        """``on``: the kernel rewrites the regenerated segments itself (loaded with
+        ``KEXEC_UPDATE_ELFCOREHDR``), so the purgatory must not digest them (only a
+        structural check); off: digest them like every other segment."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class LoaderInputs:

@@ -76,17 +76,29 @@ def test_digested_segments_leave_out_purgatory_and_with_hotplug_the_elfcorehdr()
 # --- capacity policy --------------------------------------------------------------
 
 
-def test_capacity_from_the_kernel_rounded_up_to_1024() -> None:
-    # x86 CONFIG_NR_CPUS_DEFAULT 8192 + CRASH_MAX_MEMORY_RANGES 8192: (2 + 16384) * 56.
+def test_capacity_from_the_kernel_is_a_whole_number_of_pages() -> None:
+    # x86 CONFIG_NR_CPUS_DEFAULT 8192 + CRASH_MAX_MEMORY_RANGES 8192: (2 + 16384) * 56,
+    # plus the 64-byte Ehdr the sysfs value leaves out, page-aligned (225 pages): the
+    # buffer is the whole segment the kernel may rewrite in place.
     caps = KernelCapabilities(crash_elfcorehdr_size=917_616)
-    assert ARCH.elfcorehdr_capacity(_topology(capabilities=caps)) == 918_528
+    assert ARCH.elfcorehdr_capacity(_topology(capabilities=caps)) == 921_600
 
 
-def test_capacity_from_the_kernel_never_below_what_the_topology_needs() -> None:
+def test_capacity_from_the_kernel_covers_more_possible_cpus_than_nr_cpus_default() -> None:
+    # NR_CPUS_DEFAULT 64 (no MAXSMP): the sysfs value counts 64 CPUs, but the kernel's
+    # rebuild writes a PT_NOTE for each of the 512 possible ones.
+    caps = KernelCapabilities(crash_elfcorehdr_size=(2 + 64 + 8192) * 56)
+    t = _topology(ncpus=512, capabilities=caps)
+    assert ARCH.elfcorehdr_capacity(t) == 491_520 >= 64 + (512 + 2 + 8192) * 56
+
+
+def test_capacity_from_the_kernel_never_below_what_its_rebuild_or_the_topology_needs() -> None:
     caps = KernelCapabilities(crash_elfcorehdr_size=100)
     t = _topology(ncpus=40, capabilities=caps)
-    # 40 notes + vmcoreinfo + 3 ranges (one split by the crash kernel), no kernel text.
-    assert ARCH.elfcorehdr_capacity(t) == elfcorehdr_capacity(40, 3) == 3072
+    assert ARCH.elfcorehdr_capacity(t) == 462_848 >= 64 + (40 + 2 + 8192) * 56
+    ram = tuple((i * 2 * 0x8000000, i * 2 * 0x8000000 + 0x7FFFFFF) for i in range(9000))
+    t = _topology(crash=(), ram=ram, ncpus=2, capabilities=caps)
+    assert ARCH.elfcorehdr_capacity(t) == 507_904 >= elfcorehdr_capacity(2, 9000)
 
 
 def test_default_capacity_is_possible_cpus_plus_8192_ranges() -> None:

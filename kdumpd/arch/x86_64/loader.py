@@ -111,6 +111,17 @@ def headroom(topology: Topology) -> int:
     return page_align(HEADROOM_BASE + gib * HEADROOM_PER_GIB)
 
 
+def set_header_region(purgatory: PurgatoryLike, hdr: Segment, *, in_place: bool) -> None:
+    """Region 0: the elfcorehdr's digest, or (``in_place``: the kernel rewrites it)
+    only its ELF shape, checked over the whole segment: the kernel may write up to
+    ``memsz`` bytes there, more than our buffer when ``bufsz < memsz``."""
+    if not in_place:
+        purgatory.set_region(REGION_ELFCOREHDR, hdr.mem, hdr.buf)
+        return
+    whole = hdr.buf if hdr.bufsz == hdr.memsz else bytes(hdr.memsz)  # only its length counts
+    purgatory.set_region(REGION_ELFCOREHDR, hdr.mem, whole, RegionFlag.ELF_STRUCTURAL)
+
+
 def _down(value: int, align: int) -> int:
     return value // align * align
 
@@ -142,6 +153,12 @@ class X86SegmentImage:
     def refresh(self) -> None:
         if not self.hotplug:
             self.purgatory.update_digest(REGION_ELFCOREHDR, self.elfcorehdr.buf)
+
+    def set_in_place(self, on: bool) -> None:
+        if on == self.hotplug:
+            return
+        self.hotplug = on
+        set_header_region(self.purgatory, self.elfcorehdr, in_place=on)
 
     def manifest(self) -> list[dict[str, object]]:
         return [
@@ -226,8 +243,7 @@ class X86ImageBuilder:
         )
         kernel_entry = kernel_mem + ENTRY64_OFFSET
         purgatory.configure(boot_params=bp_mem, kernel_entry=kernel_entry)
-        hdr_flags = RegionFlag.ELF_STRUCTURAL if self.hotplug else RegionFlag(0)
-        purgatory.set_region(REGION_ELFCOREHDR, elfcorehdr.mem, elfcorehdr.buf, hdr_flags)
+        set_header_region(purgatory, elfcorehdr, in_place=self.hotplug)
         purgatory.set_region(REGION_KERNEL, kernel_mem, payload)
         purgatory.set_region(REGION_BOOT_PARAMS, bp_mem, bp)
         segments = [

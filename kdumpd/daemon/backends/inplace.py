@@ -19,8 +19,17 @@ during that one extra load, the guard does not loop: it records the reason in
 :attr:`LoadRaceGuard.suspect`, and the back-end's next apply (the burst of those very
 events) loads instead of trusting the in-place update.
 
-Used by the ``kernel`` back-end; a ``kexec_load`` back-end that passes
-``KEXEC_UPDATE_ELFCOREHDR`` has the same race and wraps its syscall the same way.
+Used by the ``kernel`` and ``kexec-tools`` back-ends.  The ``segment`` back-end (its
+own ``kexec_load`` with ``KEXEC_UPDATE_ELFCOREHDR``) has the same race but loads a
+header it built *before* the syscall: loading the same bytes again would not help, so
+it calls :meth:`LoadRaceGuard.load` with ``retry=False``.  The guard then only records
+the suspicion; the reconciler's re-read right after the load (or the burst of those
+very events) rebuilds the header from the new topology, and the back-end loads it
+because :attr:`LoadRaceGuard.suspect` is set.
+
+:class:`RemovedRam` is the other reason such a back-end loads on a burst: the kernel
+rebuilds its header at ``MEM_OFFLINE``, while the block is still ``System RAM``, and not
+again when it is removed (docs/kernel-interfaces.md §3).
 """
 
 from __future__ import annotations
@@ -63,13 +72,28 @@ class LoadRaceGuard:
         self.extra_loads = 0  # loads made because the topology moved during a load
 
     async def load(
-        self, load: Callable[[], Awaitable[ApplyResult]], read_key: KeyReader | None
+        self,
+        load: Callable[[], Awaitable[ApplyResult]],
+        read_key: KeyReader | None,
+        *,
+        retry: bool = True,
     ) -> ApplyResult:
+        """Run ``load``; if the topology moved meanwhile, load once more (``retry``)
+        or only record the reason in :attr:`suspect` (``retry=False``)."""
         before = _key(read_key)
         first = await load()
         self.suspect = ""
         after = _key(read_key)
         if before is None or after is None or before == after:
+            return first
+        if not retry:
+            self.suspect = RACE_REASON
+            log.warning(
+                "backend %s: %s; the next pass rebuilds the header and loads it",
+                self.backend,
+                RACE_REASON,
+                extra={"BACKEND": self.backend, "RELOAD_REASON": "topology-changed-during-load"},
+            )
             return first
         self.extra_loads += 1
         log.warning(

@@ -17,14 +17,35 @@ with the same segment list, on the same worker thread as ``file``.
 
 ``EPERM`` (lockdown, ``kexec_load_disabled``) and ``EACCES`` (IMA) make the
 reconciler fall back to ``file`` (``load_syscall = "kexec_load"``).
+
+In-place mode (kernels with CONFIG_CRASH_HOTPLUG, 6.6+; docs/kernel-interfaces.md
+§3, §10): every load also passes ``KEXEC_UPDATE_ELFCOREHDR``, the elfcorehdr is sized
+for what the kernel may write there (:func:`kdumpd.arch.base.default_elfcorehdr_capacity`)
+and the purgatory checks only its ELF shape, since the kernel rewrites it on every
+CPU or memory event.  A burst then loads nothing, except when
+
+- no image of ours with the flag is loaded (start, after a failed load, an unload),
+  or ``kexec_crash_loaded`` reads 0;
+- the topology changed while our own load held the kexec lock (the kernel skipped
+  its update: :class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard`, without a
+  second load of the same, already stale header), or the kernel log said an update
+  was skipped (the reconciler's ``force_load``);
+- ``System RAM`` disappeared (:class:`~kdumpd.daemon.backends.inplace.RemovedRam`).
+
+The kernel checks the flag bits before it frees the old image, so ``EINVAL`` for a
+load with the flag leaves the old image loaded: the load is repeated once without the
+flag (the elfcorehdr digested again) and, when that succeeds, the back-end stays in
+reload-per-burst mode for the rest of its life.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,14 +54,17 @@ from kdumpd.core.errors import KdumpdError
 from kdumpd.core.segment import LoaderInputs, SegmentImage
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import KexecFiles, _executor
+from kdumpd.daemon.backends.inplace import LoadRaceGuard, RemovedRam
 from kdumpd.system.kexec import (
     KEXEC_ON_CRASH,
+    KEXEC_UPDATE_ELFCOREHDR,
     FileIdentity,
+    KexecError,
     KexecSyscalls,
     MappedFile,
     file_identity,
 )
-from kdumpd.system.kexecsysfs import crash_image_loaded
+from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
 from kdumpd.system.sysroot import Sysroot
 
 if TYPE_CHECKING:
@@ -86,6 +110,8 @@ class SegmentBackend:
         *,
         builder: ImageBuilder | None = None,
         purgatory: bytes = b"",
+        in_place: bool | None = None,
+        read_hotplug: Callable[[Path], bool | None] = read_crash_hotplug,
     ) -> None:
         self.syscalls = syscalls
         self.files = files
@@ -95,10 +121,30 @@ class SegmentBackend:
         self.prepared: Prepared | None = None
         self.last_good: Prepared | None = None
         self.prepare_usec = 0
+        # Load with KEXEC_UPDATE_ELFCOREHDR and let the kernel keep the header current:
+        # the kernel has CONFIG_CRASH_HOTPLUG and has not refused the flag.
+        self.in_place = (
+            crash_hotplug_file(self.sysroot) is not None if in_place is None else in_place
+        )
+        self.flag_refused = False  # EINVAL for the flag: reload-per-burst from then on
+        self.own_load = False  # the loaded image is ours, loaded with the flag
+        self.hotplug_flag: bool | None = None  # crash_hotplug as read after our last load
+        self.read_hotplug = read_hotplug
+        self.race = LoadRaceGuard(self.name)
+        self.removed_ram = RemovedRam()
 
     @property
     def name(self) -> BackendName:
         return BackendName.SEGMENT
+
+    @property
+    def updated_in_place(self) -> bool:
+        """The kernel keeps our image current (so it can also skip an update)."""
+        return self.in_place
+
+    @property
+    def stale_reason(self) -> str:
+        return self.race.suspect
 
     def is_loaded(self) -> bool:
         return crash_image_loaded(self.sysroot)
@@ -181,17 +227,44 @@ class SegmentBackend:
     def _load_sync(self, seg_image: SegmentImage) -> int:
         plan = seg_image.plan
         specs = [(s.buf, s.mem, s.memsz) for s in plan.segments]
+        flags = KEXEC_ON_CRASH | plan.arch_flag
+        seg_image.set_in_place(self.in_place)
         t0 = time.monotonic_ns()
-        self.syscalls.load(plan.entry, specs, KEXEC_ON_CRASH | plan.arch_flag)
+        if not self.in_place:
+            self.syscalls.load(plan.entry, specs, flags)
+            return (time.monotonic_ns() - t0) // 1000
+        try:
+            self.syscalls.load(plan.entry, specs, flags | KEXEC_UPDATE_ELFCOREHDR)
+        except KexecError as err:
+            if err.errno != errno.EINVAL:
+                raise
+            # The flag bits are checked before the old image is freed: if the flag was
+            # the reason, the old image is still loaded.  Once more without it, with
+            # the elfcorehdr digested like every other segment.
+            seg_image.set_in_place(False)
+            t0 = time.monotonic_ns()
+            try:
+                self.syscalls.load(plan.entry, specs, flags)
+            except BaseException:
+                seg_image.set_in_place(True)  # not the flag's fault: keep trying it
+                raise
+            self.in_place = False
+            self.flag_refused = True
+            log.warning(
+                "the kernel refused KEXEC_UPDATE_ELFCOREHDR (EINVAL) and accepted the same "
+                "segments without it: every burst reloads the crash image from now on"
+            )
         return (time.monotonic_ns() - t0) // 1000
 
     async def _load(self, prepared: Prepared) -> int:
         loop = asyncio.get_running_loop()
+        self.own_load = False
         try:
             gap = await loop.run_in_executor(_executor(), self._load_sync, prepared.image)
         finally:
             for m in prepared.maps:
                 m.release_pages()
+        self.own_load = self.in_place
         if prepared.key[5:] != self._files():
             # a file changed while it was being loaded: the kernel may hold a mix of
             # old and new bytes under the old digests; the next pass prepares anew
@@ -205,19 +278,53 @@ class SegmentBackend:
             old.close()
         return gap
 
+    async def _guarded(self, prepared: Prepared, request: LoadRequest, detail: str) -> ApplyResult:
+        """One load; with the flag, watched by the race guard (no second load of the
+        same header: see the module docstring)."""
+
+        async def once() -> ApplyResult:
+            gap = await self._load(prepared)
+            return ApplyResult(True, gap, self.in_place, detail)
+
+        if not self.in_place:
+            return await once()
+        result = await self.race.load(once, request.read_key, retry=False)
+        if self.in_place:
+            self.hotplug_flag = self.read_hotplug(self.sysroot)
+            if self.hotplug_flag is False:
+                log.info(
+                    "crash_hotplug reads 0 right after our kexec_load with "
+                    "KEXEC_UPDATE_ELFCOREHDR (the kexec lock was busy?)"
+                )
+        return ApplyResult(True, result.gap_usec, self.in_place, result.detail, result.loads)
+
+    def _reload_reason(self) -> str:
+        """Why this burst must load although the kernel updates in place, or ""."""
+        if not self.own_load:
+            return "no crash image loaded by kdumpd with KEXEC_UPDATE_ELFCOREHDR"
+        if not self.is_loaded():
+            return "kexec_crash_loaded reads 0"
+        return self.race.suspect
+
     async def apply(self, request: LoadRequest) -> ApplyResult:
         if request.image is None or request.topology is None:
             raise KdumpdError("the segment back-end needs kdumpd's crash image model")
+        removed = self.removed_ram.check(request.topology)
+        if self.in_place and not request.force_load:
+            why = self._reload_reason() or removed
+            if not why:
+                return ApplyResult(False, 0, True, "kernel updated the elfcorehdr in place")
+            if self.own_load:
+                log.warning("%s: loading the crash image with kexec_load", why)
         seg_image = self.prepare(request.image, request.topology)
         seg_image.refresh()
         assert self.prepared is not None
-        gap = await self._load(self.prepared)
         hdr = request.image.elfcorehdr
-        return ApplyResult(
-            True,
-            gap,
-            False,
-            f"kexec_load {len(seg_image.plan.segments)} segments, elfcorehdr at {hdr.mem:#x}",
+        return await self._guarded(
+            self.prepared,
+            request,
+            f"kexec_load {len(seg_image.plan.segments)} segments, elfcorehdr at {hdr.mem:#x}"
+            + (" (KEXEC_UPDATE_ELFCOREHDR)" if self.in_place else ""),
         )
 
     async def restore(self, request: LoadRequest) -> ApplyResult:
@@ -225,9 +332,9 @@ class SegmentBackend:
         if good is None:
             raise KdumpdError("no crash image has loaded successfully yet; nothing to restore")
         good.image.refresh()
-        gap = await self._load(good)
-        return ApplyResult(True, gap, False, "restored the last segment list that loaded")
+        return await self._guarded(good, request, "restored the last segment list that loaded")
 
     async def unload(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(_executor(), lambda: self.syscalls.load(0, [], KEXEC_ON_CRASH))
+        self.own_load = False

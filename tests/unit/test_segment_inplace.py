@@ -1,0 +1,176 @@
+"""The ``segment`` back-end on kernels that update crash images in place (6.6+):
+loads carry KEXEC_UPDATE_ELFCOREHDR, the purgatory only checks the elfcorehdr's ELF
+shape, bursts load nothing except after a System RAM removal or a load that raced a
+hotplug event, and EINVAL for the flag falls back to a load without it."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kdumpd.arch.x86_64.loader import KEXEC_ARCH_X86_64, REGION_ELFCOREHDR, X86ImageBuilder
+from kdumpd.arch.x86_64.purgatory import RegionFlag
+from kdumpd.daemon.backends.base import LoadRequest
+from kdumpd.daemon.backends.file import default_files
+from kdumpd.daemon.backends.segment import SegmentBackend
+from kdumpd.daemon.reconciler import default_image_factory
+from kdumpd.daemon.state import ImageState
+from kdumpd.system.kexec import KEXEC_ON_CRASH, KEXEC_UPDATE_ELFCOREHDR, KexecError
+from tests.unit.bzimage_support import make_bzimage
+from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder
+from tests.unit.purgatory_fake import FakePurgatory, fake_blob
+from tests.unit.test_segment_backend import reconciler
+
+FLAGS = KEXEC_ON_CRASH | KEXEC_ARCH_X86_64
+
+
+@pytest.fixture
+def sysroot(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURE, root)
+    rel = (root / "proc/sys/kernel/osrelease").read_text().strip()
+    (root / "boot").mkdir()
+    (root / f"boot/vmlinuz-{rel}").write_bytes(make_bzimage())
+    (root / "var/lib/kdump").mkdir(parents=True)
+    (root / f"var/lib/kdump/initrd.img-{rel}").write_bytes(b"\x1f\x8b" + bytes(70000))
+    (root / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro crashkernel=256M\n")
+    (root / "sys/kernel/kexec_crash_loaded").write_text("1\n")  # our fake loads "succeed"
+    return root
+
+
+def backend(sysroot: Path, kexec: ScriptedKexec, *, in_place: bool = True) -> SegmentBackend:
+    return SegmentBackend(
+        kexec,
+        default_files(sysroot),
+        sysroot,
+        builder=X86ImageBuilder(FakePurgatory),
+        purgatory=fake_blob(),
+        in_place=in_place,
+        read_hotplug=lambda _root: True,
+    )
+
+
+def region0(b: SegmentBackend) -> tuple[int, int, bytes, int]:
+    assert b.prepared is not None
+    pur = b.prepared.image.purgatory  # type: ignore[attr-defined]
+    return pur.region(REGION_ELFCOREHDR)  # type: ignore[no-any-return]
+
+
+def test_in_place_mode_follows_the_kernels_crash_hotplug_files(sysroot: Path) -> None:
+    kexec = ScriptedKexec()
+    files = default_files(sysroot)
+    assert not SegmentBackend(kexec, files, sysroot).in_place  # 6.1: no such files
+    (sysroot / "sys/kernel/crash_elfcorehdr_size").write_text("917616\n")
+    b = SegmentBackend(kexec, files, sysroot)
+    assert b.in_place and b.updated_in_place
+
+
+async def test_loads_with_the_flag_then_hotplug_loads_nothing(sysroot: Path) -> None:
+    kexec = ScriptedKexec()
+    b = backend(sysroot, kexec)
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    assert len(kexec.loads) == 1
+    assert kexec.loads[0][2] == FLAGS | KEXEC_UPDATE_ELFCOREHDR
+    # the purgatory checks the header's shape only, never a digest of it
+    start, length, _, flags = region0(b)
+    hdr = b.prepared.image.plan.segments[0] if b.prepared else None
+    assert hdr is not None and (start, length) == (hdr.mem, hdr.memsz)  # the whole segment
+    assert flags == RegionFlag.ELF_STRUCTURAL
+    s = r.store.current
+    assert s.state == ImageState.LOADED and s.kernel_hotplug_support
+    holder.add_blocks(2)
+    r.request("hot-add")
+    await r.settle()
+    assert len(kexec.loads) == 1  # the kernel rewrote its copy: no load
+    assert r.store.current.generation == 2 and not r.store.current.stale
+    await r.stop()
+
+
+async def test_a_removed_ram_range_loads_once(sysroot: Path) -> None:
+    kexec = ScriptedKexec()
+    b = backend(sysroot, kexec)
+    holder = TopologyHolder()
+    holder.add_blocks(2)
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    holder.set_blocks(1)  # offlined and removed: the kernel's header still lists it
+    r.request("hot-remove")
+    await r.settle()
+    assert len(kexec.loads) == 2
+    assert kexec.loads[1][2] == FLAGS | KEXEC_UPDATE_ELFCOREHDR
+    holder.add_blocks(1)
+    r.request("hot-add")
+    await r.settle()
+    assert len(kexec.loads) == 2
+    await r.stop()
+
+
+async def test_einval_for_the_flag_loads_again_without_it_and_remembers(sysroot: Path) -> None:
+    kexec = ScriptedKexec([errno.EINVAL])
+    b = backend(sysroot, kexec)
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    assert [f for _, _, f in kexec.loads] == [FLAGS | KEXEC_UPDATE_ELFCOREHDR, FLAGS]
+    assert r.store.current.state == ImageState.LOADED
+    assert b.flag_refused and not b.in_place and not b.updated_in_place
+    _, _, digest, flags = region0(b)
+    hdr = kexec.loads[1][1][0][0]
+    assert flags == 0 and digest == hashlib.sha256(hdr).digest()  # digested again
+    assert not r.store.current.kernel_hotplug_support
+    holder.add_blocks(1)
+    r.request("hot-add")
+    await r.settle()
+    assert [f for _, _, f in kexec.loads][2:] == [FLAGS]  # reload per burst, no flag
+    await r.stop()
+
+
+async def test_einval_twice_is_not_the_flags_fault(sysroot: Path) -> None:
+    kexec = ScriptedKexec([errno.EINVAL, errno.EINVAL])
+    b = backend(sysroot, kexec)
+    topology = TopologyHolder()(sysroot)
+    image = default_image_factory()(topology)
+    with pytest.raises(KexecError):
+        await b.apply(LoadRequest(image, topology, 1, "test"))
+    assert len(kexec.loads) == 2 and b.in_place and not b.flag_refused
+    assert region0(b)[3] == RegionFlag.ELF_STRUCTURAL
+    await b.apply(LoadRequest(image, topology, 1, "test"))
+    assert kexec.loads[-1][2] == FLAGS | KEXEC_UPDATE_ELFCOREHDR
+
+
+async def test_a_load_that_raced_hotplug_is_suspect_and_the_next_pass_loads(
+    sysroot: Path,
+) -> None:
+    kexec = ScriptedKexec()
+    b = backend(sysroot, kexec)
+    topology = TopologyHolder()(sysroot)
+    image = default_image_factory()(topology)
+    keys = iter(["before", "after"])
+    result = await b.apply(LoadRequest(image, topology, 1, "start", read_key=lambda: next(keys)))
+    # the header was built before the syscall: loading it again would not help
+    assert len(kexec.loads) == 1 and result.load_count == 1
+    assert b.stale_reason and b.race.suspect
+    result = await b.apply(LoadRequest(image, topology, 2, "recheck"))
+    assert len(kexec.loads) == 2 and result.loaded and not b.stale_reason
+    result = await b.apply(LoadRequest(image, topology, 3, "burst"))
+    assert len(kexec.loads) == 2 and not result.loaded
+
+
+async def test_the_kernel_log_or_an_unload_makes_the_next_burst_load(sysroot: Path) -> None:
+    kexec = ScriptedKexec()
+    b = backend(sysroot, kexec)
+    topology = TopologyHolder()(sysroot)
+    image = default_image_factory()(topology)
+    await b.apply(LoadRequest(image, topology, 1, "start"))
+    await b.apply(LoadRequest(image, topology, 2, "kernel log", force_load=True))
+    assert len(kexec.loads) == 2
+    await b.unload()
+    assert kexec.loads[-1][2] == KEXEC_ON_CRASH and not b.own_load
+    await b.apply(LoadRequest(image, topology, 3, "load"))
+    assert len(kexec.loads) == 4
