@@ -153,6 +153,12 @@ def format_state(s: dict[str, Any]) -> str:
         f"          Stale: {'yes' if stale else 'no'}"
         + (f" ({s['stale_reason']})" if s.get("stale_reason") else ""),
     ]
+    limit = int(s.get("load_limit_panic", -1))
+    if limit >= 0:  # only when the kernel sets a limit (kernel.kexec_load_limit_panic)
+        lines.append(
+            f"     Load limit: {limit} crash-image load{'' if limit == 1 else 's'} left "
+            "this boot (kernel.kexec_load_limit_panic)"
+        )
     if s.get("last_error"):
         lines.append(f"     Last error: {s['last_error']}")
     return "\n".join(lines)

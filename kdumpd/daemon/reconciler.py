@@ -52,6 +52,7 @@ from kdumpd.daemon.adoption import Adopter
 from kdumpd.daemon.backends.base import ApplyResult, Backend, LoadRequest, Trigger
 from kdumpd.daemon.backends.probe import carry_last_good
 from kdumpd.daemon.faults import FaultPolicy, RetryTimer, state_after_failure
+from kdumpd.daemon.loadlimit import LoadLimit
 from kdumpd.daemon.projection import (
     Holding,
     Publisher,
@@ -59,7 +60,7 @@ from kdumpd.daemon.projection import (
     load_outcome,
     machine_now,
 )
-from kdumpd.daemon.skipped import SkippedUpdates
+from kdumpd.daemon.skipped import SkippedUpdates, updated_in_place
 from kdumpd.daemon.state import ImageState, StateChanges, StateStore
 from kdumpd.daemon.statefile import StateFile, key_digest
 from kdumpd.events.debounce import AsyncDebouncer, Burst, Debouncer
@@ -130,6 +131,7 @@ class Reconciler:
         self.statefile = StateFile(state_dir) if state_dir is not None else None
         self.adopter = Adopter(self.statefile, self.sysroot)
         self.publisher = Publisher(store, self.statefile, self.sysroot)
+        self.load_limit = LoadLimit(self.sysroot)
         self.read_topology = read_topology or default_topology_reader(self.sysroot)
         self.image_factory = image_factory or default_image_factory()
         self.clock = clock
@@ -220,6 +222,7 @@ class Reconciler:
         if self._trigger:  # a burst closed before start (the event source runs first)
             self._wake.set()
         self.store.update(backend=self.backend.name, state=ImageState.LOADING)
+        self._read_load_limit()
         async with self.exclusive("start"):
             try:
                 adopted = self._adopt_recorded()
@@ -542,7 +545,10 @@ class Reconciler:
 
     async def _apply(self, request: LoadRequest) -> ApplyResult | None:
         with self.skipped.own_load():
-            result = await self._apply_with_policy(request)
+            try:
+                result = await self._apply_with_policy(request)
+            finally:
+                self._read_load_limit()  # failed attempts count too
         if result is not None and result.load_count:
             self.skipped.loaded(self.debouncer.received)
             self.store.update(stale_reason=getattr(self.backend, "stale_reason", ""))
@@ -710,8 +716,16 @@ class Reconciler:
         self.store.update(backend=self.backend.name)
         self._save(loaded=self.backend.is_loaded())
 
+    def _read_load_limit(self) -> None:
+        """Publish what ``kexec_load_limit_panic`` leaves (kdumpd.daemon.loadlimit)."""
+        left = self.load_limit.refresh(
+            per_burst=not updated_in_place(self.backend), backend=self.backend.name
+        )
+        self.store.update(load_limit_panic=left)
+
     def unloaded(self) -> None:
         """The back-end unloaded the image on request: load nothing until asked."""
+        self._read_load_limit()  # an unload counts against the limit as well
         self.applied_digest = None
         self.last_good = False
         self.unloaded_on_request = True

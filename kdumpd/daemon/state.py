@@ -56,6 +56,9 @@ class DaemonState:
     # Why the loaded image may be stale although the topology matches (e.g. the kernel
     # skipped an in-place update); "" = no such reason.  A reason implies ``stale``.
     stale_reason: str = ""
+    # kernel.kexec_load_limit_panic: crash-image loads the kernel still accepts this
+    # boot; -1 = no limit (or a kernel without the sysctl, before 6.3).
+    load_limit_panic: int = -1
 
     def __post_init__(self) -> None:
         if self.stale_reason and not self.stale:
@@ -100,6 +103,7 @@ class StateChanges(TypedDict, total=False):
     kernel_hotplug_support: bool
     last_error: str
     stale_reason: str
+    load_limit_panic: int
 
 
 StateListener = Callable[[DaemonState, Mapping[str, Any]], None]

@@ -130,6 +130,7 @@ PROPERTIES: Final = (
     Property("CrashKernelSize", "crash_kernel_size", "t"),
     Property("KernelHotplugSupport", "kernel_hotplug_support", "b"),
     Property("LastError", "last_error", "s"),
+    Property("LoadLimitPanic", "load_limit_panic", "x"),
 )
 #: D-Bus property name -> DaemonState field.
 PROPERTY_FIELDS: Final = {p.name: p.field for p in PROPERTIES}
@@ -179,6 +180,8 @@ def property_value(state: DaemonState, prop: str) -> Any:
         return [min(max(int(c), 0), 0xFFFFFFFF) for c in value]
     if p.signature == "a(tt)":
         return [(_u64(a), _u64(b)) for a, b in value]
+    if p.signature == "x":
+        return min(max(int(value), -(1 << 63)), (1 << 63) - 1)
     return _u64(value)
 
 

@@ -66,6 +66,7 @@ SAMPLE = DaemonState(
     crash_kernel_size=256 << 20,
     kernel_hotplug_support=True,
     last_error="memory: example error",
+    load_limit_panic=12,
 )
 
 EXPECTED: dict[str, Any] = {
@@ -90,6 +91,7 @@ EXPECTED: dict[str, Any] = {
     "CrashKernelSize": 256 << 20,
     "KernelHotplugSupport": True,
     "LastError": "memory: example error",
+    "LoadLimitPanic": 12,
 }
 
 
