@@ -92,8 +92,7 @@ class LoadLimit:
             )
             return
         how = (
-            f"backend {backend} loads once per hotplug burst, so about {left} more bursts "
-            "use it up"
+            f"backend {backend} loads once per hotplug burst, so about {left} more bursts use it up"
             if per_burst
             else "this back-end loads only at start, on Reload and after a RAM removal"
         )
