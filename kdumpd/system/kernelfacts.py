@@ -1,22 +1,13 @@
 """Kernel facts that do not change until the next boot: the architecture, where the
 kernel text sits and the direct-map base (``PAGE_OFFSET``).
 
-Kernel text (``Topology.kernel_text``), as kexec-tools' x86_64
-``get_kernel_vaddr_and_size()`` finds it:
-
-1. ``source="kcore"``: the ``/proc/kcore`` PT_LOAD that contains ``_stext`` (from
-   ``/proc/kallsyms``); ``vaddr`` = its start aligned down to 1 MiB, ``size`` = (its
-   end - ``vaddr``) rounded up to 4 KiB.  Without ``_stext``: the first PT_LOAD
-   inside the kernel image area (``source="kcore-range"``).
-2. ``source="kallsyms"`` when ``/proc/kcore`` is absent or unreadable (captured trees,
-   containers, kernels without CONFIG_PROC_KCORE): the kcore text PT_LOAD is exactly
-   ``[_text, _end)``, so kallsyms gives the same numbers.
-3. ``source="kallsyms-estimate"``: kallsyms lacks ``_end`` (CONFIG_KALLSYMS_ALL=n);
-   the end is the highest built-in symbol in the kernel image area, an under-estimate.
-
-``page_offset`` is the lowest kcore PT_LOAD vaddr masked to 1 GiB (KASLR-aware);
-without kcore it is the x86_64 default (``None`` on other architectures).  Kallsyms
-with all-zero addresses (``kptr_restrict``, non-root) counts as absent.
+This module reads the files (``/proc/kcore``'s program headers, ``/proc/kallsyms``,
+``/proc/sys/kernel/arch``); what the numbers mean for the kernel text and
+``PAGE_OFFSET`` is x86_64 knowledge and lives in
+:mod:`kdumpd.arch.x86_64.kerneltext` (sources ``kcore``, ``kcore-range``,
+``kallsyms``, ``kallsyms-estimate``).  Without kcore ``page_offset`` is the x86_64
+default (``None`` on other architectures).  Kallsyms with all-zero addresses
+(``kptr_restrict``, non-root) counts as absent.
 """
 
 from __future__ import annotations
@@ -31,9 +22,9 @@ from elftools.common.exceptions import ELFError
 from elftools.construct import ConstructError
 from elftools.elf.structs import ELFStructs
 
-from kdumpd.arch.x86_64 import KERNEL_TEXT_AREA, START_KERNEL_MAP, X86_64_PAGE_OFFSET
+from kdumpd.arch.x86_64 import X86_64_PAGE_OFFSET
+from kdumpd.arch.x86_64.kerneltext import kernel_text as x86_kernel_text
 from kdumpd.core.errors import InputError
-from kdumpd.core.ranges import round_up
 from kdumpd.core.topology import KernelText
 from kdumpd.system.sysroot import Sysroot, one_line
 
@@ -44,11 +35,8 @@ log = logging.getLogger("kdumpd.system.kernelfacts")
 KCORE = "/proc/kcore"
 KALLSYMS = "/proc/kallsyms"
 ARCH = "/proc/sys/kernel/arch"
-KERNEL_VADDR_ALIGN = 1 << 20
-PAGE_SIZE = 4096
 #: Only the ELF and program headers of /proc/kcore are read (kexec-tools reads as much).
 KCORE_ELF_HEADERS_SIZE = 64 << 10
-_GIB_MASK = ~((1 << 30) - 1) & ((1 << 64) - 1)
 
 _EM_TO_ARCH = {
     "EM_X86_64": "x86_64",
@@ -80,7 +68,7 @@ def read_kernel_facts(root: Sysroot, arch: str | None = None) -> KernelFacts:
     """The facts of the kernel below ``root``; ``arch`` overrides the detected one."""
     kcore = _kcore_loads(root)
     syms, highest = _kallsyms(root)
-    kernel_text, page_offset = _kernel_text(kcore, syms, highest)
+    kernel_text, page_offset = x86_kernel_text(kcore[0] if kcore else None, syms, highest)
     the_arch = _arch(root, arch, kcore[1] if kcore else None)
     if page_offset is None and the_arch == "x86_64":
         page_offset = X86_64_PAGE_OFFSET
@@ -161,40 +149,6 @@ def _kcore_loads(root: Sysroot) -> KcoreLoads | None:
             KCORE, f"program headers unreadable in the first {len(data)} bytes: {err}"
         ) from None
     return loads, machine if isinstance(machine, str) else None
-
-
-def _text_from_segment(vaddr: int, memsz: int, source: str) -> KernelText:
-    start = vaddr & ~(KERNEL_VADDR_ALIGN - 1)
-    return KernelText(start, round_up(vaddr + memsz - start, PAGE_SIZE), source)
-
-
-def _kernel_text(
-    kcore: KcoreLoads | None,
-    syms: dict[str, int],
-    highest: int | None,
-) -> tuple[KernelText | None, int | None]:
-    """Kernel text placement and PAGE_OFFSET (None when not derivable)."""
-    stext = syms.get("_stext") or syms.get("_text")
-    if kcore is not None and kcore[0]:
-        loads = kcore[0]
-        page_offset = min(v for v, _ in loads) & _GIB_MASK
-        if stext:
-            for vaddr, memsz in loads:
-                if vaddr <= stext < vaddr + memsz:
-                    return _text_from_segment(vaddr, memsz, "kcore"), page_offset
-        top = START_KERNEL_MAP + KERNEL_TEXT_AREA
-        for vaddr, memsz in loads:
-            if vaddr >= START_KERNEL_MAP and vaddr + memsz <= top:
-                return _text_from_segment(vaddr, memsz, "kcore-range"), page_offset
-        return None, page_offset
-    text = syms.get("_text") or stext
-    if not text:
-        return None, None
-    if syms.get("_end"):
-        return _text_from_segment(text, syms["_end"] - text, "kallsyms"), None
-    if highest is not None and highest > text:
-        return _text_from_segment(text, highest - text, "kallsyms-estimate"), None
-    return None, None
 
 
 def _arch(root: Sysroot, explicit: str | None, kcore_machine: str | None) -> str:
