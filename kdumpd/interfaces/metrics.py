@@ -12,9 +12,11 @@ nothing -- and rewrites the file:
   ``kdumpd_no_crash_image_seconds_total`` keeps counting in the file;
 * once more when the daemon stops, if anything changed since the last write.
 
-The text is prometheus_client's exposition of a private registry, written by its
-``write_to_textfile``: a temporary file in the same directory, renamed over the old one,
-so a reader sees the old file or the new one, never half of one.  A failed write is one
+The text is prometheus_client's exposition (``generate_latest``) of a private registry,
+written as its ``write_to_textfile`` does -- a temporary file in the same directory,
+renamed over the old one, so a reader sees the old file or the new one, never half of
+one -- but mode 0644 whatever the umask (the unit runs with ``UMask=0077``, and
+node_exporter does not run as root).  A failed write is one
 log line (again only after :data:`COMPLAIN_EVERY` seconds while it keeps failing, and one
 when it works again); the daemon carries on.
 """
@@ -22,7 +24,10 @@ when it works again); the daemon carries on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections import deque
@@ -30,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -52,6 +57,23 @@ NO_IMAGE_STATES = frozenset({ImageState.LOADING, ImageState.FAILED, ImageState.U
 COMPLAIN_EVERY = 600.0
 
 Writer = Callable[[str, CollectorRegistry], None]
+
+
+def write_textfile(path: str, registry: CollectorRegistry) -> None:
+    """Replace ``path`` with the text exposition of ``registry`` in one rename, from a
+    hidden temporary file beside it (node_exporter reads only ``*.prom``), mode 0644."""
+    data = generate_latest(registry)
+    directory, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)
+            f.write(data)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def metric_families(
@@ -219,7 +241,7 @@ class MetricsWriter:
         min_interval: float = 1.0,
         refresh: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
-        write: Writer = write_to_textfile,
+        write: Writer = write_textfile,
     ) -> None:
         self.path = Path(path)
         self.store = store

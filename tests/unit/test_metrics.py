@@ -13,14 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from kdumpd.config import load_settings
 from kdumpd.daemon.reconciler import Reconciler
 from kdumpd.daemon.state import DaemonState, ImageState, StateStore
 from kdumpd.events.event import HotplugEvent
-from kdumpd.interfaces.metrics import MetricsWriter, NoImageClock, metric_families
+from kdumpd.interfaces.metrics import (
+    MetricsWriter,
+    NoImageClock,
+    metric_families,
+    write_textfile,
+)
 from kdumpd.system.kexecsysfs import read_load_limit_panic
 from tests.unit.daemon_fakes import RecordingBackend, TopologyHolder, no_sleep
 
@@ -257,7 +262,7 @@ async def test_a_failed_write_leaves_the_old_file_whole(tmp_path: Path) -> None:
 
         os.rename = rename  # type: ignore[assignment]
         try:
-            write_to_textfile(p, registry)
+            write_textfile(p, registry)
         finally:
             os.rename = real_rename
 
@@ -309,3 +314,18 @@ def test_metrics_file_setting(tmp_path: Path) -> None:
     cfg = tmp_path / "kdumpd.toml"
     cfg.write_text('metrics_file = "/var/lib/prometheus/node-exporter/kdumpd.prom"\n')
     assert str(load_settings(cfg, {}, env={}).metrics_file).endswith("node-exporter/kdumpd.prom")
+
+
+async def test_the_file_is_world_readable_under_a_strict_umask(tmp_path: Path) -> None:
+    """The unit's UMask=0077 must not hide the file from node_exporter."""
+    root = sysroot(tmp_path)
+    path = tmp_path / "kdumpd.prom"
+    old = os.umask(0o077)
+    try:
+        w = MetricsWriter(path, StateStore(DaemonState()), root)
+        w.start()
+        w.stop()
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert sorted(os.listdir(tmp_path)) == ["kdumpd.prom", "root"]
