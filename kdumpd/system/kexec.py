@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import logging
 import mmap
 import os
 import platform
@@ -23,6 +24,8 @@ from typing import Protocol
 
 from kdumpd.arch.x86_64.bzimage import HEADER_READ, cmdline_size
 from kdumpd.core.errors import InputError, KdumpdError, UnsupportedError
+
+log = logging.getLogger("kdumpd.system.kexec")
 
 # include/uapi/linux/kexec.h
 KEXEC_FILE_UNLOAD = 0x1
@@ -109,6 +112,8 @@ class LinuxKexec:
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._syscall = self._libc.syscall
         self._syscall.restype = ctypes.c_long
+        self._mlock = self._libc.mlock
+        self._mlock_warned: set[tuple[str, int]] = set()
 
     def file_load(self, kernel_fd: int, initrd_fd: int, cmdline: bytes, flags: int) -> None:
         buf = ctypes.create_string_buffer(cmdline)  # NUL-terminated
@@ -132,8 +137,15 @@ class LinuxKexec:
     def load(self, entry: int, segments: Sequence[SegmentSpec], flags: int) -> None:
         """The buffers are referenced in place, never copied: each is held through the
         buffer protocol for the duration of the call (so nothing can resize, close or
-        free it) and locked in memory (``mlock``, best effort) so the kernel's
-        per-page copy does not wait for the disk while no crash image is loaded."""
+        free it) and locked in memory (``mlock``) before the syscall, so the kernel's
+        per-page copy, which runs after the old crash image is freed, finds every page
+        resident instead of reading it from disk.
+
+        ``mlock`` needs ``RLIMIT_MEMLOCK`` to cover the image (the shipped unit sets
+        ``LimitMEMLOCK=infinity``) or CAP_IPC_LOCK.  When it fails the load still goes
+        ahead (a slower copy beats no image), with one warning per file and errno: the
+        pages the daemon dropped after the last load are then read back from disk
+        inside the syscall, while no crash image is loaded."""
         nr = SYS_KEXEC_LOAD.get(self.machine)
         if nr is None:
             raise UnsupportedError(f"kexec_load: no syscall number known for {self.machine}")
@@ -149,8 +161,11 @@ class LinuxKexec:
                     raise TypeError(f"segment {i}: not a buffer")
                 held.append(view)
                 addr, n = view.buf or 0, view.len
-                if n and self._libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(n)) == 0:
-                    locked.append((addr, n))
+                if n:
+                    if self._mlock(ctypes.c_void_p(addr), ctypes.c_size_t(n)) == 0:
+                        locked.append((addr, n))
+                    else:
+                        self._warn_mlock(buf, i, n, ctypes.get_errno())
                 array[i] = _KexecSegment(addr, n, mem, memsz)
             ret = self._syscall(
                 ctypes.c_long(nr),
@@ -172,6 +187,27 @@ class LinuxKexec:
                     "use the file back-end"
                 )
             raise KexecError("kexec_load", code)
+
+    def _warn_mlock(self, buf: object, index: int, size: int, err: int) -> None:
+        name = getattr(getattr(buf, "obj", None), "path", None) or f"segment {index}"
+        if (name, err) in self._mlock_warned:
+            return
+        self._mlock_warned.add((name, err))
+        log.warning(
+            "mlock of %s (%d bytes) failed: %s (%s); loading anyway, but the kernel's copy "
+            "may read its pages from disk while no crash image is loaded (raise "
+            "RLIMIT_MEMLOCK: LimitMEMLOCK=infinity in the unit)",
+            name,
+            size,
+            errno.errorcode.get(err, f"errno {err}"),
+            os.strerror(err),
+        )
+
+
+class _PathMap(mmap.mmap):
+    """A read-only file mapping that knows its path (for the mlock warning)."""
+
+    path = ""
 
 
 class _PyBuffer(ctypes.Structure):
@@ -223,7 +259,9 @@ class MappedFile:
     :meth:`close` then leaves it to the garbage collector.  :meth:`release_pages` drops
     the mapping's page-table entries after a load (the pages stay in the page cache),
     so the daemon's resident set does not keep the kernel and initrd between bursts;
-    the next load faults them back in (``mlock``) before its syscall.
+    the next load faults them back in (``mlock``) before its syscall.  That holds
+    while ``mlock`` succeeds (``RLIMIT_MEMLOCK``, see :meth:`LinuxKexec.load`);
+    otherwise the kernel's copy faults them in from disk inside the syscall.
 
     A file replaced (new inode), rewritten in place or truncated changes
     :func:`file_identity`; the back-end compares it before and after every load and
@@ -239,7 +277,8 @@ class MappedFile:
                 st = os.fstat(f.fileno())
                 if st.st_size == 0:
                     raise InputError(path, "file is empty")
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._map = _PathMap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._map.path = path
         except OSError as err:
             raise InputError(path, f"cannot map: {err.strerror}") from None
         self.size = st.st_size

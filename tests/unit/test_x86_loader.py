@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import logging
 import struct
 from pathlib import Path
 from typing import Any
@@ -340,8 +341,10 @@ class _Recorder:
     def __init__(self, ret: int = 0) -> None:
         self.ret = ret
         self.calls: list[tuple[int, int, int, list[tuple[bytes, int, int, int]], int]] = []
+        self.bufs: list[list[int]] = []  # the raw buf pointers of each call
 
     def __call__(self, nr: Any, entry: Any, n: Any, array: Any, flags: Any) -> int:
+        self.bufs.append([a.buf or 0 for a in array[: n.value]])
         segs = [
             (ctypes.string_at(a.buf, a.bufsz) if a.bufsz else b"", a.bufsz, a.mem or 0, a.memsz)
             for a in array[: n.value]
@@ -361,11 +364,70 @@ def test_kexec_load_passes_buffers_in_place(tmp_path: Path) -> None:
     f.write_bytes(b"mapped-file" * 1000)
     with kexec.MappedFile(str(f)) as m:
         ba = bytearray(b"\x7fELF" + bytes(100))
-        sys.load(0x3FF00000, [(ba, 0x3FFF0000, 4096), (m.view[6:], 0x3FE00000, 0x10000)], 0x3E0001)
+        tail = m.view[6:]
+        sys.load(0x3FF00000, [(ba, 0x3FFF0000, 4096), (tail, 0x3FE00000, 0x10000)], 0x3E0001)
+        mapped_at = _address_of(tail)
+        tail.release()
     nr, entry, n, segs, flags = rec.calls[0]
     assert (nr, entry, n, flags) == (246, 0x3FF00000, 2, 0x3E0001)
     assert segs[0] == (bytes(ba), 104, 0x3FFF0000, 4096)
     assert segs[1][0] == (b"mapped-file" * 1000)[6:] and segs[1][2:] == (0x3FE00000, 0x10000)
+    # the kernel is pointed at the caller's own memory, not at a copy of it
+    ba_at = ctypes.addressof((ctypes.c_char * len(ba)).from_buffer(ba))
+    assert rec.bufs[0] == [ba_at, mapped_at]
+
+
+def _address_of(buf: memoryview) -> int:
+    """The address a (read-only) buffer exports, through the buffer protocol."""
+    view = kexec._PyBuffer()
+    assert kexec._get_buffer(ctypes.py_object(buf), ctypes.byref(view), 0) == 0
+    try:
+        return view.buf or 0
+    finally:
+        kexec._release_buffer(ctypes.byref(view))
+
+
+class _FailingMlock:
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.calls = 0
+
+    def __call__(self, addr: Any, size: Any) -> int:
+        self.calls += 1
+        ctypes.set_errno(self.code)
+        return -1
+
+
+def test_kexec_load_warns_once_per_file_when_mlock_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without RLIMIT_MEMLOCK room the load still happens, and says once per file that
+    its pages may be read from disk while no crash image is loaded."""
+    sys = kexec.LinuxKexec("x86_64")
+    rec = _Recorder()
+    sys._syscall = rec  # type: ignore[assignment]
+    sys._mlock = _FailingMlock(errno.ENOMEM)  # type: ignore[assignment]
+    f = tmp_path / "initrd.img"
+    f.write_bytes(b"initrd" * 1000)
+    caplog.set_level(logging.WARNING, logger="kdumpd.system.kexec")
+    with kexec.MappedFile(str(f)) as m:
+        for _ in range(3):
+            sys.load(0x1000, [(m.view, 0x100000, 0x2000)], 1)
+    assert len(rec.calls) == 3
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    text = warnings[0].getMessage()
+    assert str(f) in text and "ENOMEM" in text and "LimitMEMLOCK" in text
+
+
+def test_unit_lets_mlock_cover_the_image() -> None:
+    """mlock of the kernel and initrd needs RLIMIT_MEMLOCK room (or CAP_IPC_LOCK);
+    systemd's default limit (8 MiB) does not hold an initrd."""
+    unit = (Path(__file__).resolve().parents[2] / "systemd/kdumpd.service").read_text()
+    lines = [line.strip() for line in unit.splitlines() if not line.startswith("#")]
+    assert "LimitMEMLOCK=infinity" in lines or any(
+        line.startswith("CapabilityBoundingSet=") and "CAP_IPC_LOCK" in line for line in lines
+    )
 
 
 @pytest.mark.parametrize("code", [errno.EPERM, errno.EACCES, errno.EADDRNOTAVAIL])
