@@ -19,11 +19,14 @@ import logging
 import mmap
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from kdumpd.arch.x86_64.bzimage import HEADER_READ, cmdline_size
 from kdumpd.core.errors import InputError, KdumpdError, UnsupportedError
+from kdumpd.system.kexecsysfs import KEXEC_LOAD_LIMIT_REBOOT, read_load_limit
+from kdumpd.system.sysroot import Sysroot
 
 log = logging.getLogger("kdumpd.system.kexec")
 
@@ -376,25 +379,49 @@ def crash_file_unload(sys: KexecSyscalls) -> None:
     sys.file_load(-1, -1, b"", KEXEC_FILE_UNLOAD | KEXEC_FILE_ON_CRASH)
 
 
-# Flags kexec_file_load(2) accepts on no kernel: a probe with them is refused with
-# EINVAL by the flag check (kernel/kexec_file.c), before the kexec lock is taken and
-# before any image is touched, when the syscall exists; ENOSYS when it does not.
+# Flags kexec_file_load(2) accepts on no kernel: with them the syscall returns EINVAL
+# from its flag check when it exists, ENOSYS when it does not (kernel/sys_ni.c).  The
+# flag check comes after kexec_load_permitted() (kernel/kexec_file.c,
+# SYSCALL_DEFINE5(kexec_file_load)), which since 6.3 also counts the call against
+# kernel.kexec_load_limit_reboot (no crash flag here) when that limit is set; it runs
+# before the kexec lock is taken and before any image is touched.
 _PROBE_FLAGS = 1 << 31
 
+#: ``syscall(nr, kernel_fd, initrd_fd, cmdline_len, cmdline, flags)`` -> return value;
+#: the errno is read with ``ctypes.get_errno()``.
+RawSyscall = Callable[..., int]
 
-def kexec_file_load_available(machine: str | None = None) -> bool | None:
+
+def kexec_file_load_available(
+    machine: str | None = None,
+    *,
+    sysroot: str | Path | Sysroot = "/",
+    syscall: RawSyscall | None = None,
+) -> bool | None:
     """Whether the running kernel has ``kexec_file_load`` (CONFIG_KEXEC_FILE).
 
-    True/False from a side-effect-free probe (invalid flags: EINVAL when it exists,
-    ENOSYS when not); None when that cannot tell (no syscall number for the machine,
-    or EPERM: not permitted to ask)."""
+    True/False from a probe with invalid flags (EINVAL when it exists, ENOSYS when
+    not), which changes no image.  It is not free of effects everywhere: the kernel's
+    permission check before the flag check uses up one load of
+    ``kernel.kexec_load_limit_reboot`` when that limit is set, so then no probe is
+    made and the answer is None.  None also when the probe cannot tell (no syscall
+    number for the machine, or EPERM: not permitted to ask)."""
     machine = machine or platform.machine()
     nr = SYS_KEXEC_FILE_LOAD.get(machine)
     if nr is None:
         return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    syscall = libc.syscall
-    syscall.restype = ctypes.c_long
+    limit = read_load_limit(sysroot, KEXEC_LOAD_LIMIT_REBOOT)
+    if limit is not None and limit != -1:
+        log.info(
+            "kernel.kexec_load_limit_reboot is %d: not probing kexec_file_load (the "
+            "probe would use up one of those loads); assuming it exists",
+            limit,
+        )
+        return None
+    if syscall is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+        syscall.restype = ctypes.c_long
     buf = ctypes.create_string_buffer(b"")
     ret = syscall(
         ctypes.c_long(nr),

@@ -22,6 +22,7 @@ __all__ = [
     "KEXEC_CRASH_LOADED",
     "KEXEC_CRASH_SIZE",
     "KEXEC_LOAD_LIMIT_PANIC",
+    "KEXEC_LOAD_LIMIT_REBOOT",
     "MEMORY_CRASH_HOTPLUG",
     "crash_hotplug_file",
     "crash_image_loaded",
@@ -30,6 +31,7 @@ __all__ = [
     "read_crash_hotplug",
     "read_crash_loaded",
     "read_crash_size",
+    "read_load_limit",
     "read_load_limit_panic",
 ]
 
@@ -49,6 +51,8 @@ CRASH_ELFCOREHDR_SIZE = (
 #: How many more crash-image loads the kernel accepts this boot; -1 = no limit.  Newer
 #: kernels only (kernel/kexec_core.c, the kexec_load_limit_* sysctls); absent on 6.1.
 KEXEC_LOAD_LIMIT_PANIC = "/proc/sys/kernel/kexec_load_limit_panic"
+#: The same for loads of a kernel to reboot into (no crash flag).
+KEXEC_LOAD_LIMIT_REBOOT = "/proc/sys/kernel/kexec_load_limit_reboot"
 OSRELEASE = "/proc/sys/kernel/osrelease"
 LOCKDOWN = "/sys/kernel/security/lockdown"
 
@@ -131,7 +135,13 @@ def read_load_limit_panic(sysroot: str | Path | Sysroot = "/") -> int | None:
     """``kexec_load_limit_panic``: the crash-image loads (``kexec_load`` and
     ``kexec_file_load`` alike) the kernel still accepts, ``-1`` without a limit;
     ``None`` when the kernel has no such sysctl or it cannot be read.  No kexec lock."""
-    text = Sysroot.of(sysroot).read_value(KEXEC_LOAD_LIMIT_PANIC)
+    return read_load_limit(sysroot, KEXEC_LOAD_LIMIT_PANIC)
+
+
+def read_load_limit(sysroot: str | Path | Sysroot, path: str) -> int | None:
+    """One ``kexec_load_limit_*`` sysctl: ``-1`` without a limit, ``None`` when absent
+    or unreadable."""
+    text = Sysroot.of(sysroot).read_value(path)
     if text is None:
         return None
     try:

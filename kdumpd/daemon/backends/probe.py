@@ -3,7 +3,8 @@
 - ``kernel``: CONFIG_CRASH_HOTPLUG is present (``/sys/devices/system/{cpu,memory}/
   crash_hotplug`` or ``/sys/kernel/crash_elfcorehdr_size`` exist; kernel ≥ 6.6);
 - ``kexec-tools``: the kernel has no ``kexec_file_load`` (a probe with invalid flags
-  answers ENOSYS: Debian's ppc64el kernels) and a ``kexec`` binary is installed;
+  answers ENOSYS: Debian's ppc64el kernels) and a ``kexec`` binary is installed
+  (no probe while ``kernel.kexec_load_limit_reboot`` is set: it would use up one load);
 - ``segment``: x86_64 without in-kernel crash hotplug, ``kexec_load`` permitted
   (no lockdown, ``kernel.kexec_load_disabled`` 0) and the purgatory built: kdumpd
   loads its own image (one ``kexec_load`` per burst);
@@ -56,11 +57,18 @@ def probe_backend(
     *,
     euid: int | None = None,
     machine: str | None = None,
-    file_load: Callable[[str], bool | None] = kexec_file_load_available,
+    file_load: Callable[[str], bool | None] | None = None,
     kexec_binary: Callable[[], str | None] = kexec_binary_available,
 ) -> tuple[str, str]:
-    """(backend name, reason) for ``auto``."""
+    """(backend name, reason) for ``auto``.  ``file_load(machine)`` answers whether
+    the kernel has ``kexec_file_load`` (default: the probe, which reads the sysroot's
+    ``kexec_load_limit_reboot`` first)."""
     root = Sysroot(sysroot)
+    if file_load is None:
+
+        def file_load(m: str) -> bool | None:
+            return kexec_file_load_available(m, sysroot=root)
+
     if not kexec_present(root):
         return (
             BackendName.DRY_RUN,
