@@ -34,6 +34,8 @@ from tests.e2e.qmp import QMP
 REPO = Path(__file__).resolve().parents[2]
 
 QEMU = "qemu-system-x86_64"
+#: Debian's ovmf package (UEFI firmware for x86_64 guests: the efi-* rows)
+OVMF_DIR = Path("/usr/share/OVMF")
 QEMU_BY_ARCH = {"x86_64": QEMU, "ppc64le": "qemu-system-ppc64"}
 APT_BY_ARCH = {"x86_64": "qemu-system-x86", "ppc64le": "qemu-system-ppc"}
 # acpi_no_memhotplug: without it the capture kernel re-adds every present DIMM
@@ -84,6 +86,7 @@ class Guest:
         extra_append: str = "",
         cpu_hotplug: str = "acpi",
         pyroot: Path | None = None,
+        firmware: str = "bios",
     ) -> None:
         self.kernel = kernel
         self.arch = kernel.arch
@@ -101,6 +104,9 @@ class Guest:
         # on 6.12, whose x86 topology code under QEMU 7.2 registers no hotpluggable
         # APIC IDs ("Allowing 1 present CPUs plus 0 hotplug CPUs").
         self.cpu_hotplug = cpu_hotplug
+        # "bios": QEMU's SeaBIOS; "ovmf": UEFI (Debian's ovmf), the kernel started by
+        # OVMF through its EFI stub, so the guest runs with EFI runtime services
+        self.firmware = firmware
         if cpu_hotplug == "logical":
             extra_append = f"maxcpus=1 {extra_append}"
         keep = ":".join(
@@ -174,6 +180,8 @@ class Guest:
             "multidevs=remap",
             "-virtfs", f"local,path={self.outdir},mount_tag=out,security_model=none",
         ]  # fmt: skip
+        if self.firmware == "ovmf" and self.arch == "x86_64":
+            argv += self._ovmf()
         t0 = time.monotonic()
         (self.workdir / "qemu.cmd").write_text(" ".join(argv) + "\n")
         with open(self.workdir / "qemu.log", "wb") as qlog:
@@ -187,6 +195,19 @@ class Guest:
                 raise GuestError(f"guest setup failed: {line}", self.tail())
         self._connect_cmd()
         self.boot_s = time.monotonic() - t0
+
+    def _ovmf(self) -> list[str]:
+        """OVMF's code read-only, a private copy of its variable store (firmware
+        writes boot entries there)."""
+        code, vars_ = (OVMF_DIR / n for n in ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"))
+        if not code.exists() or not vars_.exists():
+            raise GuestError(f"no {code} / {vars_.name} (apt-get install ovmf)")
+        copy = self.workdir / "OVMF_VARS.fd"
+        shutil.copyfile(vars_, copy)
+        return [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={copy}",
+        ]  # fmt: skip
 
     def _smp(self) -> str:
         first = self.maxcpus if self.cpu_hotplug == "logical" else 1

@@ -558,21 +558,34 @@ SCENARIOS: dict[str, Callable[[Ctx], None]] = {
     "crash-during-burst": sc_crash_during_burst,
     "load-race": sc_load_race,
     "segment-corrupt": sc_segment_corrupt,
+    # hotplug-add in a guest booted by OVMF (UEFI): kdumpd's capture boot_params under
+    # an EFI memory map (the segment back-end hands over no EFI state, only ACPI)
+    "efi-hotplug-add": sc_hotplug_add,
 }
 # Scenarios that only mean something on some kernels (others are skipped by run.py):
 # load-race needs in-kernel crash hotplug (CONFIG_CRASH_HOTPLUG, 6.6+); segment-corrupt
 # is about the purgatory, which is the same on every kernel: the 6.1 guest is enough.
-ONLY_ON = {"load-race": {"6.12"}, "segment-corrupt": {"6.1"}}
+ONLY_ON = {"load-race": {"6.12"}, "segment-corrupt": {"6.1"}, "efi-hotplug-add": {"6.1"}}
 # Scenarios per architecture (run.py skips the others).
 ARCH_SCENARIOS = {
     "x86_64": {
         "baseline", "hotplug-add", "hotplug-remove", "burst", "burst-udev",
-        "crash-during-burst", "load-race", "segment-corrupt",
+        "crash-during-burst", "load-race", "segment-corrupt", "efi-hotplug-add",
     },
     "ppc64le": {"baseline", "baseline-cpu0", "hotplug-add", "burst", "burst-udev"},
 }  # fmt: skip
 # Rows without kdumpd (the back-end option does not apply).
 NO_DAEMON = {"baseline", "baseline-cpu0", "burst-udev", "segment-corrupt"}
+# Rows of the default matrix (make e2e) for one back-end on one kernel: (kernel,
+# scenario, back-end).  6.12 + segment: kdumpd's own image with in-kernel updates
+# (KEXEC_UPDATE_ELFCOREHDR); efi-*: the guest boots through OVMF (UEFI).
+EXTRA_ROWS = [
+    ("6.12", "hotplug-add", "segment"),
+    ("6.12", "hotplug-remove", "segment"),
+    ("6.12", "burst", "segment"),
+    ("6.1", "efi-hotplug-add", "segment"),
+    ("6.1", "efi-hotplug-add", "file"),
+]
 # "burst" on the command line runs both the daemon and the udev-style reload.
 ALIASES = {"burst": ["burst", "burst-udev"]}
 # ppc64le: "baseline" also crashes on CPU 0 (the capture kernel boots; memory missing).
@@ -605,6 +618,7 @@ def _guest(
         cpu_hotplug=cpu_hotplug_mode(kern.key),
         # load-race asserts the kernel's pr_info line on the console
         extra_append="loglevel=7" if scenario == "load-race" else "",
+        firmware="ovmf" if scenario.startswith("efi-") else "bios",
     )
 
 
@@ -766,6 +780,11 @@ def run(
             res.backend = f"kdumpd/{st.get('backend', '?')}"
             res.events = st.get("events_received")
             res.loads = st.get("loads")
+            # 6.6+: whether the kernel marked the loaded image hotplug-capable (the
+            # read takes the kexec lock: only here, after the daemon settled)
+            res.detail["crash_hotplug"] = g.run(
+                "cat /sys/devices/system/memory/crash_hotplug 2>/dev/null || echo none"
+            )[1].strip()
         if scenario != "crash-during-burst":
             stop_sampler(g)
         res.crash_cpu = c.crash_cpu
@@ -835,6 +854,9 @@ def run(
             if res.backend != "kdumpd/segment":
                 res.passed = False
                 res.detail["backend_mismatch"] = res.backend
+        if backend == "segment" and res.detail.get("crash_hotplug", "none") != "none":
+            res.detail["in_place_missing"] = in_place_proved(res, scenario)
+            res.passed = res.passed and not res.detail["in_place_missing"]
         if scenario == "load-race":
             res.detail["race_missing"] = race_proved(c)
             res.passed = res.passed and not res.detail["race_missing"]
@@ -852,6 +874,22 @@ def run(
                 res.detail["kdumpd_log_tail"] = log.read_text(errors="replace").splitlines()[-15:]
     res.duration_s = round(time.monotonic() - t0, 1)
     return res
+
+
+def in_place_proved(res: Result, scenario: str) -> list[str]:
+    """What a ``segment`` row on a kernel with crash hotplug (6.6+) lacks: the image
+    was loaded with KEXEC_UPDATE_ELFCOREHDR (``crash_hotplug`` reads 1), hotplug made
+    no load (the start's only; one more after a DIMM removal, which the kernel's
+    MEM_OFFLINE update does not drop) and no PT_LOAD covers removed memory."""
+    missing = []
+    if res.detail.get("crash_hotplug") != "1":
+        missing.append(f"crash_hotplug reads {res.detail.get('crash_hotplug')!r}, not 1")
+    allowed = 2 if scenario == "hotplug-remove" else 1
+    if res.loads is None or res.loads > allowed:
+        missing.append(f"{res.loads} loads (at most {allowed} expected)")
+    if res.extra_ranges:
+        missing.append(f"PT_LOADs over removed memory: {res.extra_ranges}")
+    return missing
 
 
 def _gaps(samples: list[dict[str, Any]]) -> tuple[float, int]:
