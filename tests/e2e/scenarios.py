@@ -787,6 +787,8 @@ def run(
             )[1].strip()
         if scenario != "crash-during-burst":
             stop_sampler(g)
+        if g.firmware == "ovmf":
+            res.detail["efi"] = efi_facts(g)
         res.crash_cpu = c.crash_cpu
         try:
             # ppc64le under TCG: panic to capture /init ~5-15 s; a capture kernel that
@@ -854,6 +856,10 @@ def run(
             if res.backend != "kdumpd/segment":
                 res.passed = False
                 res.detail["backend_mismatch"] = res.backend
+        if g.firmware == "ovmf":
+            res.detail["efi"].update(capture_acpi(g))
+            res.passed = res.passed and bool(res.detail["efi"].get("booted_efi"))
+            res.passed = res.passed and bool(res.detail["efi"].get("capture_acpi"))
         if backend == "segment" and res.detail.get("crash_hotplug", "none") != "none":
             res.detail["in_place_missing"] = in_place_proved(res, scenario)
             res.passed = res.passed and not res.detail["in_place_missing"]
@@ -874,6 +880,31 @@ def run(
                 res.detail["kdumpd_log_tail"] = log.read_text(errors="replace").splitlines()[-15:]
     res.duration_s = round(time.monotonic() - t0, 1)
     return res
+
+
+def efi_facts(g: Guest) -> dict[str, Any]:
+    """An OVMF guest: did the first kernel boot as an EFI kernel, what RSDP did the
+    firmware publish and what does the running boot_params say (``acpi_rsdp_addr``)."""
+    _, systab = g.run("grep ACPI /sys/firmware/efi/systab 2>/dev/null")
+    _, rsdp = g.run(
+        "dd if=/sys/kernel/boot_params/data bs=1 skip=112 count=8 2>/dev/null | od -An -tx1"
+    )
+    raw = bytes.fromhex("".join(rsdp.split()) or "00")
+    return {
+        "booted_efi": g.run("test -d /sys/firmware/efi/runtime-map || test -d /sys/firmware/efi")[0]
+        == 0,
+        "systab_acpi": systab.split(),
+        "boot_params_acpi_rsdp_addr": f"{int.from_bytes(raw, 'little'):#x}",
+    }
+
+
+def capture_acpi(g: Guest) -> dict[str, Any]:
+    """Whether the capture kernel found ACPI (it prints "A valid RSDP was not found"
+    when it did not) and, with the segment back-end, booted without EFI."""
+    console = g.console()
+    cut = console.rfind("sysrq: Trigger a crash")
+    capture = console[cut:] if cut >= 0 else console
+    return {"capture_acpi": "A valid RSDP was not found" not in capture}
 
 
 def in_place_proved(res: Result, scenario: str) -> list[str]:

@@ -174,3 +174,36 @@ async def test_the_kernel_log_or_an_unload_makes_the_next_burst_load(sysroot: Pa
     assert kexec.loads[-1][2] == KEXEC_ON_CRASH and not b.own_load
     await b.apply(LoadRequest(image, topology, 3, "load"))
     assert len(kexec.loads) == 4
+
+
+# --- EFI: the RSDP when boot_params has none ------------------------------------------
+
+
+def _boot_params(root: Path, rsdp: int) -> None:
+    bp = bytearray(4096)
+    bp[0x70:0x78] = rsdp.to_bytes(8, "little")
+    (root / "sys/kernel/boot_params").mkdir(parents=True, exist_ok=True)
+    (root / "sys/kernel/boot_params/data").write_bytes(bytes(bp))
+
+
+def _systab(root: Path, text: str) -> None:
+    (root / "sys/firmware/efi").mkdir(parents=True, exist_ok=True)
+    (root / "sys/firmware/efi/systab").write_text(text)
+
+
+def test_rsdp_from_the_efi_systab_when_boot_params_has_none(tmp_path: Path) -> None:
+    from kdumpd.arch.x86_64.bootparams import running_rsdp
+    from kdumpd.daemon.backends.segment import read_efi_rsdp, read_running_boot_params
+
+    _boot_params(tmp_path, 0)
+    assert running_rsdp(read_running_boot_params(tmp_path)) == 0  # not an EFI machine
+    _systab(tmp_path, "SMBIOS3=0x7f8ec000\nACPI=0x7fb7e014\nACPI20=0x7fb7e000\n")
+    assert read_efi_rsdp(tmp_path) == 0x7FB7E000  # ACPI 2.0 first
+    assert running_rsdp(read_running_boot_params(tmp_path)) == 0x7FB7E000
+    _boot_params(tmp_path, 0xF5A20)  # the decompressor recorded one: it wins
+    assert running_rsdp(read_running_boot_params(tmp_path)) == 0xF5A20
+    _systab(tmp_path, "ACPI=0x7fb7e014\n")
+    assert read_efi_rsdp(tmp_path) == 0x7FB7E014
+    for bad in ("ACPI20=7fb7e000\n", "ACPI20=0x\n", "ACPI20=0x" + "f" * 17 + "\n", "junk"):
+        _systab(tmp_path, bad)
+        assert read_efi_rsdp(tmp_path) == 0

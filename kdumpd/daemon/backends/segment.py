@@ -79,12 +79,52 @@ log = logging.getLogger("kdumpd.daemon.backends.segment")
 BOOT_PARAMS_DATA = "/sys/kernel/boot_params/data"
 
 
-def read_running_boot_params(sysroot: Path) -> bytes:
-    """``/sys/kernel/boot_params/data`` (x86; empty elsewhere or when unreadable)."""
+#: drivers/firmware/efi/efi.c ``systab_show()``: ``ACPI20=0x...`` / ``ACPI=0x...`` lines,
+#: the RSDP addresses from the EFI configuration table (root only).
+EFI_SYSTAB = "/sys/firmware/efi/systab"
+#: arch/x86/include/uapi/asm/bootparam.h: ``acpi_rsdp_addr`` in boot_params.
+ACPI_RSDP_ADDR = 0x070
+
+
+def read_efi_rsdp(sysroot: Path) -> int:
+    """The ACPI RSDP address an EFI machine's firmware published (``ACPI20=`` before
+    ``ACPI=``), 0 when there is none or it cannot be read."""
     try:
-        return Sysroot(sysroot).read_bytes(BOOT_PARAMS_DATA, limit=8192) or b""
+        text = Sysroot(sysroot).read_value(EFI_SYSTAB) or ""
+    except (KdumpdError, OSError):
+        return 0
+    found = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    for key in ("ACPI20", "ACPI"):
+        value = found.get(key, "").strip()
+        if value.startswith("0x") and 2 < len(value) <= 18:
+            try:
+                return int(value, 16)
+            except ValueError:
+                continue
+    return 0
+
+
+def read_running_boot_params(sysroot: Path) -> bytes:
+    """``/sys/kernel/boot_params/data`` (x86; empty elsewhere or when unreadable).
+
+    A kernel started by firmware through its EFI stub can leave ``acpi_rsdp_addr``
+    0 there (seen on Debian 6.1 under OVMF: docs/e2e.md); then the capture kernel,
+    which gets no EFI state from kdumpd, would find no ACPI at all.  The RSDP the
+    firmware lists in ``/sys/firmware/efi/systab`` is filled in instead."""
+    try:
+        data = Sysroot(sysroot).read_bytes(BOOT_PARAMS_DATA, limit=8192) or b""
     except (KdumpdError, OSError):
         return b""
+    field = slice(ACPI_RSDP_ADDR, ACPI_RSDP_ADDR + 8)
+    if len(data) < field.stop or int.from_bytes(data[field], "little"):
+        return data
+    rsdp = read_efi_rsdp(sysroot)
+    if not rsdp:
+        return data
+    log.info("acpi_rsdp_addr is 0 in boot_params; the capture kernel gets %#x (EFI systab)", rsdp)
+    patched = bytearray(data)
+    patched[field] = rsdp.to_bytes(8, "little")
+    return bytes(patched)
 
 
 @dataclass(slots=True)
