@@ -793,11 +793,12 @@ def run(
         try:
             # ppc64le under TCG: panic to capture /init ~5-15 s; a capture kernel that
             # dies in early boot never reports (the stale baseline on a hot-added CPU)
-            timeout = 240.0 if arch == "x86_64" else (150.0 if res.expect != "stale" else 90.0)
+            no_kdumpd = res.expect in ("stale", "report")  # the capture kernel may not boot
+            timeout = 240.0 if arch == "x86_64" else (90.0 if no_kdumpd else 150.0)
             body, cpus_text, iomem = g.crash(timeout=timeout, cpu=c.crash_cpu)
             res.dump = True
         except GuestError as err:
-            if arch != "ppc64le" or res.expect != "stale":
+            if arch != "ppc64le" or not no_kdumpd:
                 raise
             res.detail["capture"] = f"no vmcore: {err.args[0]}"
             res.detail["capture_console_tail"] = g.tail(12).splitlines()
