@@ -34,6 +34,7 @@ LOW_1M = 1 << 20
 DAEMON_FIELDS = (
     "state",
     "backend",
+    "backend_reason",
     "generation",
     "events_received",
     "events_coalesced",
