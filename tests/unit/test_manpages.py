@@ -48,3 +48,19 @@ def test_kdumpd_page_lists_every_command() -> None:
         assert f"\n       {cmd}" in text, cmd
     for section in ("EXIT STATUS", "ENVIRONMENT", "FILES", "CONFIGURATION"):
         assert section in text
+
+
+def test_kdumpd_page_describes_every_backend() -> None:
+    """BACK-ENDS has an entry for each back-end but ``auto``, and CONFIGURATION's
+    ``backend`` setting lists them all."""
+    from kdumpd.daemon.backends import BACKEND_NAMES
+
+    text = _render("kdumpd.8")
+    backends = text[text.index("\nBACK-ENDS") : text.index("\nOPTIONS")]
+    for name in BACKEND_NAMES:
+        assert f"\n       {name}\n" in backends or f"\n       {name} " in backends, name
+    config = " ".join(text[text.index("\nCONFIGURATION") :].split())
+    setting = config[config.index("backend (") :]
+    setting = setting[: setting.index(")")]
+    for name in ("auto", *BACKEND_NAMES):
+        assert name in setting, name
