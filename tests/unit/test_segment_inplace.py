@@ -207,3 +207,26 @@ def test_rsdp_from_the_efi_systab_when_boot_params_has_none(tmp_path: Path) -> N
     for bad in ("ACPI20=7fb7e000\n", "ACPI20=0x\n", "ACPI20=0x" + "f" * 17 + "\n", "junk"):
         _systab(tmp_path, bad)
         assert read_efi_rsdp(tmp_path) == 0
+
+
+async def test_a_header_too_small_for_the_kernels_rebuild_loads_every_burst(
+    sysroot: Path,
+) -> None:
+    import dataclasses
+
+    from kdumpd.daemon.backends.segment import too_small_for_the_kernel
+
+    kexec = ScriptedKexec()
+    b = backend(sysroot, kexec)
+    topology = TopologyHolder()(sysroot)
+    # an operator override sized for 4 CPUs on a machine with 400 possible ones
+    image = default_image_factory(max_cpus=4, max_ranges=8)(topology)
+    many = dataclasses.replace(topology, possible_cpus=tuple(range(400)))
+    assert image.elfcorehdr.memsz == 16384  # the 16 KiB minimum
+    assert "smaller than the kernel's own rebuild" in too_small_for_the_kernel(16384, many)
+    assert too_small_for_the_kernel(16384, topology) == ""
+    await b.apply(LoadRequest(image, many, 1, "start"))
+    await b.apply(LoadRequest(image, many, 2, "burst"))
+    assert len(kexec.loads) == 2
+    await b.apply(LoadRequest(image, topology, 3, "burst"))
+    assert len(kexec.loads) == 2

@@ -30,7 +30,9 @@ CPU or memory event.  A burst then loads nothing, except when
   its update: :class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard`, without a
   second load of the same, already stale header), or the kernel log said an update
   was skipped (the reconciler's ``force_load``);
-- ``System RAM`` disappeared (:class:`~kdumpd.daemon.backends.inplace.RemovedRam`).
+- ``System RAM`` disappeared (:class:`~kdumpd.daemon.backends.inplace.RemovedRam`);
+- the elfcorehdr segment is smaller than the kernel's own rebuild (a too-small
+  ``[elfcorehdr]`` override): :func:`too_small_for_the_kernel`.
 
 The kernel checks the flag bits before it frees the old image, so ``EINVAL`` for a
 load with the flag leaves the old image loaded: the load is repeated once without the
@@ -50,8 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kdumpd.core.elfcorehdr import EHDR_SIZE, PHDR_SIZE
 from kdumpd.core.errors import KdumpdError
-from kdumpd.core.segment import LoaderInputs, SegmentImage
+from kdumpd.core.segment import LoaderInputs, SegmentImage, page_align
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import KexecFiles, _executor
 from kdumpd.daemon.backends.inplace import LoadRaceGuard, RemovedRam
@@ -125,6 +128,24 @@ def read_running_boot_params(sysroot: Path) -> bytes:
     patched = bytearray(data)
     patched[field] = rsdp.to_bytes(8, "little")
     return bytes(patched)
+
+
+def too_small_for_the_kernel(memsz: int, topology: Topology) -> str:
+    """Why the kernel cannot rewrite an elfcorehdr segment of ``memsz`` bytes in place,
+    or "".  Its rebuild (docs/kernel-interfaces.md §12) holds a note for every possible
+    CPU, vmcoreinfo, kernel text and every System RAM range outside the crash
+    reservations (each may split one range: +2), page-aligned; a larger header is not
+    written at all (an error in the kernel log only).  Only a too-small
+    ``[elfcorehdr]`` override gets here: the default capacity always fits."""
+    ranges = len(topology.system_ram) + 2
+    need = page_align(EHDR_SIZE + (len(topology.possible_cpus) + 2 + ranges) * PHDR_SIZE)
+    if memsz >= need:
+        return ""
+    return (
+        f"the elfcorehdr segment ({memsz} bytes) is smaller than the kernel's own rebuild "
+        f"({need} bytes; raise [elfcorehdr] max_cpus/max_ranges), so the kernel cannot "
+        "update it in place"
+    )
 
 
 @dataclass(slots=True)
@@ -351,7 +372,11 @@ class SegmentBackend:
             raise KdumpdError("the segment back-end needs kdumpd's crash image model")
         removed = self.removed_ram.check(request.topology)
         if self.in_place and not request.force_load:
-            why = self._reload_reason() or removed
+            why = (
+                self._reload_reason()
+                or removed
+                or too_small_for_the_kernel(request.image.elfcorehdr.memsz, request.topology)
+            )
             if not why:
                 return ApplyResult(False, 0, True, "kernel updated the elfcorehdr in place")
             if self.own_load:
