@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from kdumpd.arch.x86_64.bzimage import HEADER_READ, cmdline_size
+from kdumpd.arch.x86_64.bzimage import HEADER_READ, check_crash_cmdline
 from kdumpd.core.errors import InputError, KdumpdError, UnsupportedError
 from kdumpd.system.kexecsysfs import KEXEC_LOAD_LIMIT_REBOOT, read_load_limit
 from kdumpd.system.sysroot import Sysroot
@@ -307,37 +307,6 @@ class MappedFile:
         self.close()
 
 
-# arch/x86/kernel/kexec-bzimage64.c: for a crash image the kernel prepends
-# "elfcorehdr=0x%lx " to the command line and refuses (EINVAL) when
-# ``cmdline_len + MAX_ELFCOREHDR_STR_LEN > header->cmdline_size``, where cmdline_len
-# is the length userspace passed, terminating NUL included.  It checks this only
-# after kexec_file_load() has freed the old crash image, so we check first.
-MAX_ELFCOREHDR_STR_LEN = 30
-# With dm-crypt keys for the capture kernel (configfs crash_dm_crypt_keys, 6.15+) it
-# also prepends "dmcryptkeys=0x%lx " and checks for this much more.
-MAX_DMCRYPTKEYS_STR_LEN = 31
-# The setup header is read in one place (kdumpd.arch.x86_64.bzimage).
-_SETUP_HEADER_END = HEADER_READ
-bzimage_cmdline_size = cmdline_size
-
-
-def check_crash_cmdline(kernel: str, header: bytes, cmdline: str, reserve: int = 0) -> None:
-    """Raise InputError when the kernel would reject ``cmdline`` for a crash load
-    (``reserve``: more bytes the kernel prepends, e.g. for dmcryptkeys=)."""
-    limit = bzimage_cmdline_size(header)
-    if limit is None:
-        return
-    margin = MAX_ELFCOREHDR_STR_LEN + reserve
-    if len(cmdline.encode()) + 1 + margin > limit:
-        what = "elfcorehdr=" + (" and dmcryptkeys=" if reserve else "")
-        raise InputError(
-            "kexec cmdline",
-            f"{len(cmdline.encode())} bytes; {kernel} accepts at most "
-            f"{limit - 1 - margin} for a crash kernel (cmdline_size {limit} minus {margin} "
-            f"for {what} and the NUL); not loading",
-        )
-
-
 def crash_file_load(
     sys: KexecSyscalls, kernel: str, initrd: str | None, cmdline: str, *, reserve: int = 0
 ) -> None:
@@ -354,7 +323,7 @@ def crash_file_load(
     ifd = -1
     try:
         try:
-            header = os.pread(kfd, _SETUP_HEADER_END, 0)
+            header = os.pread(kfd, HEADER_READ, 0)
         except OSError as err:
             raise InputError(kernel, f"cannot read crash kernel: {err.strerror}") from None
         if not header:

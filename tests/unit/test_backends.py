@@ -341,13 +341,13 @@ def fake_bzimage(path: Path, *, version: int = 0x020F, cmdline_size: int = 2048)
 
 
 def test_bzimage_cmdline_size_from_setup_header(tmp_path: Path) -> None:
-    from kdumpd.system.kexec import bzimage_cmdline_size
+    from kdumpd.arch.x86_64.bzimage import cmdline_size as bzimage_cmdline_size
 
     k = tmp_path / "bz"
     fake_bzimage(k, cmdline_size=4096)
     assert bzimage_cmdline_size(k.read_bytes()) == 4096
     fake_bzimage(k, version=0x0205, cmdline_size=4096)  # field exists from 2.06 on
-    assert bzimage_cmdline_size(k.read_bytes()) == 256
+    assert bzimage_cmdline_size(k.read_bytes()) == 255
     assert bzimage_cmdline_size(b"MZ arm64 Image" + bytes(0x300)) is None
 
 

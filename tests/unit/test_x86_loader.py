@@ -140,9 +140,22 @@ def test_not_a_loadable_bzimage_is_one_line(kw: dict[str, Any], needle: str) -> 
     assert "\n" not in text and text.startswith("/boot/vmlinuz-x: ") and needle in text
 
 
+def test_capture_cmdline_may_fill_cmdline_size_without_the_nul() -> None:
+    """The whole command line (elfcorehdr= prefix included) may be cmdline_size
+    characters long; the NUL is not counted (Documentation/arch/x86/boot.rst)."""
+    setup = read_setup_header(make_bzimage(cmdline_size=256), "k")
+    args = "a" * (256 - bp.ELFCOREHDR_ARG_MAX)
+    assert len(bp.capture_cmdline(0xFFFF_FFFF_FFFF_F000, args)) == 256 + 1  # with the NUL
+    bp.check_cmdline(setup, args, "k")
+    with pytest.raises(InputError, match="at most 226 besides"):
+        bp.check_cmdline(setup, args + "a", "k")
+
+
 def test_cmdline_size_of_any_header() -> None:
     assert cmdline_size(make_bzimage(cmdline_size=4096)) == 4096
-    assert cmdline_size(make_bzimage(version=0x0205)) == 256
+    # boot.rst: "the command line can contain at most cmdline_size characters" (the
+    # NUL not counted); 255 before the field existed
+    assert cmdline_size(make_bzimage(version=0x0205)) == 255
     assert cmdline_size(b"\x7fELF" + bytes(1000)) is None
 
 
@@ -289,7 +302,7 @@ def test_too_small_reservation_is_one_line_with_the_size() -> None:
 def test_long_cmdline_refused_before_anything() -> None:
     t = topology()
     image = crash_image(t)
-    inp = dataclasses.replace(inputs(), cmdline="x" * 2017)
+    inp = dataclasses.replace(inputs(), cmdline="x" * 2018)  # cmdline_size 2047 - 30 + 1
     with pytest.raises(InputError, match="capture command line"):
         X86ImageBuilder(FakePurgatory).build(inp, t, image.elfcorehdr)
 

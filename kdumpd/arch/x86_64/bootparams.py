@@ -132,9 +132,9 @@ def capture_cmdline(elfcorehdr: int, arguments: str) -> bytes:
 
 
 def check_cmdline(setup: SetupHeader, arguments: str, kernel: str) -> None:
-    """Raise :class:`InputError` when ``arguments`` plus the ``elfcorehdr=`` prefix and
-    the NUL do not fit the kernel's ``cmdline_size``."""
-    room = setup.cmdline_size - ELFCOREHDR_ARG_MAX - 1
+    """Raise :class:`InputError` when ``arguments`` plus the ``elfcorehdr=`` prefix do
+    not fit the kernel's ``cmdline_size`` (which does not count the NUL)."""
+    room = setup.cmdline_size - ELFCOREHDR_ARG_MAX
     if len(arguments.encode()) > room:
         raise InputError(
             kernel,

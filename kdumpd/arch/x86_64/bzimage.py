@@ -16,8 +16,10 @@ Other fields used: ``setup_sects`` (0x1f1; 0 means 4) places the protected-mode
 payload at ``(setup_sects + 1) * 512``; ``kernel_alignment`` (0x230),
 ``pref_address`` (0x258) and ``init_size`` (0x260) say where the payload may sit and
 how much memory the decompressor needs; ``cmdline_size`` (0x238) bounds the command
-line.  The setup header ends at ``0x202 + byte[0x201]`` (the short jump at 0x200
-jumps over it); that range is what a loader copies into boot_params.
+line: the most characters it may have, the terminating NUL not counted (255 before
+protocol 2.06, which added the field).  The setup header ends at
+``0x202 + byte[0x201]`` (the short jump at 0x200 jumps over it); that range is what a
+loader copies into boot_params.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ XLF_5LEVEL = 1 << 5
 #: Offset of the 64-bit entry point inside the protected-mode payload.
 ENTRY64_OFFSET = 0x200
 
-_PRE_206_CMDLINE_SIZE = 256  # protocol < 2.06: 255 characters + NUL
+_PRE_206_CMDLINE_SIZE = 255  # protocol < 2.06: 255 characters (+ NUL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,7 @@ class SetupHeader:
     kernel_alignment: int
     relocatable: bool
     xloadflags: int
-    cmdline_size: int  # bytes, terminating NUL included
+    cmdline_size: int  # characters, terminating NUL not included
     pref_address: int
     init_size: int
     header_end: int  # 0x202 + byte[0x201]
@@ -68,8 +70,9 @@ class SetupHeader:
 
 
 def cmdline_size(header: bytes | bytearray | memoryview) -> int | None:
-    """The longest command line (bytes incl. the NUL) a bzImage accepts; None when
-    ``header`` is not a bzImage (arm64 Image, ELF, PE, ...).  Any protocol version."""
+    """The longest command line a bzImage accepts, in bytes without the terminating
+    NUL (boot protocol ``cmdline_size``); None when ``header`` is not a bzImage (arm64
+    Image, ELF, PE, ...).  Any protocol version."""
     if len(header) < 0x208 or bytes(header[0x202:0x206]) != HDRS:
         return None
     (version,) = struct.unpack_from("<H", header, 0x206)
@@ -153,3 +156,34 @@ def read_setup_header(data: bytes | bytearray | memoryview, name: str) -> SetupH
     if setup.payload_offset >= len(data):
         raise bad(f"payload offset {setup.payload_offset:#x} is beyond the end of the file")
     return setup
+
+
+# arch/x86/kernel/kexec-bzimage64.c: for a crash image the kernel prepends
+# "elfcorehdr=0x%lx " to the command line and refuses (EINVAL) when
+# ``cmdline_len + MAX_ELFCOREHDR_STR_LEN > header->cmdline_size``, where cmdline_len
+# is the length userspace passed, terminating NUL included.  The boot protocol's
+# cmdline_size does not count the NUL, so this check is one byte stricter than the
+# protocol; this mirrors the kernel's.  The kernel checks it only after
+# kexec_file_load() has freed the old crash image, so
+# kdumpd.system.kexec.crash_file_load checks first.
+MAX_ELFCOREHDR_STR_LEN = 30
+# With dm-crypt keys for the capture kernel (configfs crash_dm_crypt_keys, 6.15+) it
+# also prepends "dmcryptkeys=0x%lx " and checks for this much more.
+MAX_DMCRYPTKEYS_STR_LEN = 31
+
+
+def check_crash_cmdline(kernel: str, header: bytes, cmdline: str, reserve: int = 0) -> None:
+    """Raise InputError when the kernel would reject ``cmdline`` for a crash load
+    (``reserve``: more bytes the kernel prepends, e.g. for dmcryptkeys=)."""
+    limit = cmdline_size(header)
+    if limit is None:
+        return
+    margin = MAX_ELFCOREHDR_STR_LEN + reserve
+    if len(cmdline.encode()) + 1 + margin > limit:
+        what = "elfcorehdr=" + (" and dmcryptkeys=" if reserve else "")
+        raise InputError(
+            "kexec cmdline",
+            f"{len(cmdline.encode())} bytes; {kernel} accepts at most "
+            f"{limit - 1 - margin} for a crash kernel (cmdline_size {limit} minus {margin} "
+            f"for {what} and the NUL); not loading",
+        )

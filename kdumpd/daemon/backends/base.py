@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -151,3 +152,14 @@ class Backend(Protocol):
         ...
 
     async def unload(self) -> None: ...
+
+
+_EXECUTORS: list[ThreadPoolExecutor] = []
+
+
+def kexec_executor() -> ThreadPoolExecutor:
+    """One worker thread for every kexec syscall of the process, whichever back-end
+    makes it (``loop.run_in_executor``): the syscalls never run concurrently."""
+    if not _EXECUTORS:
+        _EXECUTORS.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdumpd-kexec"))
+    return _EXECUTORS[0]

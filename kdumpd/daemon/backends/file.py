@@ -21,10 +21,10 @@ import logging
 import os
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdumpd.arch.x86_64.bzimage import MAX_DMCRYPTKEYS_STR_LEN
 from kdumpd.daemon.backends.base import (
     ApplyResult,
     BackendName,
@@ -32,6 +32,7 @@ from kdumpd.daemon.backends.base import (
     LoadRequest,
     LoadSyscall,
     NothingToRestore,
+    kexec_executor,
 )
 from kdumpd.system.kdumpconf import (
     DEFAULT_CAPTURE_APPEND,
@@ -39,7 +40,6 @@ from kdumpd.system.kdumpconf import (
     split_cmdline,
 )
 from kdumpd.system.kexec import (
-    MAX_DMCRYPTKEYS_STR_LEN,
     KexecSyscalls,
     crash_file_load,
     crash_file_unload,
@@ -158,16 +158,6 @@ def _file_digest(path: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-_EXECUTORS: list[ThreadPoolExecutor] = []
-
-
-def _executor() -> ThreadPoolExecutor:
-    """One worker for every kexec syscall of the process: they never run concurrently."""
-    if not _EXECUTORS:
-        _EXECUTORS.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="kdumpd-kexec"))
-    return _EXECUTORS[0]
-
-
 class FileBackend:
     consumes_image = False
     load_syscall = LoadSyscall.KEXEC_FILE_LOAD
@@ -219,7 +209,7 @@ class FileBackend:
 
     async def _load(self, files: KexecFiles) -> int:
         loop = asyncio.get_running_loop()
-        gap = await loop.run_in_executor(_executor(), self._load_sync, files)
+        gap = await loop.run_in_executor(kexec_executor(), self._load_sync, files)
         self.last_good = files
         return gap
 
@@ -235,4 +225,4 @@ class FileBackend:
 
     async def unload(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(_executor(), crash_file_unload, self.syscalls)
+        await loop.run_in_executor(kexec_executor(), crash_file_unload, self.syscalls)

@@ -55,8 +55,14 @@ from typing import TYPE_CHECKING
 from kdumpd.core.elfcorehdr import EHDR_SIZE, PHDR_SIZE
 from kdumpd.core.errors import KdumpdError
 from kdumpd.core.segment import LoaderInputs, SegmentImage, page_align
-from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
-from kdumpd.daemon.backends.file import KexecFiles, _executor
+from kdumpd.daemon.backends.base import (
+    ApplyResult,
+    BackendName,
+    LoadRequest,
+    LoadSyscall,
+    kexec_executor,
+)
+from kdumpd.daemon.backends.file import KexecFiles
 from kdumpd.daemon.backends.inplace import LoadRaceGuard, RemovedRam
 from kdumpd.system.kexec import (
     KEXEC_ON_CRASH,
@@ -321,7 +327,7 @@ class SegmentBackend:
         loop = asyncio.get_running_loop()
         self.own_load = False
         try:
-            gap = await loop.run_in_executor(_executor(), self._load_sync, prepared.image)
+            gap = await loop.run_in_executor(kexec_executor(), self._load_sync, prepared.image)
         finally:
             for m in prepared.maps:
                 m.release_pages()
@@ -401,5 +407,5 @@ class SegmentBackend:
 
     async def unload(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(_executor(), lambda: self.syscalls.load(0, [], KEXEC_ON_CRASH))
+        await loop.run_in_executor(kexec_executor(), self.syscalls.load, 0, [], KEXEC_ON_CRASH)
         self.own_load = False
