@@ -50,12 +50,17 @@ def state_after_failure(loaded: bool) -> ImageState:
 
 def eperm_message(err: KexecError) -> str:
     """One line for EPERM from a load syscall: what the kernel refused, and why."""
+    # kernel.kexec_load_limit_panic at 0 (6.3+) refuses every crash load the same way
+    # (docs/kernel-interfaces.md §13); LoadLimitPanic says whether that is the cause.
     if err.op == "kexec_file_load":
         return (
-            "kexec_file_load: EPERM — unsigned kernel under lockdown or "
-            "kernel.kexec_load_disabled=1"
+            "kexec_file_load: EPERM — unsigned kernel under lockdown, "
+            "kernel.kexec_load_disabled=1 or kernel.kexec_load_limit_panic used up"
         )
-    return f"{err}: kernel lockdown or kernel.kexec_load_disabled=1"
+    return (
+        f"{err}: kernel lockdown, kernel.kexec_load_disabled=1 or "
+        "kernel.kexec_load_limit_panic used up"
+    )
 
 
 class FaultPolicy:

@@ -163,7 +163,8 @@ async def test_eperm_from_kexec_file_load_is_not_retried_with_kexec_file_load(
     assert fallback_kexec.calls == [] and len(kexec.calls) == 1
     assert s.state == ImageState.FAILED
     assert s.last_error == (
-        "kexec_file_load: EPERM — unsigned kernel under lockdown or kernel.kexec_load_disabled=1"
+        "kexec_file_load: EPERM — unsigned kernel under lockdown, "
+        "kernel.kexec_load_disabled=1 or kernel.kexec_load_limit_panic used up"
     )
     await r.stop()
 

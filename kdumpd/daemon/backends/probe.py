@@ -1,7 +1,11 @@
 """Choose the backend at start: what the running kernel can do, unless configured.
 
 - ``kernel``: CONFIG_CRASH_HOTPLUG is present (``/sys/devices/system/{cpu,memory}/
-  crash_hotplug`` or ``/sys/kernel/crash_elfcorehdr_size`` exist; kernel ≥ 6.6);
+  crash_hotplug`` or ``/sys/kernel/crash_elfcorehdr_size`` exist; kernel ≥ 6.6), on
+  x86_64 too, although ``segment`` would also be updated in place there
+  (``KEXEC_UPDATE_ELFCOREHDR``): neither loads per burst, and ``kexec_file_load``
+  keeps signature checking (lockdown, Secure Boot) and the EFI state for the capture
+  kernel (docs/design.md, "auto on 6.6+ x86_64 stays kernel");
 - ``kexec-tools``: the kernel has no ``kexec_file_load`` (a probe with invalid flags
   answers ENOSYS: Debian's ppc64el kernels) and a ``kexec`` binary is installed
   (no probe while ``kernel.kexec_load_limit_reboot`` is set: it would use up one load);
