@@ -8,7 +8,7 @@ from __future__ import annotations
 from kdumpd.arch.base import Arch, FdtArch
 from kdumpd.core.errors import UnsupportedError
 
-__all__ = ["SUPPORTED", "Arch", "FdtArch", "capture_append", "get_arch"]
+__all__ = ["SUPPORTED", "Arch", "FdtArch", "capture_append", "get_arch", "purgatory_blob"]
 
 #: Architectures kdumpd supports, by the name ``uname -m`` prints.
 SUPPORTED: tuple[str, ...] = ("x86_64", "ppc64le")
@@ -27,6 +27,16 @@ def get_arch(name: str) -> Arch:
     raise UnsupportedError(
         f"architecture {name!r} is not supported (supported: {', '.join(SUPPORTED)})"
     )
+
+
+def purgatory_blob(name: str) -> bytes:
+    """The built purgatory of architecture ``name`` for its ``kexec_load`` image
+    builder; raises a one-line KdumpdError when it is not built or ``name`` has none."""
+    if name == "x86_64":
+        from kdumpd.arch.x86_64.purgatory import purgatory_blob as x86_64_blob
+
+        return x86_64_blob()
+    raise UnsupportedError(f"no kdumpd purgatory for {name}")
 
 
 #: The capture kernel's arguments for a machine kdumpd has no back-end for.

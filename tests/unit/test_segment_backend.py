@@ -264,3 +264,22 @@ async def test_a_file_rewritten_during_the_load_is_prepared_again(sysroot: Path)
     assert b.prepared is not None and b.prepared is not first
     assert kexec.loads[-1][1][3][0] == b"\x1f\x8b" + b"new" * 30000  # the new initrd
     await r.stop()
+
+
+async def test_input_digests_name_the_purgatory_blob_actually_loaded(sysroot: Path) -> None:
+    """Without a configured blob the back-end loads the architecture's built one; its
+    digest is what the state records, not the digest of nothing."""
+    from kdumpd.arch import purgatory_blob
+    from kdumpd.core.errors import KdumpdError
+
+    try:
+        blob = purgatory_blob("x86_64")
+    except KdumpdError:
+        pytest.skip("the x86_64 purgatory is not built")
+    kexec = ScriptedKexec()
+    b = SegmentBackend(kexec, default_files(sysroot), sysroot)
+    r = reconciler(sysroot, b, TopologyHolder())
+    await r.start()
+    assert r.store.current.state == ImageState.LOADED
+    assert b.input_digests()["purgatory"] == hashlib.sha256(blob).hexdigest()
+    assert r.loaded_inputs["purgatory"] == hashlib.sha256(blob).hexdigest()

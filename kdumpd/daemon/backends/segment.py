@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kdumpd.arch import purgatory_blob
 from kdumpd.core.elfcorehdr import EHDR_SIZE, PHDR_SIZE
 from kdumpd.core.errors import KdumpdError
 from kdumpd.core.segment import LoaderInputs, SegmentImage, page_align
@@ -185,6 +186,8 @@ class SegmentBackend:
         self.sysroot = Path(sysroot)
         self.builder = builder
         self.purgatory = purgatory
+        # sha256 of the purgatory blob the last prepared image was built with
+        self.purgatory_sha256 = hashlib.sha256(purgatory).hexdigest() if purgatory else ""
         self.prepared: Prepared | None = None
         self.last_good: Prepared | None = None
         self.prepare_usec = 0
@@ -222,7 +225,7 @@ class SegmentBackend:
     def input_digests(self) -> dict[str, str]:
         return {
             **self.files.digests(),
-            "purgatory": hashlib.sha256(self.purgatory).hexdigest() if self.purgatory else "",
+            "purgatory": self.purgatory_sha256,
         }
 
     def _builder(self, topology: Topology) -> ImageBuilder:
@@ -259,6 +262,9 @@ class SegmentBackend:
         t0 = time.monotonic_ns()
         files = self.files
         maps: list[MappedFile] = []
+        blob = self.purgatory
+        if not blob and self.builder is None:  # the architecture's built blob
+            blob = purgatory_blob(topology.arch)
         try:
             kernel = MappedFile(files.kernel)
             maps.append(kernel)
@@ -270,7 +276,7 @@ class SegmentBackend:
                 kernel_name=files.kernel,
                 initrd=initrd.view if initrd is not None else None,
                 cmdline=files.cmdline,
-                purgatory=self.purgatory,
+                purgatory=blob,
                 boot_params=read_running_boot_params(self.sysroot),
             )
             seg_image = self._builder(topology).build(inputs, topology, image.elfcorehdr)
@@ -279,6 +285,7 @@ class SegmentBackend:
                 m.close()
             raise
         old, self.prepared = self.prepared, Prepared(key, seg_image, tuple(maps))
+        self.purgatory_sha256 = hashlib.sha256(blob).hexdigest() if blob else ""
         if old is not None and old is not self.last_good:
             old.close()
         self.prepare_usec = (time.monotonic_ns() - t0) // 1000
