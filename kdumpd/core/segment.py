@@ -99,7 +99,9 @@ def place_top_down(reservations: tuple[MemRange, ...], memsz: int) -> int | None
 def place_below(reservations: tuple[MemRange, ...], top: int, memsz: int) -> int:
     """Highest page-aligned address for ``memsz`` bytes ending at or below ``top``,
     inside the highest reservation (the one :func:`place_top_down` used)."""
-    window = max(reservations, key=lambda r: r.end)
+    window = crash_window(reservations)
+    if window is None:
+        raise CapacityError("crash FDT placement (no Crash kernel reservation)", memsz, 0)
     mem = (top - memsz) // PAGE_SIZE * PAGE_SIZE
     if mem < window.start:
         raise CapacityError(

@@ -25,6 +25,7 @@ from elftools.elf.structs import ELFStructs
 from kdumpd.arch.x86_64 import X86_64_PAGE_OFFSET
 from kdumpd.arch.x86_64.kerneltext import kernel_text as x86_kernel_text
 from kdumpd.core.errors import InputError
+from kdumpd.core.segment import ELF_MAGIC
 from kdumpd.core.topology import KernelText
 from kdumpd.system.sysroot import Sysroot, one_line
 
@@ -124,7 +125,7 @@ def _kcore_loads(root: Sysroot) -> KcoreLoads | None:
         return None
     if data is None or not data:
         return None
-    if data[:4] != b"\x7fELF":
+    if data[:4] != ELF_MAGIC:
         raise InputError(KCORE, "not an ELF file")
     try:
         structs = ELFStructs(little_endian=data[5] == 1, elfclass=64 if data[4] == 2 else 32)

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from kdumpd.arch.x86_64 import KERNEL_TEXT_AREA, START_KERNEL_MAP
 from kdumpd.core.ranges import round_up
+from kdumpd.core.segment import PAGE_SIZE
 from kdumpd.core.topology import KernelText
 
 KERNEL_VADDR_ALIGN = 1 << 20
-PAGE_SIZE = 4096
 _GIB_MASK = ~((1 << 30) - 1) & ((1 << 64) - 1)
 
 

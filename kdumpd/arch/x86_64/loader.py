@@ -47,6 +47,7 @@ from kdumpd.arch.x86_64.bzimage import ENTRY64_OFFSET, read_setup_header
 from kdumpd.arch.x86_64.purgatory import Purgatory, RegionFlag, purgatory_blob
 from kdumpd.core.errors import InputError, KdumpdError
 from kdumpd.core.segment import (
+    ELF_MAGIC,
     PAGE_SIZE,
     Buffer,
     LoaderInputs,
@@ -192,7 +193,7 @@ class X86ImageBuilder:
             raise KdumpdError("no Crash kernel reservation in /proc/iomem; nothing can be loaded")
         setup = read_setup_header(inputs.kernel, name)
         check_cmdline(setup, inputs.cmdline, name)
-        if bytes(elfcorehdr.buf[:4]) != b"\x7fELF":
+        if bytes(elfcorehdr.buf[:4]) != ELF_MAGIC:
             raise InputError("elfcorehdr", "the buffer does not hold an ELF header")
         purgatory = self.purgatory_factory(inputs.purgatory)
         payload = memoryview(inputs.kernel)[setup.payload_offset :]

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from kdumpd.core.errors import KdumpdError
+from kdumpd.core.segment import ELF_MAGIC, PAGE_SIZE
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -58,12 +59,10 @@ MAGIC = b"KDPURG\x00\x01"
 VERSION = 1
 HEADER_SIZE = 0x400
 MAX_REGIONS = 15
-PAGE_SIZE = 4096
 #: A blob (and its memsz) larger than this is not ours: the real one is ~12 KiB.
 MAX_MEMSZ = 1 << 20
 #: The bytes a flattened device tree starts with (big-endian 0xd00dfeed).
 FDT_MAGIC = b"\xd0\x0d\xfe\xed"
-ELF_MAGIC = b"\x7fELF"
 
 # header layout (purgatory.h)
 OFF_MAGIC = 0x08
