@@ -435,7 +435,8 @@ def test_kexec_load_warns_once_per_file_when_mlock_fails(
 
 def test_unit_lets_mlock_cover_the_image() -> None:
     """mlock of the kernel and initrd needs RLIMIT_MEMLOCK room (or CAP_IPC_LOCK);
-    systemd's default limit (8 MiB) does not hold an initrd."""
+    systemd's default limit (8 MiB) does not hold an initrd, and the unit's bounding
+    set has no CAP_IPC_LOCK."""
     unit = (Path(__file__).resolve().parents[2] / "systemd/kdumpd.service").read_text()
     lines = [line.strip() for line in unit.splitlines() if not line.startswith("#")]
     assert "LimitMEMLOCK=infinity" in lines or any(
