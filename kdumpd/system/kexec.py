@@ -266,27 +266,51 @@ class MappedFile:
     while ``mlock`` succeeds (``RLIMIT_MEMLOCK``, see :meth:`LinuxKexec.load`);
     otherwise the kernel's copy faults them in from disk inside the syscall.
 
-    A file replaced (new inode), rewritten in place or truncated changes
-    :func:`file_identity`; the back-end compares it before and after every load and
-    prepares a new input set when it moved (so a digest never describes other bytes
-    than the ones loaded).  Touching a mapping beyond a truncated end raises SIGBUS:
-    only the kernel's copy (``EFAULT``) and ``mlock`` (an error) touch it after the
-    digests were taken at preparation."""
+    The file descriptor stays open with the mapping: :meth:`changed` compares the
+    *mapped* inode (size, mtime, ctime) now with the one at map time.
+    A rewrite in place or a truncation changes it (the mapping then shows other bytes
+    than the ones digested); a rename-replacement (a package update) does not: the
+    mapping keeps the old inode, whatever the path names now.
+
+    Touching a mapping beyond a truncated end raises SIGBUS: only the kernel's copy
+    (``EFAULT``) and ``mlock`` (an error) touch it after the digests were taken at
+    preparation."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if st.st_size == 0:
-                    raise InputError(path, "file is empty")
-                self._map = _PathMap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                self._map.path = path
+            self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:
             raise InputError(path, f"cannot map: {err.strerror}") from None
+        try:
+            st = os.fstat(self._fd)
+            if st.st_size == 0:
+                raise InputError(path, "file is empty")
+            self._map = _PathMap(self._fd, 0, access=mmap.ACCESS_READ)
+            self._map.path = path
+        except OSError as err:
+            os.close(self._fd)
+            raise InputError(path, f"cannot map: {err.strerror}") from None
+        except BaseException:
+            os.close(self._fd)
+            raise
         self.size = st.st_size
         self.identity = identity_of(st)
+        self._nlink = st.st_nlink
         self.view: memoryview = memoryview(self._map)
+
+    def changed(self) -> bool:
+        """The mapped inode was rewritten or truncated since it was mapped: its size or
+        mtime moved, or its ctime did while its link count stayed (a rename over the
+        path or an unlink moves the ctime of the inode it drops, not its bytes)."""
+        try:
+            st = os.fstat(self._fd)
+        except OSError:
+            return True  # closed: nothing says the bytes are the same
+        now = identity_of(st)
+        if now[:4] != self.identity[:4]:
+            return True
+        return now[4] != self.identity[4] and st.st_nlink == self._nlink
 
     def release_pages(self) -> None:
         """Drop this mapping's resident pages from the process (not from the cache)."""
@@ -299,6 +323,10 @@ class MappedFile:
             self._map.close()
         except BufferError:
             pass  # a segment still holds a view; freed with it
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> MappedFile:
         return self

@@ -11,7 +11,7 @@ import logging
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -236,17 +236,37 @@ def test_segments_command_writes_segments_and_manifest(
     assert not any(int(f[3], 16) <= crash[0] < int(f[3], 16) + int(f[5], 16) for f in loads)
 
 
-async def test_a_file_rewritten_during_the_load_is_prepared_again(sysroot: Path) -> None:
+class Touching(ScriptedKexec):
+    """kexec_load that runs ``touch(n)`` inside load ``n`` (1-based): a file changes
+    while the kernel copies it."""
+
+    def __init__(self, touch: Callable[[int], None], errnos: list[int] | None = None) -> None:
+        super().__init__(errnos)
+        self.touch = touch
+
+    def load(self, entry: int, segments: list[tuple[object, int, int]], flags: int) -> None:
+        super().load(entry, segments, flags)
+        if segments:
+            self.touch(len(self.loads))
+
+
+def replace_by_rename(path: Path, data: bytes) -> None:
+    """What a package update does: a new file (new inode) renamed over the path."""
+    tmp = path.with_name(path.name + ".dpkg-new")
+    tmp.write_bytes(data)
+    tmp.rename(path)
+
+
+NEW_INITRD = b"\x1f\x8b" + b"new" * 30000
+
+
+async def test_a_file_rewritten_during_the_load_is_loaded_again_at_once(sysroot: Path) -> None:
+    """The initrd rewritten in place (same inode) while kexec_load copies it: the kernel
+    may hold new bytes under the old digests, which the purgatory would refuse at a
+    crash.  The same pass prepares the new bytes and loads once more."""
     b = segment_backend(sysroot, ScriptedKexec())
     initrd = Path(b.files.initrd or "")
-
-    class Rewriting(ScriptedKexec):
-        def load(self, entry: int, segments: list[tuple[object, int, int]], flags: int) -> None:
-            super().load(entry, segments, flags)
-            if len(self.loads) == 2:  # the second load: the initrd changes meanwhile
-                initrd.write_bytes(b"\x1f\x8b" + b"new" * 30000)
-
-    kexec = Rewriting()
+    kexec = Touching(lambda n: initrd.write_bytes(NEW_INITRD) if n == 2 else None)
     b.syscalls = kexec
     holder = TopologyHolder()
     r = reconciler(sysroot, b, holder)
@@ -256,13 +276,97 @@ async def test_a_file_rewritten_during_the_load_is_prepared_again(sysroot: Path)
     holder.add_blocks(1)
     r.request("burst")
     await r.settle()
-    assert "changed during the load" in r.store.current.last_error
-    assert b.prepared is None  # the next pass maps and hashes the new file
-    holder.add_blocks(1)
-    r.request("retry")
-    await r.settle()
+    cur = r.store.current
+    assert (cur.state, cur.load_failures, cur.last_error) == (ImageState.LOADED, 0, "")
+    assert len(kexec.loads) == 3  # start, the burst, the burst once more
     assert b.prepared is not None and b.prepared is not first
-    assert kexec.loads[-1][1][3][0] == b"\x1f\x8b" + b"new" * 30000  # the new initrd
+    assert kexec.loads[-1][1][3][0] == NEW_INITRD  # the new initrd
+    pur = kexec.loads[-1][1][1][0]
+    assert hashlib.sha256(NEW_INITRD).digest() in pur  # under its own digest
+    assert b.last_good is b.prepared
+    await r.stop()
+
+
+async def test_a_file_that_keeps_changing_during_loads_leaves_no_image_claimed(
+    sysroot: Path,
+) -> None:
+    """Rewritten in place during the load and again during the one more load: the
+    image is unloaded and the state says failed (never degraded/loaded for an image
+    whose digests describe other bytes); the last good image maps the same, rewritten
+    inode, so it is not restored either."""
+    b = segment_backend(sysroot, ScriptedKexec())
+    initrd = Path(b.files.initrd or "")
+    kexec = Touching(lambda n: initrd.write_bytes(NEW_INITRD + bytes(n)) if n >= 2 else None)
+    b.syscalls = kexec
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    assert r.store.current.state == ImageState.LOADED
+    holder.add_blocks(1)
+    r.request("burst")
+    await r.settle()
+    cur = r.store.current
+    assert cur.state == ImageState.FAILED and cur.load_failures == 1
+    assert "no trustworthy crash image is loaded" in cur.last_error
+    assert len(kexec.loads) == 4  # start, burst, once more, the unload
+    assert kexec.loads[-1][1] == [] and kexec.loads[-1][2] == KEXEC_ON_CRASH
+    assert not b.own_load
+    await r.stop()
+
+
+async def test_a_rename_replacement_during_the_load_is_no_failure(
+    sysroot: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A package update renames a new initrd over the path during the load: the
+    mapping still holds the old inode, so the loaded image is what the digests say.
+    The pass succeeds; the next one prepares the new file."""
+    b = segment_backend(sysroot, ScriptedKexec())
+    initrd = Path(b.files.initrd or "")
+    kexec = Touching(lambda n: replace_by_rename(initrd, NEW_INITRD) if n == 2 else None)
+    b.syscalls = kexec
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    first = b.prepared
+    holder.add_blocks(1)
+    caplog.set_level(logging.INFO, logger="kdumpd.daemon.backends.segment")
+    r.request("burst")
+    await r.settle()
+    cur = r.store.current
+    assert (cur.state, cur.load_failures, cur.last_error) == (ImageState.LOADED, 0, "")
+    assert len(kexec.loads) == 2 and b.prepared is first and b.last_good is first
+    assert "now names another file" in caplog.text
+    holder.add_blocks(1)
+    r.request("next burst")
+    await r.settle()
+    assert b.prepared is not first and kexec.loads[-1][1][3][0] == NEW_INITRD
+    await r.stop()
+
+
+async def test_restore_after_a_rename_replacement_loads_the_last_good_image(
+    sysroot: Path,
+) -> None:
+    """The last good image maps the replaced inode by design: restoring it after the
+    new file's load failed must load it, not fail the identity check."""
+    b = segment_backend(sysroot, ScriptedKexec())
+    initrd = Path(b.files.initrd or "")
+    kexec = Touching(lambda n: None)
+    b.syscalls = kexec
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    good = b.prepared
+    assert good is not None and r.store.current.state == ImageState.LOADED
+    replace_by_rename(initrd, NEW_INITRD)
+    kexec.errnos = [errno.ENOMEM]  # the new input set fails in the kernel
+    holder.add_blocks(1)
+    r.request("burst")
+    await r.settle()
+    cur = r.store.current
+    assert cur.state == ImageState.DEGRADED and "ENOMEM" in cur.last_error
+    assert len(kexec.loads) == 3  # start, the failed load, the restore
+    assert kexec.loads[-1][1][3][0] == bytes(good.image.plan.segments[3].buf)
+    assert kexec.loads[-1][1][3][0] != NEW_INITRD
     await r.stop()
 
 

@@ -155,6 +155,23 @@ def too_small_for_the_kernel(memsz: int, topology: Topology) -> str:
     )
 
 
+def _inode(path: str) -> tuple[object, ...]:
+    """Device and inode the path names now (empty when it names nothing)."""
+    identity = file_identity(path)
+    return identity[:2] if identity is not None else ()
+
+
+class ChangedDuringLoad(KdumpdError):
+    """A mapped kernel or initrd was rewritten or truncated while ``kexec_load`` copied
+    it (the load succeeded, but with other bytes than the purgatory's digests)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(
+            f"{', '.join(paths)} changed in place during the kexec_load (the kernel may "
+            "hold other bytes than the digests describe)"
+        )
+
+
 @dataclass(slots=True)
 class Prepared:
     key: tuple[object, ...]
@@ -331,6 +348,21 @@ class SegmentBackend:
         return (time.monotonic_ns() - t0) // 1000
 
     async def _load(self, prepared: Prepared) -> int:
+        """One ``kexec_load`` of ``prepared``.  The identity that matters is the one of
+        the *mapped* inodes (what the kernel copies), not the paths: a file rewritten
+        in place or truncated before the syscall refuses the load (nothing is sent);
+        during it raises :class:`ChangedDuringLoad` (the kernel then holds other bytes
+        than the digests describe).  A path that names another file now (a package
+        update renames a new file over it) leaves the mapping and the loaded image
+        intact: the next pass prepares the new file."""
+        moved = [m.path for m in prepared.maps if m.changed()]
+        if moved:
+            if self.prepared is prepared:
+                self.prepared = None
+            raise KdumpdError(
+                f"{', '.join(moved)} was rewritten in place after it was digested; "
+                "not loading it (the next pass prepares it again)"
+            )
         loop = asyncio.get_running_loop()
         self.own_load = False
         try:
@@ -339,13 +371,17 @@ class SegmentBackend:
             for m in prepared.maps:
                 m.release_pages()
         self.own_load = self.in_place
-        if prepared.key[5:] != self._files():
-            # a file changed while it was being loaded: the kernel may hold a mix of
-            # old and new bytes under the old digests; the next pass prepares anew
-            self.prepared = None
-            raise KdumpdError(
-                f"{self.files.kernel} or its initrd changed during the load; loading "
-                "again with the new files"
+        moved = [m.path for m in prepared.maps if m.changed()]
+        if moved:
+            if self.prepared is prepared:
+                self.prepared = None
+            raise ChangedDuringLoad(moved)
+        renamed = [m.path for m in prepared.maps if _inode(m.path) != m.identity[:2]]
+        if renamed:
+            log.info(
+                "%s now names another file; the loaded image holds the one it replaced, "
+                "the next pass prepares the new one",
+                ", ".join(renamed),
             )
         old, self.last_good = self.last_good, prepared
         if old is not None and old is not prepared and old is not self.prepared:
@@ -394,6 +430,17 @@ class SegmentBackend:
                 return ApplyResult(False, 0, True, "kernel updated the elfcorehdr in place")
             if self.own_load:
                 log.warning("%s: loading the crash image with kexec_load", why)
+        try:
+            return await self._prepare_and_load(request)
+        except ChangedDuringLoad as err:
+            log.warning("%s; preparing and loading once more", err)
+        try:
+            return await self._prepare_and_load(request)
+        except ChangedDuringLoad as err:
+            raise await self._untrusted(err) from None
+
+    async def _prepare_and_load(self, request: LoadRequest) -> ApplyResult:
+        assert request.image is not None and request.topology is not None
         seg_image = self.prepare(request.image, request.topology)
         seg_image.refresh()
         assert self.prepared is not None
@@ -405,12 +452,25 @@ class SegmentBackend:
             + (" (KEXEC_UPDATE_ELFCOREHDR)" if self.in_place else ""),
         )
 
+    async def _untrusted(self, err: ChangedDuringLoad) -> KdumpdError:
+        """The loaded image's digests describe other bytes than the kernel copied: the
+        purgatory would refuse it at a crash.  Unload it, so that nothing (state,
+        ``kexec_crash_loaded``) says a crash kernel is ready when none can dump."""
+        try:
+            await self.unload()
+        except KexecError as unload_err:
+            log.error("unloading the untrustworthy crash image failed: %s", unload_err)
+        return KdumpdError(f"{err}; unloaded it: no trustworthy crash image is loaded")
+
     async def restore(self, request: LoadRequest) -> ApplyResult:
         good = self.last_good
         if good is None:
             raise KdumpdError("no crash image has loaded successfully yet; nothing to restore")
         good.image.refresh()
-        return await self._guarded(good, request, "restored the last segment list that loaded")
+        try:
+            return await self._guarded(good, request, "restored the last segment list that loaded")
+        except ChangedDuringLoad as err:
+            raise await self._untrusted(err) from None
 
     async def unload(self) -> None:
         loop = asyncio.get_running_loop()
