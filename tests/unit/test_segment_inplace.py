@@ -209,6 +209,53 @@ def test_rsdp_from_the_efi_systab_when_boot_params_has_none(tmp_path: Path) -> N
         assert read_efi_rsdp(tmp_path) == 0
 
 
+@pytest.mark.parametrize("unreadable", ["missing", "a directory", "too short"])
+def test_rsdp_from_the_efi_systab_when_boot_params_cannot_be_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, unreadable: str
+) -> None:
+    """No readable boot_params (a sysroot without them, a read error, a short file):
+    not a silent 0 (the capture kernel would find no ACPI on UEFI-only firmware) but
+    one warning and the RSDP from the EFI systab, ACPI20= before ACPI=."""
+    from kdumpd.arch.x86_64.bootparams import running_rsdp
+    from kdumpd.daemon.backends.segment import read_running_boot_params
+
+    data = tmp_path / "sys/kernel/boot_params/data"
+    if unreadable == "a directory":
+        data.mkdir(parents=True)
+    elif unreadable == "too short":
+        data.parent.mkdir(parents=True)
+        data.write_bytes(bytes(0x40))
+    _systab(tmp_path, "SMBIOS3=0x7f8ec000\nACPI=0x7fb7e014\nACPI20=0x7fb7e000\n")
+    with caplog.at_level("WARNING", logger="kdumpd.daemon.backends.segment"):
+        assert running_rsdp(read_running_boot_params(tmp_path)) == 0x7FB7E000
+        _systab(tmp_path, "ACPI=0x7fb7e014\n")
+        assert running_rsdp(read_running_boot_params(tmp_path)) == 0x7FB7E014
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # once
+    assert "/sys/kernel/boot_params/data" in warnings[0] and "0x7fb7e000" in warnings[0]
+    (tmp_path / "sys/firmware/efi/systab").unlink()  # not an EFI machine: nothing to give
+    assert read_running_boot_params(tmp_path) in (b"", bytes(0x40))
+
+
+async def test_the_loaded_boot_params_carry_the_systab_rsdp_without_boot_params(
+    sysroot: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the back-end: the setup segment handed to kexec_load has the systab's
+    RSDP in acpi_rsdp_addr when /sys/kernel/boot_params/data is missing."""
+    assert not (sysroot / "sys/kernel/boot_params/data").exists()
+    _systab(sysroot, "ACPI20=0x7fb7e000\n")
+    kexec = ScriptedKexec()
+    b = backend(sysroot, kexec, in_place=False)
+    r = reconciler(sysroot, b, TopologyHolder())
+    with caplog.at_level("WARNING", logger="kdumpd.daemon.backends.segment"):
+        await r.start()
+    assert r.store.current.state == ImageState.LOADED
+    setup = kexec.loads[0][1][2][0]
+    assert int.from_bytes(setup[0x70:0x78], "little") == 0x7FB7E000
+    assert "cannot read /sys/kernel/boot_params/data" in caplog.text
+    await r.stop()
+
+
 async def test_a_header_too_small_for_the_kernels_rebuild_loads_every_burst(
     sysroot: Path,
 ) -> None:

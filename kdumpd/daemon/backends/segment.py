@@ -114,24 +114,54 @@ def read_efi_rsdp(sysroot: Path) -> int:
     return 0
 
 
+#: arch/x86/include/uapi/asm/bootparam.h: the zero page.
+BOOT_PARAMS_SIZE = 4096
+_unreadable_warned: set[Path] = set()  # sysroots whose boot_params could not be read
+
+
 def read_running_boot_params(sysroot: Path) -> bytes:
-    """``/sys/kernel/boot_params/data`` (x86; empty elsewhere or when unreadable).
+    """``/sys/kernel/boot_params/data`` (x86), of which the loader takes only
+    ``acpi_rsdp_addr``.
 
     A kernel started by firmware through its EFI stub can leave ``acpi_rsdp_addr``
     0 there (seen on Debian 6.1 under OVMF: docs/e2e.md); then the capture kernel,
-    which gets no EFI state from kdumpd, would find no ACPI at all.  The RSDP the
-    firmware lists in ``/sys/firmware/efi/systab`` is filled in instead."""
+    which gets no EFI state from kdumpd (``efi_info`` is zeroed), would find no ACPI
+    at all on firmware without the legacy BIOS area.  The RSDP the firmware lists in
+    ``/sys/firmware/efi/systab`` is filled in instead; the same when boot_params
+    cannot be read at all (a warning, once per sysroot: a zero page then carries
+    only that address).  Empty when neither has one."""
+    root = Sysroot(sysroot)
     try:
-        data = Sysroot(sysroot).read_bytes(BOOT_PARAMS_DATA, limit=8192) or b""
-    except (KdumpdError, OSError):
-        return b""
+        data = root.read_bytes(BOOT_PARAMS_DATA, limit=8192)
+        why = "missing" if data is None else ""
+    except (KdumpdError, OSError) as err:
+        data, why = None, str(err)
+    data = data or b""
     field = slice(ACPI_RSDP_ADDR, ACPI_RSDP_ADDR + 8)
-    if len(data) < field.stop or int.from_bytes(data[field], "little"):
+    readable = len(data) >= field.stop
+    if readable and int.from_bytes(data[field], "little"):
         return data
     rsdp = read_efi_rsdp(sysroot)
-    if not rsdp:
-        return data
-    log.info("acpi_rsdp_addr is 0 in boot_params; the capture kernel gets %#x (EFI systab)", rsdp)
+    if not readable:
+        if sysroot not in _unreadable_warned:
+            _unreadable_warned.add(sysroot)
+            log.warning(
+                "cannot read %s (%s): the capture kernel gets %s",
+                BOOT_PARAMS_DATA,
+                why or f"{len(data)} bytes",
+                f"the ACPI RSDP {rsdp:#x} from {EFI_SYSTAB}"
+                if rsdp
+                else f"no ACPI RSDP (none in {EFI_SYSTAB} either); it must find ACPI itself",
+            )
+        if not rsdp:
+            return b""
+        data = bytes(BOOT_PARAMS_SIZE)
+    else:
+        if not rsdp:
+            return data
+        log.info(
+            "acpi_rsdp_addr is 0 in boot_params; the capture kernel gets %#x (EFI systab)", rsdp
+        )
     patched = bytearray(data)
     patched[field] = rsdp.to_bytes(8, "little")
     return bytes(patched)
@@ -294,7 +324,9 @@ class SegmentBackend:
                 initrd=initrd.view if initrd is not None else None,
                 cmdline=files.cmdline,
                 purgatory=blob,
-                boot_params=read_running_boot_params(self.sysroot),
+                boot_params=read_running_boot_params(self.sysroot)
+                if topology.arch == "x86_64"
+                else b"",
             )
             seg_image = self._builder(topology).build(inputs, topology, image.elfcorehdr)
         except BaseException:
