@@ -11,7 +11,7 @@ Example file::
 
     backend = "auto"            # auto | kernel | file | segment | kexec-tools | dry-run
     state_dir = "/run/kdumpd"
-    event_source = "auto"       # auto | udev | kernel (the uevent netlink group)
+    event_source = "auto"       # auto | udev | netlink (the kernel's own uevents)
     dbus = true
     # Prometheus metrics for node_exporter's textfile collector; unset = none.
     # metrics_file = "/var/lib/prometheus/node-exporter/kdumpd.prom"
@@ -33,6 +33,7 @@ Example file::
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
@@ -67,7 +68,13 @@ ENV_PREFIX = "KDUMPD_"
 
 # "auto" + kdumpd.daemon.backends.BACKEND_NAMES (a test keeps them equal)
 BackendName = Literal["auto", "kernel", "file", "segment", "kexec-tools", "dry-run"]
-EventSourceName = Literal["auto", "udev", "kernel"]
+# "netlink" is the kernel's own uevent multicast group, "udev" udevd's re-broadcast
+# (kdumpd.events.udev).  "kernel" (pyudev's name for the netlink group, kdumpd's until
+# the back-end of that name made it ambiguous) is still accepted and read as "netlink".
+EventSourceName = Literal["auto", "udev", "netlink"]
+EVENT_SOURCE_ALIASES: dict[str, EventSourceName] = {"kernel": "netlink"}
+
+log = logging.getLogger("kdumpd.config")
 
 
 class _Frozen(BaseModel):
@@ -115,6 +122,11 @@ class Settings(BaseSettings):
     debounce: DebounceSettings = Field(default_factory=DebounceSettings)
     elfcorehdr: ElfcorehdrSettings = Field(default_factory=ElfcorehdrSettings)
     kexec: KexecSettings = Field(default_factory=KexecSettings)
+
+    @field_validator("event_source", mode="before")
+    @classmethod
+    def _deprecated_source_name(cls, value: Any) -> Any:
+        return EVENT_SOURCE_ALIASES.get(value, value) if isinstance(value, str) else value
 
     @field_validator("metrics_file", mode="before")
     @classmethod
@@ -248,7 +260,34 @@ def load_settings(
     finally:
         _FILE_LAYER.reset(tok_file)
         _ENV.reset(tok_env)
+    _warn_deprecated_source(clean, file_data, path, environ)
     return _with_kdump_utils(layered)
+
+
+def _warn_deprecated_source(
+    overrides: Mapping[str, Any],
+    file_data: Mapping[str, Any],
+    path: Path | None,
+    env: Mapping[str, str],
+) -> None:
+    """One warning when the event source in effect was spelled with a deprecated
+    name (the validator has already mapped it); the layer that set it is named."""
+    var = ENV_PREFIX + "EVENT_SOURCE"
+    if "event_source" in overrides:
+        raw, where = overrides["event_source"], "command line"
+    elif var in env:
+        raw, where = env[var], var
+    elif "event_source" in file_data:
+        raw, where = file_data["event_source"], str(path)
+    else:
+        return
+    if isinstance(raw, str) and raw in EVENT_SOURCE_ALIASES:
+        log.warning(
+            "%s: event source %r is deprecated, read as %r",
+            where,
+            raw,
+            EVENT_SOURCE_ALIASES[raw],
+        )
 
 
 def _check_file_alone(file_data: dict[str, Any], path: Path) -> None:

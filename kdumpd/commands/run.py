@@ -20,7 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sysroot", metavar="DIR", help="read /proc and /sys below DIR")
     parser.add_argument("--backend", choices=("auto", *BACKEND_NAMES), help="override the probe")
     parser.add_argument("--state-dir", metavar="DIR", help="state.json and dry-run loads")
-    parser.add_argument("--event-source", choices=("auto", "udev", "kernel"))
+    parser.add_argument(
+        "--event-source",
+        # "kernel": the deprecated name kdumpd.config maps to netlink (and warns about)
+        choices=("auto", "udev", "netlink", "kernel"),
+        metavar="{auto,udev,netlink}",
+        help="udev: uevents as udevd re-sends them; netlink: the kernel's own (no udevd"
+        " needed); auto (default): udev if udevd runs, else netlink. 'kernel' is a"
+        " deprecated name for netlink",
+    )
     parser.add_argument("--replay", metavar="FILE", help="feed events from a replay file")
     parser.add_argument(
         "--speed", type=float, default=1.0, metavar="N", help="replay time scale (0 = no waits)"

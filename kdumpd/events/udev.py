@@ -5,10 +5,12 @@ filters, one socket so events stay in SEQNUM order), read with
 ``loop.add_reader(fileno, drain)``; ``drain`` calls ``poll(0)`` until it returns
 None.  Source ``udev`` (events after udevd processed them) is preferred; without
 udevd (``/run/udev/control`` absent) nothing is ever re-broadcast on that group,
-so ``auto`` falls back to raw ``kernel`` uevents and logs which one it uses.
+so ``auto`` falls back to ``netlink`` (the kernel's own uevents) and logs which one
+it uses.
 
-The source names are the two netlink groups (pyudev's ``source=``): ``kernel`` here
-means the kernel's own uevent broadcast, not the ``kernel`` back-end.
+The two sources are the two multicast groups of ``NETLINK_KOBJECT_UEVENT``: the
+kernel's broadcast (``netlink``; pyudev calls it ``kernel``) and udevd's re-broadcast
+(``udev``).
 """
 
 from __future__ import annotations
@@ -30,10 +32,17 @@ UDEV_CONTROL = "/run/udev/control"
 RECEIVE_BUFFER = 32 << 20
 
 
+# kdumpd's source name -> pyudev's (Monitor.from_netlink(source=...))
+PYUDEV_SOURCE = {"udev": "udev", "netlink": "kernel"}
+
+
 def choose_source(requested: str, udev_control: str = UDEV_CONTROL) -> str:
-    if requested in ("udev", "kernel"):
+    """``udev`` or ``netlink``: the requested one, or for ``auto`` the one that works."""
+    if requested in PYUDEV_SOURCE:
         return requested
-    return "udev" if os.path.exists(udev_control) else "kernel"
+    if requested != "auto":
+        raise ValueError(f"unknown event source {requested!r} (auto, udev or netlink)")
+    return "udev" if os.path.exists(udev_control) else "netlink"
 
 
 class UdevSource:
@@ -63,7 +72,7 @@ class UdevSource:
         except ImportError as err:  # libudev1 missing
             raise UnsupportedError(f"udev event source: {err}") from None
         ctx = pyudev.Context()
-        mon = pyudev.Monitor.from_netlink(ctx, source=self.source)
+        mon = pyudev.Monitor.from_netlink(ctx, source=PYUDEV_SOURCE[self.source])
         mon.filter_by("cpu")
         mon.filter_by("memory")
         try:

@@ -227,7 +227,7 @@ def start_daemon(g: Guest, kern: kernels.Kernel, ird: Path, backend: str = "auto
     config = (
         f'backend = "{backend}"\n'
         'state_dir = "/run/kdumpd"\n'
-        'event_source = "kernel"\n'
+        'event_source = "netlink"\n'
         "dbus = true\n"
         "[debounce]\nquiet_ms = 100\nmax_ms = 1000\n"
         "[elfcorehdr]\nmax_cpus = 16\nmax_ranges = 1024\n"

@@ -345,7 +345,7 @@ KDUMPD_DEBOUNCE={"quiet_ms": 5, "max_ms": 10}
 KDUMPD_ELFCOREHDR__MAX_CPUS=64
 KDUMPD_KEXEC__APPEND=irqpoll nr_cpus=1
 KDUMPD_DBUS=false
-KDUMPD_EVENT_SOURCE=kernel
+KDUMPD_EVENT_SOURCE=netlink
 KDUMPD_STATE_DIR=/run/kdumpd
 """
 
@@ -507,7 +507,7 @@ def _uevent_target() -> Target:
 
         logging.getLogger("kdumpd.events.udev").disabled = True
         try:
-            source = UdevSource(lambda _ev: None, source="kernel")
+            source = UdevSource(lambda _ev: None, source="netlink")
             monitor = _FakeMonitor()
 
             def run(data: bytes) -> int:

@@ -117,7 +117,7 @@ async def test_udev_kernel_monitor_receives_synthetic_uevent() -> None:
     from kdumpd.events.udev import UdevSource
 
     got: list[HotplugEvent] = []
-    src = UdevSource(got.append, source="kernel")
+    src = UdevSource(got.append, source="netlink")
     src.start()
     try:
         tag = uuid.uuid4()
@@ -197,7 +197,7 @@ def test_udev_drain_enobufs_rescans_and_other_errors_stop() -> None:
     from kdumpd.events.udev import UdevSource
 
     got: list[HotplugEvent] = []
-    src = UdevSource(got.append, source="kernel")
+    src = UdevSource(got.append, source="netlink")
     loop = _Loop()
     src._loop = loop  # type: ignore[assignment]
     src._monitor = _Monitor([OSError(errno.ENOBUFS, "No buffer space"), _Dev(), None])

@@ -1,7 +1,7 @@
 """What the unit's sandbox (systemd/kdumpd.service) relies on, checked on this kernel:
 
 - ``PrivateNetwork=yes``: the kernel broadcasts device uevents into every network
-  namespace owned by the initial user namespace, so kdumpd's ``kernel`` event source
+  namespace owned by the initial user namespace, so kdumpd's ``netlink`` event source
   still hears a real uevent from a fresh network namespace;
 - ``MemoryDenyWriteExecute=yes``: the daemon (pyudev, dbus-fast, libfdt, the journal,
   a whole replay) runs with write+execute mappings refused (``PR_SET_MDWE``).
@@ -30,7 +30,7 @@ from kdumpd.events.udev import UdevSource
 
 async def main() -> None:
     got = asyncio.get_running_loop().create_future()
-    source = UdevSource(lambda ev: got.done() or got.set_result(ev), source="kernel")
+    source = UdevSource(lambda ev: got.done() or got.set_result(ev), source="netlink")
     source.start()
     print("listening", flush=True)
     ev = await asyncio.wait_for(got, 10)

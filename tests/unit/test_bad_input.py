@@ -107,7 +107,7 @@ class _Monitor:
 
 def test_a_uevent_field_that_is_not_utf8_is_dropped_not_raised() -> None:
     got: list[HotplugEvent] = []
-    source = UdevSource(got.append, source="kernel")
+    source = UdevSource(got.append, source="netlink")
 
     class Good:
         action, subsystem, device_path = "add", "cpu", "/devices/system/cpu/cpu1"

@@ -69,7 +69,7 @@ def test_private_network_goes_with_kernel_uevents() -> None:
     (tests/integration/test_sandbox.py proves it with a real uevent)."""
     d = _directives(UNIT.read_text())
     assert d["PrivateNetwork"] == "yes"
-    assert "--event-source kernel" in d["ExecStart"]
+    assert "--event-source netlink" in d["ExecStart"]
 
 
 def test_every_flagged_sandbox_item_is_justified_in_the_unit_and_the_docs() -> None:
