@@ -14,11 +14,15 @@ import pytest
 
 from kdumpd.arch.x86_64.loader import KEXEC_ARCH_X86_64, REGION_ELFCOREHDR, X86ImageBuilder
 from kdumpd.arch.x86_64.purgatory import RegionFlag
+from kdumpd.core.image import CrashImage
+from kdumpd.core.segment import SegmentImage
+from kdumpd.core.topology import Topology
 from kdumpd.daemon.backends.base import LoadRequest
 from kdumpd.daemon.backends.file import default_files
 from kdumpd.daemon.backends.segment import SegmentBackend
 from kdumpd.daemon.reconciler import default_image_factory
 from kdumpd.daemon.state import ImageState
+from kdumpd.daemon.statefile import key_digest
 from kdumpd.system.kexec import KEXEC_ON_CRASH, KEXEC_UPDATE_ELFCOREHDR, KexecError
 from tests.unit.bzimage_support import make_bzimage
 from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder
@@ -160,6 +164,70 @@ async def test_a_load_that_raced_hotplug_is_suspect_and_the_next_pass_loads(
     assert len(kexec.loads) == 2 and result.loaded and not b.stale_reason
     result = await b.apply(LoadRequest(image, topology, 3, "burst"))
     assert len(kexec.loads) == 2 and not result.loaded
+
+
+async def test_the_race_check_starts_from_the_topology_the_header_was_built_from(
+    sysroot: Path,
+) -> None:
+    """A hotplug event between building the header and the syscall updates the *old*
+    image in place; the syscall then installs a header without it.  Two reads after the
+    event agree, so only the header's own key shows the change."""
+    kexec = ScriptedKexec()
+    b = backend(sysroot, kexec)
+    topology = TopologyHolder()(sysroot)
+    image = default_image_factory()(topology)
+    moved = key_digest(TopologyHolder().current.image_key()) + "-moved"
+    result = await b.apply(LoadRequest(image, topology, 1, "start", read_key=lambda: moved))
+    assert len(kexec.loads) == 1 and result.load_count == 1  # no second load of the same bytes
+    assert b.stale_reason
+    result = await b.apply(LoadRequest(image, topology, 2, "burst"))
+    assert len(kexec.loads) == 2 and result.loaded and not b.stale_reason
+    # a read that matches the header loaded: nothing is suspect
+    same = key_digest(topology.image_key())
+    await b.apply(LoadRequest(image, topology, 3, "load", force_load=True, read_key=lambda: same))
+    assert len(kexec.loads) == 3 and not b.stale_reason
+    result = await b.apply(LoadRequest(image, topology, 4, "burst"))
+    assert len(kexec.loads) == 3 and not result.loaded
+
+
+async def test_an_event_between_building_the_header_and_the_syscall_is_not_lost(
+    sysroot: Path,
+) -> None:
+    kexec = ScriptedKexec()
+    b = backend(sysroot, kexec)
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    prepare = b.prepare
+
+    def prepare_then_hotplug(image: CrashImage, topology: Topology) -> SegmentImage:
+        built = prepare(image, topology)
+        if holder.blocks == 0:
+            holder.add_blocks(1)  # after the header was built, before the syscall
+        return built
+
+    b.prepare = prepare_then_hotplug  # type: ignore[method-assign]
+    await r.start()
+    # the re-read right after the load sees the block; the header lacks it: load again
+    assert len(kexec.loads) == 2
+    assert kexec.loads[1][1][0][0] != kexec.loads[0][1][0][0]  # the header with the block
+    s = r.store.current
+    assert s.state == ImageState.LOADED and not s.stale and not b.stale_reason
+    r.request("hot-add")  # that block's uevent burst: the kernel keeps the new image current
+    await r.settle()
+    assert len(kexec.loads) == 2
+    await r.stop()
+
+
+async def test_a_restored_image_is_not_trusted_to_be_current(sysroot: Path) -> None:
+    kexec = ScriptedKexec()
+    b = backend(sysroot, kexec)
+    topology = TopologyHolder()(sysroot)
+    image = default_image_factory()(topology)
+    await b.apply(LoadRequest(image, topology, 1, "start"))
+    await b.restore(LoadRequest(image, topology, 2, "burst"))  # after a failed load
+    assert len(kexec.loads) == 2 and "restored" in b.stale_reason
+    result = await b.apply(LoadRequest(image, topology, 2, "retry"))
+    assert result.loaded and len(kexec.loads) == 3 and not b.stale_reason
 
 
 async def test_the_kernel_log_or_an_unload_makes_the_next_burst_load(sysroot: Path) -> None:

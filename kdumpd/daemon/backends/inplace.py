@@ -19,13 +19,18 @@ during that one extra load, the guard does not loop: it records the reason in
 :attr:`LoadRaceGuard.suspect`, and the back-end's next apply (the burst of those very
 events) loads instead of trusting the in-place update.
 
-Used by the ``kernel`` and ``kexec-tools`` back-ends.  The ``segment`` back-end (its
-own ``kexec_load`` with ``KEXEC_UPDATE_ELFCOREHDR``) has the same race but loads a
-header it built *before* the syscall: loading the same bytes again would not help, so
-it calls :meth:`LoadRaceGuard.load` with ``retry=False``.  The guard then only records
-the suspicion; the reconciler's re-read right after the load (or the burst of those
-very events) rebuilds the header from the new topology, and the back-end loads it
-because :attr:`LoadRaceGuard.suspect` is set.
+Used by the ``kernel`` and ``kexec-tools`` back-ends, whose header is built after the
+"before" read: by the kernel inside ``kexec_file_load``, or by ``kexec`` after it
+starts.  The ``segment`` back-end (its own ``kexec_load`` with
+``KEXEC_UPDATE_ELFCOREHDR``) has the same race but loads a header it built *before*
+the syscall, so a read right before the syscall is the wrong "before": an event
+between building the header and the syscall updates the *old* image in place, the
+syscall then replaces it with a header that lacks the event, and two reads after the
+event agree.  That back-end passes ``before=`` the key of the topology its header was
+built from.  Loading the same bytes again would not help either, so it also passes
+``retry=False``: the guard only records the suspicion; the reconciler's re-read right
+after the load (or the burst of those very events) rebuilds the header from the new
+topology, and the back-end loads it because :attr:`LoadRaceGuard.suspect` is set.
 
 :class:`RemovedRam` is the other reason such a back-end loads on a burst: the kernel
 rebuilds its header at ``MEM_OFFLINE``, while the block is still ``System RAM``, and not
@@ -77,10 +82,16 @@ class LoadRaceGuard:
         read_key: KeyReader | None,
         *,
         retry: bool = True,
+        before: str | None = None,
     ) -> ApplyResult:
         """Run ``load``; if the topology moved meanwhile, load once more (``retry``)
-        or only record the reason in :attr:`suspect` (``retry=False``)."""
-        before = _key(read_key)
+        or only record the reason in :attr:`suspect` (``retry=False``).
+
+        ``before``: the key of the topology the image being loaded describes, for a
+        loader that built it before this call; None reads it right now (the image is
+        built after this point)."""
+        if before is None:
+            before = _key(read_key)
         first = await load()
         self.suspect = ""
         after = _key(read_key)

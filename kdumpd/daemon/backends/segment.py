@@ -26,10 +26,12 @@ CPU or memory event.  A burst then loads nothing, except when
 
 - no image of ours with the flag is loaded (start, after a failed load, an unload),
   or ``kexec_crash_loaded`` reads 0;
-- the topology changed while our own load held the kexec lock (the kernel skipped
-  its update: :class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard`, without a
-  second load of the same, already stale header), or the kernel log said an update
-  was skipped (the reconciler's ``force_load``);
+- the topology changed between building the header and the end of our own load
+  (the kernel updated the old image or skipped its update:
+  :class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard` compares the header's own
+  key with a read after the load, without a second load of the same, already stale
+  header), the image is a restored one, or the kernel log said an update was skipped
+  (the reconciler's ``force_load``);
 - ``System RAM`` disappeared (:class:`~kdumpd.daemon.backends.inplace.RemovedRam`);
 - the elfcorehdr segment is smaller than the kernel's own rebuild (a too-small
   ``[elfcorehdr]`` override): :func:`too_small_for_the_kernel`.
@@ -65,6 +67,7 @@ from kdumpd.daemon.backends.base import (
 )
 from kdumpd.daemon.backends.file import KexecFiles
 from kdumpd.daemon.backends.inplace import LoadRaceGuard, RemovedRam
+from kdumpd.daemon.statefile import key_digest
 from kdumpd.system.kexec import (
     KEXEC_ON_CRASH,
     KEXEC_UPDATE_ELFCOREHDR,
@@ -430,7 +433,12 @@ class SegmentBackend:
 
         if not self.in_place:
             return await once()
-        result = await self.race.load(once, request.read_key, retry=False)
+        # "before" is the topology the header was built from, not a read now: an event
+        # between the build and the syscall updates the old image, which the syscall
+        # then replaces with a header lacking it (inplace.py's docstring)
+        built = request.topology
+        before = key_digest(built.image_key()) if built is not None else None
+        result = await self.race.load(once, request.read_key, retry=False, before=before)
         if self.in_place:
             self.hotplug_flag = self.read_hotplug(self.sysroot)
             if self.hotplug_flag is False:
@@ -500,9 +508,18 @@ class SegmentBackend:
             raise KdumpdError("no crash image has loaded successfully yet; nothing to restore")
         good.image.refresh()
         try:
-            return await self._guarded(good, request, "restored the last segment list that loaded")
+            result = await self._guarded(
+                good, request, "restored the last segment list that loaded"
+            )
         except ChangedDuringLoad as err:
             raise await self._untrusted(err) from None
+        if self.in_place and not self.race.suspect:
+            # its elfcorehdr may be an earlier image's: without this the retry's burst
+            # would trust the kernel's in-place updates on top of it
+            self.race.suspect = (
+                "the restored crash image's elfcorehdr may describe an earlier topology"
+            )
+        return result
 
     async def unload(self) -> None:
         loop = asyncio.get_running_loop()
