@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -119,6 +119,7 @@ def validate_segments(
     *,
     headroom: int = 0,
     source: str = "crash image",
+    heads: Mapping[SegmentKind, bytes] | None = None,
 ) -> None:
     """Everything the kernel would check after freeing the old crash image, and more.
 
@@ -132,6 +133,9 @@ def validate_segments(
       its control pages and identity page tables, first fit from the start);
     * only the elfcorehdr segment starts with ``\\x7fELF`` (the 6.6+ hotplug code
       finds the header by that magic) and it does start with it.
+
+    ``heads`` gives the first bytes of segments whose buffers map files (read through
+    the file, see :class:`FileReader`); their buffers are then not read at all.
     """
 
     def bad(problem: str) -> InputError:
@@ -151,7 +155,8 @@ def validate_segments(
             raise bad(
                 f"{name} (+{s.memsz:#x}) is outside Crash kernel {window.start:#x}-{window.end:#x}"
             )
-        magic = bytes(s.buf[:4]) == ELF_MAGIC
+        head = (heads or {}).get(s.kind)
+        magic = bytes((s.buf if head is None else head)[:4]) == ELF_MAGIC
         if magic != (s.kind == SegmentKind.ELFCOREHDR):
             raise bad(
                 f"{name}: " + ("starts with \\x7fELF" if magic else "does not start with \\x7fELF")
@@ -205,6 +210,21 @@ class SegmentImage(Protocol):
         ...
 
 
+class FileReader(Protocol):
+    """Reads a mapped input file without touching its mapping (past a truncated end a
+    mapping raises SIGBUS, which kills the process): the daemon's
+    :class:`kdumpd.system.kexec.MappedFile`.  Both raise a one-line
+    :class:`InputError` when the file no longer has the bytes that were mapped."""
+
+    def pread(self, size: int, offset: int = 0) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (shorter when the file is)."""
+        ...
+
+    def sha256(self, offset: int = 0) -> bytes:
+        """SHA-256 of the mapped bytes from ``offset`` to the end."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class LoaderInputs:
     """What an image builder needs besides the topology and the elfcorehdr.
@@ -214,7 +234,11 @@ class LoaderInputs:
     ``elfcorehdr=``), ``purgatory`` the architecture's purgatory blob (empty: the
     one the project built), and
     ``boot_params`` the running kernel's boot parameters where the architecture has
-    them (x86: ``/sys/kernel/boot_params/data``; empty when unreadable)."""
+    them (x86: ``/sys/kernel/boot_params/data``; empty when unreadable).
+
+    ``kernel_file``/``initrd_file``, when given, read the same files for the builder:
+    headers and digests come from them, and the builder never reads ``kernel`` or
+    ``initrd`` itself (they only become segment buffers for the kernel's copy)."""
 
     kernel: Buffer
     kernel_name: str
@@ -222,6 +246,8 @@ class LoaderInputs:
     cmdline: str
     purgatory: bytes = b""
     boot_params: bytes = b""
+    kernel_file: FileReader | None = None
+    initrd_file: FileReader | None = None
 
 
 class ImageBuilder(Protocol):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import logging
 import mmap
 import os
@@ -272,9 +273,15 @@ class MappedFile:
     than the ones digested); a rename-replacement (a package update) does not: the
     mapping keeps the old inode, whatever the path names now.
 
-    Touching a mapping beyond a truncated end raises SIGBUS: only the kernel's copy
-    (``EFAULT``) and ``mlock`` (an error) touch it after the digests were taken at
-    preparation."""
+    Touching a mapping beyond a truncated end raises SIGBUS, which Python cannot
+    catch.  So the daemon never reads the mapping itself: :meth:`pread` and
+    :meth:`sha256` read through the descriptor (a short read is a one-line
+    :class:`InputError`); only the kernel's copy (``EFAULT``) and ``mlock`` (an error)
+    touch the mapping.  They read the page cache in 1 MiB pieces into one buffer, so
+    digesting adds no resident copy of the file either."""
+
+    #: Bytes per read while digesting (one reused buffer: no copy of the file).
+    CHUNK = 1 << 20
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -311,6 +318,38 @@ class MappedFile:
         if now[:4] != self.identity[:4]:
             return True
         return now[4] != self.identity[4] and st.st_nlink == self._nlink
+
+    def pread(self, size: int, offset: int = 0) -> bytes:
+        """Up to ``size`` bytes at ``offset``, read through the descriptor (never
+        SIGBUS); shorter when the file is."""
+        try:
+            return os.pread(self._fd, size, offset)
+        except OSError as err:
+            raise InputError(self.path, f"cannot read: {err.strerror}") from None
+
+    def sha256(self, offset: int = 0) -> bytes:
+        """SHA-256 of bytes ``offset`` to the mapped size, read through the descriptor.
+        Raises :class:`InputError` when the file was truncated or changed meanwhile
+        (the digest would not describe the mapping)."""
+        digest = hashlib.sha256()
+        chunk = bytearray(min(self.CHUNK, max(self.size - offset, 1)))
+        view = memoryview(chunk)
+        pos = offset
+        try:
+            while pos < self.size:
+                want = min(len(chunk), self.size - pos)
+                got = os.preadv(self._fd, [view[:want]], pos)
+                if got <= 0:
+                    break
+                digest.update(view[:got])
+                pos += got
+        except OSError as err:
+            raise InputError(self.path, f"cannot read: {err.strerror}") from None
+        if pos < self.size or self.changed():
+            raise InputError(
+                self.path, "changed or truncated while being digested; prepared again next pass"
+            )
+        return digest.digest()
 
     def release_pages(self) -> None:
         """Drop this mapping's resident pages from the process (not from the cache)."""

@@ -42,9 +42,13 @@ class FakePurgatory:
         )
         struct.pack_into("<I", self.buffer, 0x18, max(self.regions) + 1)
 
-    def set_region(self, index: int, start: int, data: object, flags: int = 0) -> None:
+    def set_region(
+        self, index: int, start: int, data: object, flags: int = 0, *, digest: bytes | None = None
+    ) -> None:
         buf = memoryview(data)  # type: ignore[arg-type]
-        self.regions[index] = (start, len(buf), hashlib.sha256(buf).digest(), int(flags))
+        if digest is None:
+            digest = hashlib.sha256(buf).digest()
+        self.regions[index] = (start, len(buf), digest, int(flags))
         self._store(index)
 
     def update_digest(self, index: int, data: object) -> None:

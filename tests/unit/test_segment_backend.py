@@ -8,9 +8,11 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 import struct
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -387,3 +389,57 @@ async def test_input_digests_name_the_purgatory_blob_actually_loaded(sysroot: Pa
     assert r.store.current.state == ImageState.LOADED
     assert b.input_digests()["purgatory"] == hashlib.sha256(blob).hexdigest()
     assert r.loaded_inputs["purgatory"] == hashlib.sha256(blob).hexdigest()
+
+
+TRUNCATE_AFTER_MAPPING = """
+import asyncio, sys
+from pathlib import Path
+from kdumpd.daemon.backends import segment
+from tests.unit.daemon_fakes import ScriptedKexec, TopologyHolder
+from tests.unit.test_segment_backend import reconciler, segment_backend
+
+root, victim = Path(sys.argv[1]), sys.argv[2]
+
+class TruncatedAfterMapping(segment.MappedFile):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        if path.endswith(victim):
+            Path(path).write_bytes(b"")  # truncated between mapping and hashing
+
+segment.MappedFile = TruncatedAfterMapping  # type: ignore[misc]
+
+async def main() -> None:
+    kexec = ScriptedKexec()
+    r = reconciler(root, segment_backend(root, kexec), TopologyHolder())
+    await r.start()
+    print(r.store.current.state, len(kexec.loads))
+    print(r.store.current.last_error)
+    await r.stop()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("victim", ["vmlinuz", "initrd"])
+def test_a_file_truncated_between_mapping_and_hashing_is_an_error_not_sigbus(
+    sysroot: Path, victim: str
+) -> None:
+    """Touching a mapping past a truncated end raises SIGBUS, which kills the daemon:
+    the digests and the header are read through the descriptor instead.  Run in a
+    child process so that a SIGBUS fails this test instead of killing pytest."""
+    rel = (sysroot / "proc/sys/kernel/osrelease").read_text().strip()
+    name = f"vmlinuz-{rel}" if victim == "vmlinuz" else f"initrd.img-{rel}"
+    repo = Path(__file__).resolve().parents[2]
+    child = subprocess.run(
+        [sys.executable, "-c", TRUNCATE_AFTER_MAPPING, str(sysroot), name],
+        check=False,
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    state, error = child.stdout.splitlines()[:2]
+    assert state.split() == ["failed", "0"]  # refused before any syscall
+    assert name in error and "\n" not in error, error

@@ -461,3 +461,31 @@ def test_manifest_is_json() -> None:
     assert kinds == ["elfcorehdr", "purgatory", "setup", "initrd", "kernel"]
     assert all(int(str(m["mem"]), 16) % 4096 == 0 for m in man)
     assert [m["entry"] for m in man if m["entry"] is not None] == [seg.plan.entry]
+
+
+def test_mapped_file_reads_and_digests_through_its_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sha256 in pieces equals the mapped bytes' digest; a truncation is an error (no
+    SIGBUS); a rename over the path leaves the mapped inode unchanged, a rewrite in
+    place does not."""
+    monkeypatch.setattr(kexec.MappedFile, "CHUNK", 4096)  # several pieces
+    data = bytes(range(256)) * 100 + b"tail"
+    f = tmp_path / "initrd.img"
+    f.write_bytes(data)
+    with kexec.MappedFile(str(f)) as m:
+        assert m.sha256() == hashlib.sha256(data).digest()
+        assert m.sha256(5000) == hashlib.sha256(data[5000:]).digest()
+        assert m.pread(4, 256) == data[256:260] and not m.changed()
+        new = tmp_path / "initrd.img.new"
+        new.write_bytes(b"other")
+        new.rename(f)  # a package update: the mapping keeps the old inode
+        assert not m.changed() and m.sha256() == hashlib.sha256(data).digest()
+    g = tmp_path / "kernel"
+    g.write_bytes(data)
+    with kexec.MappedFile(str(g)) as m:
+        with open(g, "r+b") as w:
+            w.truncate(100)
+        assert m.changed() and m.pread(4096) == data[:100]
+        with pytest.raises(InputError, match="truncated while being digested"):
+            m.sha256()

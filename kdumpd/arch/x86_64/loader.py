@@ -73,6 +73,10 @@ MIN_KERNEL_ADDRESS = 1 * MiB
 HEADROOM_BASE = 1 * MiB
 HEADROOM_PER_GIB = 8 * 1024
 
+#: The setup sectors (at most 255, plus the boot sector) and one byte more: enough to
+#: parse the setup header and to see that a payload follows it.
+SETUP_READ = 256 * 512 + 1
+
 REGION_ELFCOREHDR = 0
 REGION_KERNEL = 1
 REGION_BOOT_PARAMS = 2
@@ -91,7 +95,15 @@ class PurgatoryLike(Protocol):
 
     def configure(self, *, boot_params: int, kernel_entry: int) -> None: ...
 
-    def set_region(self, index: int, start: int, data: Buffer, flags: RegionFlag = ...) -> None: ...
+    def set_region(
+        self,
+        index: int,
+        start: int,
+        data: Buffer,
+        flags: RegionFlag = ...,
+        *,
+        digest: bytes | None = ...,
+    ) -> None: ...
 
     def update_digest(self, index: int, data: Buffer) -> None: ...
 
@@ -191,7 +203,11 @@ class X86ImageBuilder:
         window = crash_window(topology.crashkernel)
         if window is None:
             raise KdumpdError("no Crash kernel reservation in /proc/iomem; nothing can be loaded")
-        setup = read_setup_header(inputs.kernel, name)
+        # A mapped file is read through its descriptor, never through the mapping
+        # (LoaderInputs.kernel_file): the mapping only becomes a segment buffer.
+        kernel_file, initrd_file = inputs.kernel_file, inputs.initrd_file
+        head = inputs.kernel if kernel_file is None else kernel_file.pread(SETUP_READ)
+        setup = read_setup_header(head, name)
         check_cmdline(setup, inputs.cmdline, name)
         if bytes(elfcorehdr.buf[:4]) != ELF_MAGIC:
             raise InputError("elfcorehdr", "the buffer does not hold an ELF header")
@@ -234,7 +250,7 @@ class X86ImageBuilder:
             raise too_small()
 
         bp = build_boot_params(
-            inputs.kernel,
+            head,
             setup,
             mem=bp_mem,
             cmdline=cmdline,
@@ -245,7 +261,12 @@ class X86ImageBuilder:
         kernel_entry = kernel_mem + ENTRY64_OFFSET
         purgatory.configure(boot_params=bp_mem, kernel_entry=kernel_entry)
         set_header_region(purgatory, elfcorehdr, in_place=self.hotplug)
-        purgatory.set_region(REGION_KERNEL, kernel_mem, payload)
+        heads: dict[SegmentKind, bytes] = {}
+        kernel_digest = initrd_digest = None
+        if kernel_file is not None:
+            kernel_digest = kernel_file.sha256(setup.payload_offset)
+            heads[SegmentKind.KERNEL] = bytes(head[setup.payload_offset :][:4])
+        purgatory.set_region(REGION_KERNEL, kernel_mem, payload, digest=kernel_digest)
         purgatory.set_region(REGION_BOOT_PARAMS, bp_mem, bp)
         segments = [
             elfcorehdr,
@@ -253,12 +274,20 @@ class X86ImageBuilder:
             Segment(SegmentKind.SETUP, bp_mem, bp_memsz, bp),
         ]
         if initrd_memsz and initrd is not None:
-            purgatory.set_region(REGION_INITRD, initrd_mem, initrd)
+            if initrd_file is not None:
+                initrd_digest = initrd_file.sha256()
+                heads[SegmentKind.INITRD] = initrd_file.pread(4)
+            purgatory.set_region(REGION_INITRD, initrd_mem, initrd, digest=initrd_digest)
             segments.append(Segment(SegmentKind.INITRD, initrd_mem, initrd_memsz, initrd))
         segments.append(Segment(SegmentKind.KERNEL, kernel_mem, kernel_memsz, payload))
         plan = LoadPlan(tuple(segments), pur_mem, KEXEC_ARCH_X86_64)
         validate_segments(
-            plan.segments, plan.entry, window, headroom=room, source=f"crash image for {name}"
+            plan.segments,
+            plan.entry,
+            window,
+            headroom=room,
+            source=f"crash image for {name}",
+            heads=heads,
         )
         if not any(s.mem <= kernel_entry < s.mem + s.memsz for s in segments):
             raise InputError(name, "kernel entry is outside the kernel segment")

@@ -291,13 +291,19 @@ class Purgatory:
         start: int,
         data: bytes | bytearray | memoryview,
         flags: RegionFlag = NO_FLAGS,
+        *,
+        digest: bytes | None = None,
     ) -> None:
         """Describe region ``index`` as the bytes ``data`` at physical ``start``.
 
         ``index`` replaces an existing region or appends the next one (regions are
-        contiguous from 0).  Digested regions store SHA-256 of ``data``; ``SKIP`` and
+        contiguous from 0).  Digested regions store SHA-256 of ``data``, or ``digest``
+        when the caller computed it without reading ``data`` (a mapped file is read
+        through its descriptor: a truncated mapping would raise SIGBUS); ``SKIP`` and
         ``ELF_STRUCTURAL`` regions store a zero digest (the purgatory does not use it).
         """
+        if digest is not None and len(digest) != 32:
+            raise PurgatoryError(f"purgatory region {index}: a SHA-256 digest has 32 bytes")
         count = self.nregions
         if not isinstance(index, int) or not 0 <= index <= min(count, MAX_REGIONS - 1):
             raise PurgatoryError(
@@ -308,7 +314,7 @@ class Purgatory:
         if not isinstance(flags, int) or int(flags) & ~_FLAG_BITS:
             raise PurgatoryError(f"purgatory region {index}: unknown flags {flags!r}")
         flags = RegionFlag(flags)
-        self._write_region(index, start, data, flags)
+        self._write_region(index, start, data, flags, digest)
         if index == count:
             _U32.pack_into(self._buffer, OFF_NREGIONS, count + 1)
 
@@ -331,7 +337,12 @@ class Purgatory:
         return [self.region(i) for i in range(self.nregions)]
 
     def _write_region(
-        self, index: int, start: int, data: bytes | bytearray | memoryview, flags: RegionFlag
+        self,
+        index: int,
+        start: int,
+        data: bytes | bytearray | memoryview,
+        flags: RegionFlag,
+        known: bytes | None = None,
     ) -> None:
         view = memoryview(data).cast("B")
         length = view.nbytes
@@ -341,6 +352,8 @@ class Purgatory:
             )
         if flags & (RegionFlag.SKIP | RegionFlag.ELF_STRUCTURAL):
             digest = bytes(32)
+        elif known is not None:
+            digest = known
         else:
             digest = hashlib.sha256(view).digest()
         _REGION.pack_into(

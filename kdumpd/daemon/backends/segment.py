@@ -325,6 +325,8 @@ class SegmentBackend:
                 kernel=kernel.view,
                 kernel_name=files.kernel,
                 initrd=initrd.view if initrd is not None else None,
+                kernel_file=kernel,
+                initrd_file=initrd,
                 cmdline=files.cmdline,
                 purgatory=blob,
                 boot_params=read_running_boot_params(self.sysroot)
