@@ -8,7 +8,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +48,14 @@ def sysroot(tmp_path: Path) -> Path:
     return root
 
 
-def backend(sysroot: Path, kexec: ScriptedKexec, *, in_place: bool = True) -> SegmentBackend:
+def backend(
+    sysroot: Path,
+    kexec: ScriptedKexec,
+    *,
+    in_place: bool = True,
+    read_hotplug: Callable[[Path], bool | None] = lambda _root: True,
+    **kw: Any,
+) -> SegmentBackend:
     return SegmentBackend(
         kexec,
         default_files(sysroot),
@@ -54,7 +63,8 @@ def backend(sysroot: Path, kexec: ScriptedKexec, *, in_place: bool = True) -> Se
         builder=X86ImageBuilder(FakePurgatory),
         purgatory=fake_blob(),
         in_place=in_place,
-        read_hotplug=lambda _root: True,
+        read_hotplug=read_hotplug,
+        **kw,
     )
 
 
@@ -228,6 +238,43 @@ async def test_a_restored_image_is_not_trusted_to_be_current(sysroot: Path) -> N
     assert len(kexec.loads) == 2 and "restored" in b.stale_reason
     result = await b.apply(LoadRequest(image, topology, 2, "retry"))
     assert result.loaded and len(kexec.loads) == 3 and not b.stale_reason
+
+
+async def test_crash_hotplug_reading_0_twice_after_our_load_makes_bursts_load(
+    sysroot: Path,
+) -> None:
+    """crash_hotplug reads 0 whenever its own trylock fails: one 0 is re-read after a
+    pause; 0 again means the kernel may not update this image, so bursts load."""
+    reads = [False, False, False, True, False, True]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    kexec = ScriptedKexec()
+    b = backend(
+        sysroot,
+        kexec,
+        read_hotplug=lambda _root: reads.pop(0),
+        hotplug_reread_delay=0.25,
+        sleep=sleep,
+    )
+    topology = TopologyHolder()(sysroot)
+    image = default_image_factory()(topology)
+    result = await b.apply(LoadRequest(image, topology, 1, "start"))
+    assert slept == [0.25] and b.hotplug_flag is False
+    assert not result.kernel_updates_in_place and "read 0 twice" in b.not_updated
+    result = await b.apply(LoadRequest(image, topology, 2, "burst"))  # must not trust it
+    assert result.loaded and len(kexec.loads) == 2
+    assert slept == [0.25, 0.25] and b.hotplug_flag is True and not b.not_updated
+    assert result.kernel_updates_in_place
+    result = await b.apply(LoadRequest(image, topology, 3, "burst"))
+    assert not result.loaded and len(kexec.loads) == 2
+    # one 0 (a busy lock), then 1: trusted, no load on the next burst
+    result = await b.apply(LoadRequest(image, topology, 4, "load", force_load=True))
+    assert len(slept) == 3 and b.hotplug_flag is True and result.kernel_updates_in_place
+    result = await b.apply(LoadRequest(image, topology, 5, "burst"))
+    assert not result.loaded and len(kexec.loads) == 3 and not reads
 
 
 async def test_the_kernel_log_or_an_unload_makes_the_next_burst_load(sysroot: Path) -> None:

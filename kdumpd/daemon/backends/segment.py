@@ -25,7 +25,8 @@ and the purgatory checks only its ELF shape, since the kernel rewrites it on eve
 CPU or memory event.  A burst then loads nothing, except when
 
 - no image of ours with the flag is loaded (start, after a failed load, an unload),
-  or ``kexec_crash_loaded`` reads 0;
+  or ``kexec_crash_loaded`` reads 0, or ``crash_hotplug`` read 0 twice (a pause
+  apart: one 0 may be its own failed trylock) right after our last load;
 - the topology changed between building the header and the end of our own load
   (the kernel updated the old image or skipped its update:
   :class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard` compares the header's own
@@ -49,7 +50,7 @@ import errno
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,6 +88,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kdumpd.daemon.backends.segment")
 
+
+#: Seconds between the two ``crash_hotplug`` reads after a load when the first reads 0.
+HOTPLUG_REREAD_DELAY = 0.1
 
 #: arch/x86/kernel/ksysfs.c: the running kernel's boot_params, read-only for root.
 BOOT_PARAMS_DATA = "/sys/kernel/boot_params/data"
@@ -230,6 +234,8 @@ class SegmentBackend:
         purgatory: bytes = b"",
         in_place: bool | None = None,
         read_hotplug: Callable[[Path], bool | None] = read_crash_hotplug,
+        hotplug_reread_delay: float = HOTPLUG_REREAD_DELAY,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.syscalls = syscalls
         self.files = files
@@ -250,6 +256,10 @@ class SegmentBackend:
         self.own_load = False  # the loaded image is ours, loaded with the flag
         self.hotplug_flag: bool | None = None  # crash_hotplug as read after our last load
         self.read_hotplug = read_hotplug
+        self.hotplug_reread_delay = hotplug_reread_delay
+        self.sleep = sleep
+        # why the kernel does not update our loaded image in place ("" = it does)
+        self.not_updated = ""
         self.race = LoadRaceGuard(self.name)
         self.removed_ram = RemovedRam()
 
@@ -431,7 +441,11 @@ class SegmentBackend:
 
         async def once() -> ApplyResult:
             gap = await self._load(prepared)
-            return ApplyResult(True, gap, self.in_place, detail)
+            if self.in_place:
+                # inside the guard: these reads take the kexec lock too, so an event
+                # they make the kernel skip is seen by the guard's read after them
+                await self._check_hotplug_flag()
+            return ApplyResult(True, gap, self.in_place and not self.not_updated, detail)
 
         if not self.in_place:
             return await once()
@@ -440,20 +454,33 @@ class SegmentBackend:
         # then replaces with a header lacking it (inplace.py's docstring)
         built = request.topology
         before = key_digest(built.image_key()) if built is not None else None
-        result = await self.race.load(once, request.read_key, retry=False, before=before)
-        if self.in_place:
-            self.hotplug_flag = self.read_hotplug(self.sysroot)
-            if self.hotplug_flag is False:
-                log.info(
-                    "crash_hotplug reads 0 right after our kexec_load with "
-                    "KEXEC_UPDATE_ELFCOREHDR (the kexec lock was busy?)"
-                )
-        return ApplyResult(True, result.gap_usec, self.in_place, result.detail, result.loads)
+        return await self.race.load(once, request.read_key, retry=False, before=before)
+
+    async def _check_hotplug_flag(self) -> None:
+        """``crash_hotplug`` after our load with the flag.  Its ``show()`` returns 0
+        whenever its own ``kexec_trylock()`` fails (docs/kernel-interfaces.md §2), so one
+        0 cannot tell "the lock was busy" from "this image is not updated in place":
+        read once more after a pause.  0 twice: stop trusting in-place updates for
+        this image; every burst loads until a load reads 1 again."""
+        flag = self.read_hotplug(self.sysroot)
+        if flag is False:
+            await self.sleep(self.hotplug_reread_delay)
+            flag = self.read_hotplug(self.sysroot)
+        self.hotplug_flag = flag
+        self.not_updated = ""
+        if flag is False:
+            self.not_updated = (
+                "crash_hotplug read 0 twice after kdumpd's kexec_load with "
+                "KEXEC_UPDATE_ELFCOREHDR: the kernel may not update this image in place"
+            )
+            log.warning("%s; every burst loads the crash image until it reads 1", self.not_updated)
 
     def _reload_reason(self) -> str:
         """Why this burst must load although the kernel updates in place, or ""."""
         if not self.own_load:
             return "no crash image loaded by kdumpd with KEXEC_UPDATE_ELFCOREHDR"
+        if self.not_updated:
+            return self.not_updated
         if not self.is_loaded():
             return "kexec_crash_loaded reads 0"
         return self.race.suspect
