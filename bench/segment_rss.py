@@ -64,7 +64,7 @@ def run(base: Path, config: Path, keep_pages: bool) -> dict[str, int]:
     env["PYTHONPATH"] = str(REPO)
     args = [sys.executable, "-c", CHILD, "run", "--config", str(config)]
     args += ["--sysroot", str(base / "sysroot"), "--state-dir", str(base / f"state{keep_pages}")]
-    args += ["--backend", "segment", "--no-dbus", "--event-source", "kernel"]
+    args += ["--backend", "segment", "--no-dbus", "--event-source", "netlink"]
     if keep_pages:
         args.append("--keep-pages")
     log = base / f"kdumpd-{keep_pages}.log"

@@ -198,7 +198,7 @@ def idle_once(watchdog_usec: int | None, seconds: float = 5.0) -> dict[str, floa
                 "dry-run",
                 "--no-dbus",
                 "--event-source",
-                "kernel",
+                "netlink",
             ],
             env=env,
             stdout=subprocess.DEVNULL,
