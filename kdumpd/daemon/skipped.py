@@ -17,6 +17,13 @@ so the reconciler only asks "is a fresh load wanted, and why".
   that load starts are coalesced into it.  The kernel prints the same line when a
   *reader* of ``crash_hotplug`` loses the trylock (no update was skipped then); the
   two cannot be told apart from the log, so both reload.
+- ``update-failed`` (the handler held the lock, but its rebuilt header did not fit the
+  loaded segment -- ``elfsz N > memsz M`` -- or could not be built or mapped): the
+  same policy as ``skipped-update``.  The handler cannot run during a load syscall
+  (it needs the lock), so such a line printed during one of kdumpd's own loads came
+  from an event just before the syscall (the fresh load replaces that image) or just
+  after it (the post-load topology check sees the event's change; for ``segment``,
+  its too-small check loads again at the event's burst).
 - ``records-lost`` (``EPIPE``: the ring buffer overran the watcher): a skipped-update
   line may be among the lost records.  It matters only if a hotplug event came since
   the last load (or the last such check): then one fresh load; otherwise nothing.
@@ -86,7 +93,7 @@ class SkippedUpdates:
         unloaded: bool,
     ) -> str:
         """The reason for one fresh load, or "" when ``ev`` needs none (logged)."""
-        if ev.kind is KernelLogKind.SKIPPED_UPDATE:
+        if ev.kind in (KernelLogKind.SKIPPED_UPDATE, KernelLogKind.UPDATE_FAILED):
             self.lines += 1
             where = f"kernel log: {ev.text!r}" + (f" (seq {ev.seq})" if ev.seq is not None else "")
             if self._loading:
@@ -96,9 +103,15 @@ class SkippedUpdates:
                     where,
                 )
                 return ""
-            reason = (
-                f"the kernel skipped an in-place crash-hotplug update (kernel log: {ev.text!r})"
-            )
+            if ev.kind is KernelLogKind.UPDATE_FAILED:
+                reason = (
+                    "the kernel could not rewrite the loaded elfcorehdr in place and kept the "
+                    f"old one (kernel log: {ev.text!r})"
+                )
+            else:
+                reason = (
+                    f"the kernel skipped an in-place crash-hotplug update (kernel log: {ev.text!r})"
+                )
         else:
             if self._loading:
                 log.info("kernel log records lost during kdumpd's own load: covered by it")

@@ -9,7 +9,18 @@ a load or unload (ours or ``kexec -p``), a read of ``crash_hotplug`` or
 
 (``"elfcorehdr may be inaccurate"`` before the wording was generalised; the
 ``crash hp: `` prefix is the ``pr_fmt`` of kernel/crash_core.c's hotplug section).
-The kernel log is the only place this is reported, so kdumpd reads it.
+When the handler does hold the lock, the architecture's rebuild can still fail and
+leave the old header in place, again with one error line only (x86,
+arch/x86/kernel/crash.c ``arch_crash_handle_hotplug_event()``)::
+
+    crash hp: update elfcorehdr elfsz 8192 > memsz 4096
+    crash hp: unable to create new elfcorehdr
+    crash hp: mapping elfcorehdr segment failed
+
+(the first when the rebuilt header is larger than the loaded segment; ppc64 prints
+``... crash elfcorehdr elfsz N > memsz M``).  Those are reported as
+:attr:`KernelLogKind.UPDATE_FAILED`.  The kernel log is the only place either is
+reported, so kdumpd reads it.
 
 How ``/dev/kmsg`` is read (Documentation/ABI/testing/dev-kmsg):
 
@@ -56,6 +67,14 @@ MAX_PARTIAL = 64 << 10  # bytes of an unterminated record kept (non-kmsg sources
 
 #: The kernel's crash-hotplug handler skipped an update (both wordings).
 SKIPPED_UPDATE = re.compile(r"crash hp: kexec_trylock\(\) failed")
+#: The handler held the lock but could not rewrite the header (docs/kernel-interfaces.md
+#: §9.1): too large for the loaded segment (x86 and ppc64 wording), or x86's rebuild or
+#: mapping failed.  The old header stays.
+UPDATE_FAILED = re.compile(
+    r"elfcorehdr elfsz \d+ > memsz \d+"
+    r"|crash hp: unable to create new elfcorehdr"
+    r"|crash hp: mapping elfcorehdr segment failed"
+)
 
 Opener = Callable[[str], int]
 Reader = Callable[[int, int], bytes]  # os.read
@@ -63,6 +82,7 @@ Reader = Callable[[int, int], bytes]  # os.read
 
 class KernelLogKind(enum.StrEnum):
     SKIPPED_UPDATE = "skipped-update"  # "crash hp: kexec_trylock() failed"
+    UPDATE_FAILED = "update-failed"  # "crash hp: update elfcorehdr elfsz N > memsz M", ...
     RECORDS_LOST = "records-lost"  # EPIPE: the ring buffer overran our position
 
 
@@ -139,7 +159,7 @@ class KmsgWatcher:
         self.seek_end = seek_end
         self.fd: int | None = None
         self.records = 0  # kernel records read
-        self.matched = 0  # skipped-update lines seen
+        self.matched = 0  # skipped-update and update-failed lines seen
         self.lost = 0  # EPIPE overruns
         self._loop: asyncio.AbstractEventLoop | None = None
         self._size = READ_SIZE
@@ -294,12 +314,24 @@ class KmsgWatcher:
             self._cont += rec.text
         else:
             self._cont = rec.text
-        text = self._cont if SKIPPED_UPDATE.search(self._cont) else rec.text
-        if not SKIPPED_UPDATE.search(text):
+        text = self._cont
+        kind = _kind(text)
+        if kind is None:
+            text = rec.text
+            kind = _kind(text)
+        if kind is None:
             return
         self._cont = ""  # one match per line, however it was split
         self.matched += 1
-        self.sink(KernelLogEvent(KernelLogKind.SKIPPED_UPDATE, text.strip(), rec.seq, self.clock()))
+        self.sink(KernelLogEvent(kind, text.strip(), rec.seq, self.clock()))
+
+
+def _kind(text: str) -> KernelLogKind | None:
+    if SKIPPED_UPDATE.search(text):
+        return KernelLogKind.SKIPPED_UPDATE
+    if UPDATE_FAILED.search(text):
+        return KernelLogKind.UPDATE_FAILED
+    return None
 
 
 def _open_nonblocking(path: str) -> int:

@@ -98,6 +98,30 @@ async def test_watcher_reports_the_skipped_update_line_from_a_pipe(
     watcher.stop()
 
 
+def test_watcher_reports_an_in_place_update_the_kernel_could_not_write(
+    pipe: tuple[int, int],
+) -> None:
+    """The handler held the lock but kept the old header: the rebuilt one is larger
+    than the loaded segment (x86 and ppc64 wordings), or it could not be built or
+    mapped.  x86 prints the first two without a newline; the record ends anyway."""
+    r, w = pipe
+    got = Collector()
+    watcher = KmsgWatcher(got, path="x", opener=lambda _p: r, seek_end=False)
+    watcher.fd = r
+    lines = [
+        "crash hp: update elfcorehdr elfsz 462848 > memsz 16384",
+        "crash hp: Updated crash elfcorehdr elfsz 8192 > memsz 4096",
+        "crash hp: unable to create new elfcorehdr",
+        "crash hp: mapping elfcorehdr segment failed",
+    ]
+    os.write(w, b"".join(rec(i, text, prio=3) for i, text in enumerate(lines, 1)))
+    # not failures: the success line, and the same text written by a process
+    os.write(w, rec(5, "crash hp: updated elfcorehdr", prio=7) + rec(6, lines[0], prio=11))
+    watcher.drain()
+    assert got.kinds == [KernelLogKind.UPDATE_FAILED] * 4
+    assert [e.text for e in got.events] == lines and watcher.matched == 4
+
+
 def test_watcher_joins_continuation_fragments(pipe: tuple[int, int]) -> None:
     r, w = pipe
     got = Collector()
@@ -272,6 +296,26 @@ async def test_a_skipped_update_line_marks_stale_and_reloads_once(
     assert s.last_trigger == "kernel log"
     assert "may be stale: loading a fresh one" in caplog.text
     watcher.stop()
+    await r.stop()
+
+
+async def test_an_update_the_kernel_could_not_write_marks_stale_and_reloads(
+    sysroot: Path,
+) -> None:
+    kexec, holder = ScriptedKexec(), TopologyHolder()
+    r = kernel_reconciler(sysroot, kexec, holder)
+    await r.start()
+    holder.add_blocks(1)
+    r.event(EV)
+    await r.settle()
+    assert len(kexec.calls) == 1  # trusted the kernel's in-place update ...
+    line = "crash hp: update elfcorehdr elfsz 462848 > memsz 16384"
+    r.kernel_log(KernelLogEvent(KernelLogKind.UPDATE_FAILED, line, 41, 0.0))
+    s = r.store.current
+    assert s.stale and "could not rewrite the loaded elfcorehdr" in s.stale_reason
+    assert line in s.stale_reason
+    await r.settle()
+    assert len(kexec.calls) == 2 and not r.store.current.stale  # ... which it did not make
     await r.stop()
 
 
