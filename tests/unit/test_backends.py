@@ -695,6 +695,33 @@ async def test_kernel_backend_loads_again_when_the_topology_moved_during_its_loa
     await r.stop()
 
 
+async def test_kernel_backend_an_event_during_its_crash_hotplug_read_is_not_lost(
+    sysroot: Path,
+) -> None:
+    """The read of crash_hotplug after a load holds the kexec lock too: a DIMM onlined
+    during it is skipped by the kernel ("kexec_trylock() failed"), and the line is
+    drained inside our own load, where it counts as covered by the post-load check.
+    So that check must come after the read."""
+    hotplug_sysroot(sysroot)
+    holder = TopologyHolder()
+    kexec = HotplugDuringLoad(holder, during=set())
+
+    def read_flag(_root: Path) -> bool:
+        if holder.blocks == 0:
+            holder.add_blocks(2)  # while the read holds the lock
+        return True
+
+    kb = KernelBackend(file_backend(sysroot, kexec), sysroot, read_hotplug=read_flag)
+    r = reconciler(sysroot, kb, holder)
+    await r.start()
+    assert len(kexec.calls) == 2, "the update skipped during the read must be reloaded"
+    r.event(EV)  # the DIMM's uevents
+    await r.settle()
+    assert len(kexec.calls) == 2
+    assert r.store.current.covered_ranges[-1][1] == holder.ram_end
+    await r.stop()
+
+
 async def test_kernel_backend_extra_load_is_made_once_then_the_next_burst_loads(
     sysroot: Path,
 ) -> None:

@@ -136,11 +136,20 @@ class KernelBackend:
             log.warning("%s: loading the crash image with kexec_file_load", why)
         previous = self.own_file_load
         self.own_file_load = False
+
+        async def load_then_read_flag() -> ApplyResult:
+            # inside the guard: reading crash_hotplug takes the kexec lock too, so an
+            # event it makes the kernel skip moves the guard's "after" key
+            loaded = await self.loader.apply(request)
+            self.hotplug_flag = self.read_hotplug(self.sysroot)
+            return loaded
+
         try:
             if self.hotplug_config:
-                result = await self.race.load(lambda: self.loader.apply(request), request.read_key)
+                result = await self.race.load(load_then_read_flag, request.read_key)
             else:  # nothing updates the image in place: nothing can be skipped
                 result = await self.loader.apply(request)
+                self.hotplug_flag = None
         except BaseException:
             # refused before the syscall: our old image is still loaded; a failed
             # syscall freed it (kexec_crash_loaded reads 0 then)
@@ -149,7 +158,6 @@ class KernelBackend:
         self.own_file_load = True
         if not self.is_loaded():
             log.error("kexec_file_load returned success but kexec_crash_loaded is not 1")
-        self.hotplug_flag = self.read_hotplug(self.sysroot) if self.hotplug_config else None
         if self.hotplug_flag is False:
             log.info(
                 "crash_hotplug reads 0 right after our kexec_file_load (the kexec lock was "
