@@ -203,6 +203,44 @@ async def test_hotplug_kernel_and_tool_load_once_and_the_kernel_updates(
     await r.stop()
 
 
+async def test_crash_hotplug_reading_0_twice_after_our_load_makes_bursts_load(
+    sysroot: Path, fake: FakeKexec
+) -> None:
+    """One 0 may be crash_hotplug's own failed trylock: read again after a pause; 0
+    twice and the kernel may not update the image, so the next burst loads."""
+    with_crash_hotplug(sysroot)
+    fake.hotplug(True)
+    reads = [False, False, False, True]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    b = KexecToolsBackend(
+        files(sysroot),
+        sysroot,
+        read_hotplug=lambda _root: reads.pop(0),
+        hotplug_reread_delay=0.25,
+        sleep=sleep,
+    )
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    await r.settle()
+    assert slept == [0.25] and b.hotplug_flag is False and not b.own_hotplug_load
+    assert not r.store.current.kernel_hotplug_support
+    holder.add_blocks(2)
+    r.event(EV)
+    await r.settle()
+    assert len(loads(fake.calls)) == 2 and b.hotplug_flag is True and b.own_hotplug_load
+    assert r.store.current.kernel_hotplug_support and slept == [0.25, 0.25]
+    holder.add_blocks(1)
+    r.event(EV)
+    await r.settle()
+    assert len(loads(fake.calls)) == 2 and not reads
+    await r.stop()
+
+
 async def test_no_hotplug_option_when_the_tool_lacks_it(sysroot: Path, fake: FakeKexec) -> None:
     with_crash_hotplug(sysroot)  # the kernel could, kexec-tools 2.0.25 cannot
     fake.hotplug(False)

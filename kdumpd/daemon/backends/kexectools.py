@@ -47,7 +47,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +64,8 @@ PROBE_TIMEOUT = 10.0  # ``kexec --help`` / ``--version``
 # Options that unload, execute, or load a kernel that is not the crash kernel.
 REFUSED_ARGS = frozenset({"-u", "--unload", "-e", "--exec", "-l", "--load", "-f", "--force"})
 HOTPLUG_OPTION = "--hotplug"
+#: Seconds between the two ``crash_hotplug`` reads after a load when the first reads 0.
+HOTPLUG_REREAD_DELAY = 0.1
 FILE_SYSCALL_OPTIONS = frozenset({"-s", "--kexec-file-syscall"})
 
 
@@ -147,6 +149,8 @@ class KexecToolsBackend:
         timeout: float = DEFAULT_TIMEOUT,
         kernel_hotplug: bool | None = None,
         read_hotplug: Callable[[Path], bool | None] = read_crash_hotplug,
+        hotplug_reread_delay: float = HOTPLUG_REREAD_DELAY,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.files = files
         self.sysroot = Path(sysroot)
@@ -154,6 +158,8 @@ class KexecToolsBackend:
         self.binary = binary
         self.timeout = timeout
         self.read_hotplug = read_hotplug
+        self.hotplug_reread_delay = hotplug_reread_delay
+        self.sleep = sleep
         # CONFIG_CRASH_HOTPLUG: decided once from the files' existence (a stat).
         self.kernel_hotplug = (
             crash_hotplug_file(self.sysroot) is not None
@@ -275,9 +281,17 @@ class KexecToolsBackend:
     async def _load(self, request: LoadRequest, files: KexecFiles) -> ApplyResult:
         previous = self.own_hotplug_load
         self.own_hotplug_load = False
+
+        async def run_then_read_flag() -> ApplyResult:
+            # inside the guard: reading crash_hotplug takes the kexec lock too, so an
+            # event it makes the kernel skip moves the guard's "after" key
+            ran = await self._run(files)
+            await self._read_hotplug_flag()
+            return ran
+
         try:
             if self.updated_in_place:
-                result = await self.race.load(lambda: self._run(files), request.read_key)
+                result = await self.race.load(run_then_read_flag, request.read_key)
             else:
                 result = await self._run(files)
         except BaseException:
@@ -286,11 +300,26 @@ class KexecToolsBackend:
         if not self.is_loaded():
             log.error("kexec -p exited 0 but kexec_crash_loaded is not 1")
         if self.updated_in_place:
-            self.own_hotplug_load = True
-            self.hotplug_flag = self.read_hotplug(self.sysroot)
-            if self.hotplug_flag is False:
-                log.info("crash_hotplug reads 0 right after our load (kexec lock busy?)")
+            self.own_hotplug_load = self.hotplug_flag is not False
+            if not self.own_hotplug_load:
+                log.warning(
+                    "crash_hotplug read 0 twice after our kexec -p: the kernel may not "
+                    "update this image in place; every burst loads until it reads 1"
+                )
+                return ApplyResult(
+                    result.loaded, result.gap_usec, False, result.detail, result.loads
+                )
         return result
+
+    async def _read_hotplug_flag(self) -> None:
+        """``crash_hotplug`` reads 0 whenever its own ``kexec_trylock()`` fails
+        (docs/kernel-interfaces.md §2): one 0 proves nothing, so read it once more
+        after a pause; 0 twice and the burst path stops trusting in-place updates."""
+        flag = self.read_hotplug(self.sysroot)
+        if flag is False:
+            await self.sleep(self.hotplug_reread_delay)
+            flag = self.read_hotplug(self.sysroot)
+        self.hotplug_flag = flag
 
     async def restore(self, request: LoadRequest) -> ApplyResult:
         if self.last_good is None:
