@@ -303,21 +303,19 @@ class MappedFile:
             raise
         self.size = st.st_size
         self.identity = identity_of(st)
-        self._nlink = st.st_nlink
         self.view: memoryview = memoryview(self._map)
 
     def changed(self) -> bool:
         """The mapped inode was rewritten or truncated since it was mapped: its size or
-        mtime moved, or its ctime did while its link count stayed (a rename over the
-        path or an unlink moves the ctime of the inode it drops, not its bytes)."""
+        mtime moved.  The ctime is not compared: a rename over the path, a hard link,
+        chmod/chown or a security label move it without touching the bytes, and a
+        false alarm here refuses a good image.  So a rewrite that keeps the size and
+        lands within one timestamp tick, or one that sets the mtime back, is not seen."""
         try:
             st = os.fstat(self._fd)
         except OSError:
             return True  # closed: nothing says the bytes are the same
-        now = identity_of(st)
-        if now[:4] != self.identity[:4]:
-            return True
-        return now[4] != self.identity[4] and st.st_nlink == self._nlink
+        return identity_of(st)[:4] != self.identity[:4]
 
     def pread(self, size: int, offset: int = 0) -> bytes:
         """Up to ``size`` bytes at ``offset``, read through the descriptor (never

@@ -443,3 +443,34 @@ def test_a_file_truncated_between_mapping_and_hashing_is_an_error_not_sigbus(
     state, error = child.stdout.splitlines()[:2]
     assert state.split() == ["failed", "0"]  # refused before any syscall
     assert name in error and "\n" not in error, error
+
+
+async def test_a_failed_retry_after_a_rewrite_during_the_load_keeps_no_image(
+    sysroot: Path,
+) -> None:
+    """Rewritten in place during the load, then gone before the one more load can be
+    prepared: the retry fails before any syscall while the first, untrustworthy image
+    is still in the kernel.  It is unloaded: the state never says loaded or degraded
+    for an image whose digests describe other bytes."""
+    b = segment_backend(sysroot, ScriptedKexec())
+    initrd = Path(b.files.initrd or "")
+
+    def rewrite_then_remove(n: int) -> None:
+        if n == 2:
+            initrd.write_bytes(NEW_INITRD)
+            initrd.unlink()
+
+    kexec = Touching(rewrite_then_remove)
+    b.syscalls = kexec
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    assert r.store.current.state == ImageState.LOADED
+    holder.add_blocks(1)
+    r.request("burst")
+    await r.settle()
+    cur = r.store.current
+    assert cur.state not in (ImageState.LOADED, ImageState.DEGRADED), cur
+    assert kexec.loads[-1][1] == [] and kexec.loads[-1][2] == KEXEC_ON_CRASH  # unloaded
+    assert not b.own_load
+    await r.stop()

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import logging
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -489,3 +490,23 @@ def test_mapped_file_reads_and_digests_through_its_descriptor(
         assert m.changed() and m.pread(4096) == data[:100]
         with pytest.raises(InputError, match="truncated while being digested"):
             m.sha256()
+
+
+def test_mapped_file_metadata_changes_are_not_rewrites(tmp_path: Path) -> None:
+    """A backup hard link kept across a rename-replacement (update-initramfs' .bak),
+    chmod or chown move only the mapped inode's ctime: the bytes are the ones digested,
+    so the image (and a restore of it) stays good.  A rewrite in place is a change."""
+    data = b"\x1f\x8b" + bytes(range(256)) * 64
+    f = tmp_path / "initrd.img"
+    f.write_bytes(data)
+    with kexec.MappedFile(str(f)) as m:
+        os.link(f, tmp_path / "initrd.img.bak")
+        new = tmp_path / "initrd.img.new"
+        new.write_bytes(b"other")
+        new.rename(f)
+        os.chmod(tmp_path / "initrd.img.bak", 0o600)
+        assert not m.changed()
+        with open(tmp_path / "initrd.img.bak", "r+b") as w:  # the mapped inode itself
+            w.write(b"XX")
+            w.truncate(len(data) + 1)
+        assert m.changed()

@@ -422,6 +422,7 @@ class SegmentBackend:
         if moved:
             if self.prepared is prepared:
                 self.prepared = None
+            self.own_load = False  # not an image whose in-place updates can be trusted
             raise ChangedDuringLoad(moved)
         renamed = [m.path for m in prepared.maps if _inode(m.path) != m.identity[:2]]
         if renamed:
@@ -502,11 +503,18 @@ class SegmentBackend:
         try:
             return await self._prepare_and_load(request)
         except ChangedDuringLoad as err:
+            first = err
             log.warning("%s; preparing and loading once more", err)
         try:
             return await self._prepare_and_load(request)
         except ChangedDuringLoad as err:
             raise await self._untrusted(err) from None
+        except Exception:
+            # the once-more load failed some other way (the file vanished or is still
+            # being written, EBUSY, ENOMEM...): the first attempt's image may still be
+            # loaded, with digests of other bytes; never leave it claimed
+            await self._untrusted(first)
+            raise
 
     async def _prepare_and_load(self, request: LoadRequest) -> ApplyResult:
         assert request.image is not None and request.topology is not None
