@@ -268,7 +268,7 @@ class MappedFile:
     otherwise the kernel's copy faults them in from disk inside the syscall.
 
     The file descriptor stays open with the mapping: :meth:`changed` compares the
-    *mapped* inode (size, mtime, ctime) now with the one at map time.
+    *mapped* inode (size, mtime) now with the one at map time.
     A rewrite in place or a truncation changes it (the mapping then shows other bytes
     than the ones digested); a rename-replacement (a package update) does not: the
     mapping keeps the old inode, whatever the path names now.
