@@ -398,3 +398,13 @@ def test_auto_picks_kexec_tools_without_kexec_file_load(sysroot: Path) -> None:
     assert name == "dry-run" and "no kexec binary" in why
     name, _ = probe_backend(sysroot, euid=0, machine="ppc64le", file_load=lambda m: True)
     assert name == "file"
+    # not probed (a kexec_load_limit_reboot is set): no own loader for ppc64le, so the
+    # distribution's kexec, which loads with or without kexec_file_load
+    name, why = probe_backend(
+        sysroot,
+        euid=0,
+        machine="ppc64le",
+        file_load=lambda m: None,
+        kexec_binary=lambda: "/sbin/kexec",
+    )
+    assert name == "kexec-tools" and "not probed" in why

@@ -99,13 +99,35 @@ def probe_backend(
             BackendName.KEXEC_TOOLS,
             f"the kernel has no kexec_file_load (ENOSYS); {binary} loads",
         )
+    why_not = segment_unavailable(root, machine)
+    if has_file_load is None and not _own_loader(machine):
+        # not probed (kernel.kexec_load_limit_reboot is set: a probe would use up a load):
+        # kdumpd has no loader of its own here and kexec_file_load may well be missing
+        # (Debian's ppc64el kernels); the distribution's kexec loads with kexec_load
+        # unless KEXEC_ARGS asks for -s, so it is the choice that loads either way
+        binary = kexec_binary()
+        if binary is not None:
+            return BackendName.KEXEC_TOOLS, (
+                f"kexec_file_load not probed (a load limit is set) and kdumpd has no loader "
+                f"of its own for {machine}; {binary} loads"
+            )
     hotplug = crash_hotplug_file(root)
     if hotplug is not None:
         return BackendName.KERNEL, f"the kernel updates crash images on hotplug ({hotplug} exists)"
-    why_not = segment_unavailable(root, machine)
     if why_not is None:
         return BackendName.SEGMENT, "kexec_load of kdumpd's own image (no in-kernel crash hotplug)"
     return BackendName.FILE, f"kexec_file_load without in-kernel crash hotplug ({why_not})"
+
+
+def _own_loader(machine: str) -> bool:
+    """kdumpd builds ``kexec_load`` images itself for ``machine`` (x86_64 today)."""
+    from kdumpd.arch import get_arch
+    from kdumpd.core.errors import KdumpdError
+
+    try:
+        return get_arch(machine).image_builder() is not None
+    except KdumpdError:
+        return False
 
 
 def segment_unavailable(root: Sysroot, machine: str | None = None) -> str | None:
