@@ -12,6 +12,7 @@ from dbus_fast.aio import MessageBus
 from kdumpd.daemon.state import StateStore
 from kdumpd.interfaces.dbus import BUS_NAME, INTERFACE, OBJECT_PATH, DenialLog, serve
 from tests.integration.dbusbus import PrivateBus, dbus_daemon_path, start_bus
+from tests.unit.daemon_fakes import RecordingController
 
 
 @pytest.fixture
@@ -23,25 +24,13 @@ def bus() -> Iterator[PrivateBus]:
     b.stop()
 
 
-class _Controller:
-    calls: list[str] = []
-
-    async def reload(self) -> None:
-        self.calls.append("reload")
-
-    rescan = load = unload = reload
-
-    async def report(self) -> dict[str, object]:
-        return {}
-
-
 async def test_a_thousand_denied_calls_are_six_warnings_naming_method_and_uid(
     bus: PrivateBus, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def nobody(_sender: str) -> int:
         return 65534
 
-    controller = _Controller()
+    controller = RecordingController()
     service = await serve(bus.address, StateStore(), controller, uid_lookup=nobody)
     client = await MessageBus(bus_address=bus.address).connect()
     try:

@@ -24,9 +24,8 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from dbus_fast import Message, MessageType
@@ -37,6 +36,7 @@ from kdumpd.interfaces.dbus import BUS_NAME, INTERFACE, OBJECT_PATH, serve
 from kdumpd.interfaces.polkit import AUTHORITY_PATH, METHOD_ACTIONS, POLKIT_NAME
 from tests.integration.dbusbus import PrivateBus, dbus_daemon_path, start_bus
 from tests.nobody import setpriv_nobody
+from tests.unit.daemon_fakes import RecordingController
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY = REPO / "polkit" / "org.kdumpd1.policy"
@@ -87,27 +87,6 @@ def _missing() -> str | None:
     if probe.returncode != 0:
         return f"cannot make a mount namespace: {probe.stderr.strip()[:120]}"
     return None
-
-
-@dataclass
-class FakeController:
-    calls: list[str] = field(default_factory=list)
-
-    async def reload(self) -> None:
-        self.calls.append("reload")
-
-    async def rescan(self) -> None:
-        self.calls.append("rescan")
-
-    async def load(self) -> None:
-        self.calls.append("load")
-
-    async def unload(self) -> None:
-        self.calls.append("unload")
-
-    async def report(self) -> dict[str, Any]:
-        self.calls.append("report")
-        return {}
 
 
 @dataclass
@@ -196,8 +175,8 @@ def _wait_for_name(address: str, name: str, proc: subprocess.Popen[bytes], log: 
 
 
 @pytest.fixture
-async def daemon(polkit: Polkit) -> AsyncIterator[FakeController]:
-    controller = FakeController()
+async def daemon(polkit: Polkit) -> AsyncIterator[RecordingController]:
+    controller = RecordingController()
     service = await serve(polkit.bus.address, StateStore(DaemonState(generation=7)), controller)
     try:
         yield controller
@@ -229,7 +208,9 @@ async def _as(uid: int, address: str, *methods: str) -> dict[str, tuple[str, str
     return answers
 
 
-async def test_polkit_grants_one_uid_one_action(polkit: Polkit, daemon: FakeController) -> None:
+async def test_polkit_grants_one_uid_one_action(
+    polkit: Polkit, daemon: RecordingController
+) -> None:
     nobody = await _as(65534, polkit.bus.address, *METHODS)
     assert nobody["Rescan"] == ("-", ""), nobody
     for method in ("Reload", "Load", "Unload", "GetReport"):

@@ -6,6 +6,7 @@ import dataclasses
 import errno
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kdumpd.core.topology import Resource, Topology
 from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, LoadSyscall
@@ -137,3 +138,26 @@ class ScriptedKexec:
 
 async def no_sleep(_: float) -> None:
     return None
+
+
+class RecordingController:
+    """The D-Bus service's controller: each method only records its name."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def reload(self) -> None:
+        self.calls.append("reload")
+
+    async def rescan(self) -> None:
+        self.calls.append("rescan")
+
+    async def load(self) -> None:
+        self.calls.append("load")
+
+    async def unload(self) -> None:
+        self.calls.append("unload")
+
+    async def report(self) -> dict[str, Any]:
+        self.calls.append("report")
+        return {}

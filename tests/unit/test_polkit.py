@@ -24,6 +24,7 @@ from kdumpd.interfaces.polkit import (
     PolkitAuthority,
     Verdict,
 )
+from tests.unit.daemon_fakes import RecordingController
 
 
 class FakeBus:
@@ -132,32 +133,11 @@ class RecordingAuthority:
         return self.verdict
 
 
-class Controller:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    async def reload(self) -> None:
-        self.calls.append("reload")
-
-    async def rescan(self) -> None:
-        self.calls.append("rescan")
-
-    async def load(self) -> None:
-        self.calls.append("load")
-
-    async def unload(self) -> None:
-        self.calls.append("unload")
-
-    async def report(self) -> dict[str, Any]:
-        self.calls.append("report")
-        return {}
-
-
 def manager(uid: int, authority: RecordingAuthority | None) -> dbus.ManagerInterface:
     async def lookup(_sender: str) -> int:
         return uid
 
-    return dbus.ManagerInterface(StateStore(), Controller(), lookup, authority=authority)
+    return dbus.ManagerInterface(StateStore(), RecordingController(), lookup, authority=authority)
 
 
 async def _authorize(m: dbus.ManagerInterface, method: str, *, interactive: bool) -> None:
