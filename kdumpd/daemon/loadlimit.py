@@ -43,7 +43,6 @@ class LoadLimit:
         self.sysroot = Path(sysroot)
         self.read = read
         self.first: int | None = None  # the largest value seen (the budget at start)
-        self.left = NO_LIMIT
         self._warned: int | None = None  # what was left at the last warning
 
     @property
@@ -63,11 +62,9 @@ class LoadLimit:
             log.debug("cannot read kexec_load_limit_panic: %s", err)
             value = None
         if value is None or value < 0:
-            self.left = NO_LIMIT
             return NO_LIMIT
         if self.first is None or value > self.first:
             self.first = value
-        self.left = value
         if value <= self.threshold and self._should_warn(value):
             self._warned = value
             self._warn(value, per_burst, backend)
