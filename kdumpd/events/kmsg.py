@@ -316,7 +316,7 @@ class KmsgWatcher:
             self._cont = rec.text
         text = self._cont
         kind = _kind(text)
-        if kind is None:
+        if kind is None and text is not rec.text:  # a joined line: the fragment alone
             text = rec.text
             kind = _kind(text)
         if kind is None:
