@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from kdumpd.core.ranges import subtract
 from kdumpd.core.topology import MemRange, Topology
@@ -51,6 +52,9 @@ log = logging.getLogger("kdumpd.daemon.backends.inplace")
 #: Reads the topology now and returns its image-key digest; None when it cannot be
 #: read (then nothing can be compared and no extra load is made).
 KeyReader = Callable[[], "str | None"]
+
+#: Seconds between the two ``crash_hotplug`` reads after a load when the first reads 0.
+HOTPLUG_REREAD_DELAY = 0.1
 
 RACE_REASON = (
     "the topology changed while the load syscall held the kexec lock, so the kernel "
@@ -66,6 +70,23 @@ def _key(read_key: KeyReader | None) -> str | None:
     except Exception as err:  # a read error must not fail a load that succeeded
         log.warning("cannot re-read the topology around the load: %s", err)
         return None
+
+
+async def read_hotplug_after_load(
+    read: Callable[[Path], bool | None],
+    sysroot: Path,
+    sleep: Callable[[float], Awaitable[None]],
+    delay: float,
+) -> bool | None:
+    """``crash_hotplug`` right after our own load.  Its ``show()`` returns 0 whenever
+    its own ``kexec_trylock()`` fails (docs/kernel-interfaces.md §2), so one 0 cannot
+    tell "the lock was busy" from "this image is not updated in place": a 0 is read
+    once more after ``delay`` seconds, and only that second read counts."""
+    flag = read(sysroot)
+    if flag is False:
+        await sleep(delay)
+        flag = read(sysroot)
+    return flag
 
 
 class LoadRaceGuard:

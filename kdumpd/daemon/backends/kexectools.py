@@ -54,7 +54,12 @@ from pathlib import Path
 from kdumpd.core.errors import KdumpdError
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import KexecFiles
-from kdumpd.daemon.backends.inplace import LoadRaceGuard, RemovedRam
+from kdumpd.daemon.backends.inplace import (
+    HOTPLUG_REREAD_DELAY,
+    LoadRaceGuard,
+    RemovedRam,
+    read_hotplug_after_load,
+)
 from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
 
 log = logging.getLogger("kdumpd.daemon.backends.kexectools")
@@ -64,8 +69,6 @@ PROBE_TIMEOUT = 10.0  # ``kexec --help`` / ``--version``
 # Options that unload, execute, or load a kernel that is not the crash kernel.
 REFUSED_ARGS = frozenset({"-u", "--unload", "-e", "--exec", "-l", "--load", "-f", "--force"})
 HOTPLUG_OPTION = "--hotplug"
-#: Seconds between the two ``crash_hotplug`` reads after a load when the first reads 0.
-HOTPLUG_REREAD_DELAY = 0.1
 FILE_SYSCALL_OPTIONS = frozenset({"-s", "--kexec-file-syscall"})
 
 
@@ -286,7 +289,10 @@ class KexecToolsBackend:
             # inside the guard: reading crash_hotplug takes the kexec lock too, so an
             # event it makes the kernel skip moves the guard's "after" key
             ran = await self._run(files)
-            await self._read_hotplug_flag()
+            # 0 twice: the burst path stops trusting in-place updates
+            self.hotplug_flag = await read_hotplug_after_load(
+                self.read_hotplug, self.sysroot, self.sleep, self.hotplug_reread_delay
+            )
             return ran
 
         try:
@@ -310,16 +316,6 @@ class KexecToolsBackend:
                     result.loaded, result.gap_usec, False, result.detail, result.loads
                 )
         return result
-
-    async def _read_hotplug_flag(self) -> None:
-        """``crash_hotplug`` reads 0 whenever its own ``kexec_trylock()`` fails
-        (docs/kernel-interfaces.md §2): one 0 proves nothing, so read it once more
-        after a pause; 0 twice and the burst path stops trusting in-place updates."""
-        flag = self.read_hotplug(self.sysroot)
-        if flag is False:
-            await self.sleep(self.hotplug_reread_delay)
-            flag = self.read_hotplug(self.sysroot)
-        self.hotplug_flag = flag
 
     async def restore(self, request: LoadRequest) -> ApplyResult:
         if self.last_good is None:

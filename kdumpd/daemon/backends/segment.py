@@ -67,7 +67,12 @@ from kdumpd.daemon.backends.base import (
     kexec_executor,
 )
 from kdumpd.daemon.backends.file import KexecFiles
-from kdumpd.daemon.backends.inplace import LoadRaceGuard, RemovedRam
+from kdumpd.daemon.backends.inplace import (
+    HOTPLUG_REREAD_DELAY,
+    LoadRaceGuard,
+    RemovedRam,
+    read_hotplug_after_load,
+)
 from kdumpd.daemon.statefile import key_digest
 from kdumpd.system.kexec import (
     KEXEC_ON_CRASH,
@@ -88,9 +93,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kdumpd.daemon.backends.segment")
 
-
-#: Seconds between the two ``crash_hotplug`` reads after a load when the first reads 0.
-HOTPLUG_REREAD_DELAY = 0.1
 
 #: arch/x86/kernel/ksysfs.c: the running kernel's boot_params, read-only for root.
 BOOT_PARAMS_DATA = "/sys/kernel/boot_params/data"
@@ -458,15 +460,12 @@ class SegmentBackend:
         return await self.race.load(once, request.read_key, retry=False, before=before)
 
     async def _check_hotplug_flag(self) -> None:
-        """``crash_hotplug`` after our load with the flag.  Its ``show()`` returns 0
-        whenever its own ``kexec_trylock()`` fails (docs/kernel-interfaces.md §2), so one
-        0 cannot tell "the lock was busy" from "this image is not updated in place":
-        read once more after a pause.  0 twice: stop trusting in-place updates for
-        this image; every burst loads until a load reads 1 again."""
-        flag = self.read_hotplug(self.sysroot)
-        if flag is False:
-            await self.sleep(self.hotplug_reread_delay)
-            flag = self.read_hotplug(self.sysroot)
+        """``crash_hotplug`` after our load with the flag (read twice when the first
+        reads 0).  0 twice: stop trusting in-place updates for this image; every burst
+        loads until a load reads 1 again."""
+        flag = await read_hotplug_after_load(
+            self.read_hotplug, self.sysroot, self.sleep, self.hotplug_reread_delay
+        )
         self.hotplug_flag = flag
         self.not_updated = ""
         if flag is False:
