@@ -99,7 +99,6 @@ def probe_backend(
             BackendName.KEXEC_TOOLS,
             f"the kernel has no kexec_file_load (ENOSYS); {binary} loads",
         )
-    why_not = segment_unavailable(root, machine)
     if has_file_load is None and not _own_loader(machine):
         # not probed (kernel.kexec_load_limit_reboot is set: a probe would use up a load):
         # kdumpd has no loader of its own here and kexec_file_load may well be missing
@@ -114,6 +113,7 @@ def probe_backend(
     hotplug = crash_hotplug_file(root)
     if hotplug is not None:
         return BackendName.KERNEL, f"the kernel updates crash images on hotplug ({hotplug} exists)"
+    why_not = segment_unavailable(root, machine)
     if why_not is None:
         return BackendName.SEGMENT, "kexec_load of kdumpd's own image (no in-kernel crash hotplug)"
     return BackendName.FILE, f"kexec_file_load without in-kernel crash hotplug ({why_not})"
