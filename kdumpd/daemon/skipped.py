@@ -50,7 +50,6 @@ def updated_in_place(backend: object) -> bool:
 
 class SkippedUpdates:
     def __init__(self) -> None:
-        self.reason = ""  # why a fresh load is wanted ("" = none)
         self.wanted = False  # a fresh load is asked for and has not started yet
         self.drain: Callable[[], object] | None = None  # the kernel-log watcher's drain
         self.lines = 0  # skipped-update lines seen
@@ -75,7 +74,6 @@ class SkippedUpdates:
     def loaded(self, events_received: int) -> None:
         """A load succeeded: it covers every update skipped before it, so a fresh load
         asked for by a line read before it (or during it) is not needed any more."""
-        self.reason = ""
         self.wanted = False
         self._events_mark = events_received
 
@@ -142,7 +140,6 @@ class SkippedUpdates:
             log.info("%s: a fresh load is already pending", where)
             return ""
         self.wanted = True
-        self.reason = reason
         self.reloads += 1
         log.warning("%s; the crash image may be stale: loading a fresh one", reason)
         return reason
