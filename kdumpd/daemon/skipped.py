@@ -52,8 +52,7 @@ class SkippedUpdates:
     def __init__(self) -> None:
         self.wanted = False  # a fresh load is asked for and has not started yet
         self.drain: Callable[[], object] | None = None  # the kernel-log watcher's drain
-        self.lines = 0  # skipped-update lines seen
-        self.covered = 0  # ... of which printed during our own loads
+        self.covered = 0  # skipped-update lines printed during our own loads
         self.reloads = 0  # fresh loads asked for
         self._loading = 0
         self._events_mark = 0  # hotplug events received at the last load / overrun check
@@ -92,7 +91,6 @@ class SkippedUpdates:
     ) -> str:
         """The reason for one fresh load, or "" when ``ev`` needs none (logged)."""
         if ev.kind in (KernelLogKind.SKIPPED_UPDATE, KernelLogKind.UPDATE_FAILED):
-            self.lines += 1
             where = f"kernel log: {ev.text!r}" + (f" (seq {ev.seq})" if ev.seq is not None else "")
             if self._loading:
                 self.covered += 1
