@@ -151,8 +151,12 @@ class X86SegmentImage:
         kernel_entry: int,
         cmdline: bytes,
         hotplug: bool,
+        digests: dict[SegmentKind, bytes] | None = None,
     ) -> None:
         self._plan = plan
+        #: SHA-256 of the mapped-file segments, read through their descriptors at
+        #: build time (their buffers are mappings: never read them here).
+        self.digests = digests or {}
         self.purgatory = purgatory
         self.elfcorehdr = elfcorehdr
         self.kernel_entry = kernel_entry
@@ -180,7 +184,7 @@ class X86SegmentImage:
                 "mem": f"{s.mem:#x}",
                 "memsz": s.memsz,
                 "bufsz": s.bufsz,
-                "sha256": hashlib.sha256(s.buf).hexdigest(),
+                "sha256": self.digests.get(s.kind, b"").hex() or hashlib.sha256(s.buf).hexdigest(),
                 "entry": self._plan.entry if s.kind == SegmentKind.PURGATORY else None,
             }
             for s in self._plan.segments
@@ -262,11 +266,13 @@ class X86ImageBuilder:
         purgatory.configure(boot_params=bp_mem, kernel_entry=kernel_entry)
         set_header_region(purgatory, elfcorehdr, in_place=self.hotplug)
         heads: dict[SegmentKind, bytes] = {}
-        kernel_digest = initrd_digest = None
+        digests: dict[SegmentKind, bytes] = {}
         if kernel_file is not None:
-            kernel_digest = kernel_file.sha256(setup.payload_offset)
+            digests[SegmentKind.KERNEL] = kernel_file.sha256(setup.payload_offset)
             heads[SegmentKind.KERNEL] = bytes(head[setup.payload_offset :][:4])
-        purgatory.set_region(REGION_KERNEL, kernel_mem, payload, digest=kernel_digest)
+        purgatory.set_region(
+            REGION_KERNEL, kernel_mem, payload, digest=digests.get(SegmentKind.KERNEL)
+        )
         purgatory.set_region(REGION_BOOT_PARAMS, bp_mem, bp)
         segments = [
             elfcorehdr,
@@ -275,9 +281,11 @@ class X86ImageBuilder:
         ]
         if initrd_memsz and initrd is not None:
             if initrd_file is not None:
-                initrd_digest = initrd_file.sha256()
+                digests[SegmentKind.INITRD] = initrd_file.sha256()
                 heads[SegmentKind.INITRD] = initrd_file.pread(4)
-            purgatory.set_region(REGION_INITRD, initrd_mem, initrd, digest=initrd_digest)
+            purgatory.set_region(
+                REGION_INITRD, initrd_mem, initrd, digest=digests.get(SegmentKind.INITRD)
+            )
             segments.append(Segment(SegmentKind.INITRD, initrd_mem, initrd_memsz, initrd))
         segments.append(Segment(SegmentKind.KERNEL, kernel_mem, kernel_memsz, payload))
         plan = LoadPlan(tuple(segments), pur_mem, KEXEC_ARCH_X86_64)
@@ -298,6 +306,7 @@ class X86ImageBuilder:
             kernel_entry=kernel_entry,
             cmdline=cmdline,
             hotplug=self.hotplug,
+            digests=digests,
         )
 
 
