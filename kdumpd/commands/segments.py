@@ -22,9 +22,11 @@ import json
 from pathlib import Path
 
 from kdumpd.commands.common import add_sizing_arguments, add_sysroot_arguments, build_image
+from kdumpd.core.errors import InputError
+from kdumpd.core.segment import Segment, SegmentKind
 from kdumpd.daemon.backends.file import KexecFiles, default_files
 from kdumpd.daemon.backends.segment import SegmentBackend
-from kdumpd.system.kexec import KEXEC_ON_CRASH
+from kdumpd.system.kexec import KEXEC_ON_CRASH, MappedFile
 
 NAME = "segments"
 HELP = "write every segment of the kexec_load crash image and a JSON manifest (no load)"
@@ -51,6 +53,25 @@ class _NoSyscalls:
         raise AssertionError("kdumpd segments never loads")
 
 
+def _write_segment(path: Path, seg: Segment, source: MappedFile | None) -> None:
+    """Write ``seg.buf``; a mapped-file segment (the tail of ``source``) is copied
+    through the descriptor, so a file truncated meanwhile is a one-line error, not a
+    SIGBUS from touching the mapping."""
+    if source is None:
+        path.write_bytes(seg.buf)
+        return
+    pos = source.size - seg.bufsz
+    with path.open("wb") as out:
+        while pos < source.size:
+            chunk = source.pread(min(source.CHUNK, source.size - pos), pos)
+            if not chunk:
+                break
+            out.write(chunk)
+            pos += len(chunk)
+    if pos < source.size or source.changed():  # the manifest's digest would not match
+        raise InputError(source.path, "changed or truncated while being written out")
+
+
 def run(args: argparse.Namespace) -> int:
     topology, image = build_image(args)
     resolved = default_files(args.sysroot, cmdline=args.cmdline or "")
@@ -67,9 +88,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     entries = seg_image.manifest()
+    assert backend.prepared is not None
+    maps = backend.prepared.maps  # the kernel's, then the initrd's when there is one
+    sources = {SegmentKind.KERNEL: maps[0], SegmentKind.INITRD: maps[-1] if len(maps) > 1 else None}
     for i, (seg, entry) in enumerate(zip(plan.segments, entries, strict=True)):
         name = f"{i:02d}-{seg.kind}.bin"
-        (out / name).write_bytes(seg.buf)
+        _write_segment(out / name, seg, sources.get(seg.kind))
         entry["file"] = name
     manifest = {
         "entry": f"{plan.entry:#x}",
