@@ -86,26 +86,21 @@ def place_top_down(reservations: tuple[MemRange, ...], memsz: int) -> int | None
     window = crash_window(reservations)
     if window is None:
         return None
-    mem = (window.end + 1 - memsz) // PAGE_SIZE * PAGE_SIZE
-    if mem < window.start:
-        raise CapacityError(
-            f"elfcorehdr placement in Crash kernel {window.start:#x}-{window.end:#x}",
-            memsz,
-            window.size,
-        )
-    return mem
+    return place_below(reservations, window.end + 1, memsz, what="elfcorehdr")
 
 
-def place_below(reservations: tuple[MemRange, ...], top: int, memsz: int) -> int:
+def place_below(
+    reservations: tuple[MemRange, ...], top: int, memsz: int, *, what: str = "crash FDT"
+) -> int:
     """Highest page-aligned address for ``memsz`` bytes ending at or below ``top``,
     inside the highest reservation (the one :func:`place_top_down` used)."""
     window = crash_window(reservations)
     if window is None:
-        raise CapacityError("crash FDT placement (no Crash kernel reservation)", memsz, 0)
+        raise CapacityError(f"{what} placement (no Crash kernel reservation)", memsz, 0)
     mem = (top - memsz) // PAGE_SIZE * PAGE_SIZE
     if mem < window.start:
         raise CapacityError(
-            f"crash FDT placement in Crash kernel {window.start:#x}-{window.end:#x}",
+            f"{what} placement in Crash kernel {window.start:#x}-{window.end:#x}",
             memsz,
             max(0, top - window.start),
         )
