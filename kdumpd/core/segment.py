@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kdumpd.core.errors import CapacityError, InputError
+from kdumpd.core.ranges import round_up
 from kdumpd.core.topology import MemRange, Topology
 
 PAGE_SIZE = 4096
@@ -46,7 +47,7 @@ class SegmentKind(enum.StrEnum):
 
 
 def page_align(value: int) -> int:
-    return (value + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    return round_up(value, PAGE_SIZE)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
