@@ -10,6 +10,8 @@ from typing import Any
 
 from kdumpd.core.topology import Resource, Topology
 from kdumpd.daemon.backends.base import ApplyResult, LoadRequest, LoadSyscall
+from kdumpd.daemon.reconciler import Reconciler
+from kdumpd.daemon.state import StateStore
 from kdumpd.system.kexec import KexecError
 from kdumpd.system.topologyreader import read_topology
 
@@ -161,3 +163,20 @@ class RecordingController:
     async def report(self) -> dict[str, Any]:
         self.calls.append("report")
         return {}
+
+
+def reconciler(sysroot: Path, backend: object, holder: TopologyHolder, **kw: object) -> Reconciler:
+    """A reconciler over a fixture sysroot with short debounce windows, no real sleeps
+    and no retry timer firing during a test."""
+    return Reconciler(
+        StateStore(),
+        backend,  # type: ignore[arg-type]
+        sysroot=sysroot,
+        state_dir=sysroot / "run/kdumpd",
+        read_topology=holder,
+        quiet=0.002,
+        max_staleness=0.01,
+        sleep=no_sleep,
+        retry_interval=3600,
+        **kw,  # type: ignore[arg-type]
+    )

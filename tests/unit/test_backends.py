@@ -29,7 +29,7 @@ from kdumpd.system.kexec import (
     KEXEC_FILE_ON_CRASH,
     KEXEC_FILE_UNLOAD,
 )
-from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder, no_sleep
+from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder, reconciler
 
 EV = HotplugEvent("online", "memory", "/devices/system/memory/memory512")
 
@@ -51,21 +51,6 @@ def sysroot(tmp_path: Path) -> Path:
 
 def file_backend(sysroot: Path, kexec: ScriptedKexec) -> FileBackend:
     return FileBackend(kexec, default_files(sysroot), sysroot)
-
-
-def reconciler(sysroot: Path, backend: object, holder: TopologyHolder, **kw: object) -> Reconciler:
-    return Reconciler(
-        StateStore(),
-        backend,  # type: ignore[arg-type]
-        sysroot=sysroot,
-        state_dir=sysroot / "run/kdumpd",
-        read_topology=holder,
-        quiet=0.002,
-        max_staleness=0.01,
-        sleep=no_sleep,
-        retry_interval=3600,
-        **kw,  # type: ignore[arg-type]
-    )
 
 
 def test_crash_cmdline_like_kdump_utils() -> None:

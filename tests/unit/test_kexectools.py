@@ -27,10 +27,9 @@ from kdumpd.daemon.backends.kexectools import (
     check_kexec_args,
 )
 from kdumpd.daemon.backends.probe import make_backend, probe_backend
-from kdumpd.daemon.reconciler import Reconciler
-from kdumpd.daemon.state import ImageState, StateStore
+from kdumpd.daemon.state import ImageState
 from kdumpd.events.event import HotplugEvent
-from tests.unit.daemon_fakes import FIXTURE, TopologyHolder, no_sleep
+from tests.unit.daemon_fakes import FIXTURE, TopologyHolder, reconciler
 
 EV = HotplugEvent("online", "memory", "/devices/system/memory/memory512")
 
@@ -137,20 +136,6 @@ def fake(tmp_path: Path, sysroot: Path, monkeypatch: pytest.MonkeyPatch) -> Fake
 def files(sysroot: Path) -> KexecFiles:
     rel = (sysroot / "proc/sys/kernel/osrelease").read_text().strip()
     return default_files(sysroot, kernel=f"/boot/vmlinux-{rel}", append="nr_cpus=1")
-
-
-def reconciler(sysroot: Path, backend: object, holder: TopologyHolder) -> Reconciler:
-    return Reconciler(
-        StateStore(),
-        backend,  # type: ignore[arg-type]
-        sysroot=sysroot,
-        state_dir=sysroot / "run/kdumpd",
-        read_topology=holder,
-        quiet=0.002,
-        max_staleness=0.01,
-        sleep=no_sleep,
-        retry_interval=3600,
-    )
 
 
 def loads(calls: list[list[str]]) -> list[list[str]]:

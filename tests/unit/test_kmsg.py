@@ -28,7 +28,7 @@ from kdumpd.events.kmsg import (
     KmsgWatcher,
     parse_record,
 )
-from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder, no_sleep
+from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder, no_sleep, reconciler
 
 SKIP_LINE = "crash hp: kexec_trylock() failed, kdump image may be inaccurate"
 OLD_SKIP_LINE = "crash hp: kexec_trylock() failed, elfcorehdr may be inaccurate"
@@ -245,17 +245,7 @@ def sysroot(tmp_path: Path) -> Path:
 
 def kernel_reconciler(sysroot: Path, kexec: ScriptedKexec, holder: TopologyHolder) -> Reconciler:
     fb = FileBackend(kexec, default_files(sysroot), sysroot)
-    return Reconciler(
-        StateStore(),
-        KernelBackend(fb, sysroot, read_hotplug=lambda _p: True),
-        sysroot=sysroot,
-        state_dir=sysroot / "run/kdumpd",
-        read_topology=holder,
-        quiet=0.002,
-        max_staleness=0.01,
-        sleep=no_sleep,
-        retry_interval=3600,
-    )
+    return reconciler(sysroot, KernelBackend(fb, sysroot, read_hotplug=lambda _p: True), holder)
 
 
 def skip_event(seq: int = 1) -> KernelLogEvent:

@@ -13,8 +13,7 @@ from kdumpd.commands.status import format_state
 from kdumpd.daemon.loadlimit import NO_LIMIT, LoadLimit
 from kdumpd.daemon.state import ImageState
 from kdumpd.interfaces.dbus import PROPERTY_FIELDS, property_value
-from tests.unit.daemon_fakes import FIXTURE, RecordingBackend, TopologyHolder
-from tests.unit.test_segment_backend import reconciler
+from tests.unit.daemon_fakes import FIXTURE, RecordingBackend, TopologyHolder, reconciler
 
 FIXTURE_612 = FIXTURE.parent / "guest-6.12-before"
 LIMIT = "proc/sys/kernel/kexec_load_limit_panic"

@@ -26,11 +26,10 @@ from kdumpd.daemon.backends.file import FileBackend, default_files
 from kdumpd.daemon.backends.probe import LOADERS, probe_backend
 from kdumpd.daemon.backends.segment import SegmentBackend
 from kdumpd.daemon.control import Operations
-from kdumpd.daemon.reconciler import Reconciler
-from kdumpd.daemon.state import ImageState, StateStore
+from kdumpd.daemon.state import ImageState
 from kdumpd.system.kexec import KEXEC_ON_CRASH
 from tests.unit.bzimage_support import make_bzimage
-from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder, no_sleep
+from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder, reconciler
 from tests.unit.purgatory_fake import FakePurgatory, fake_blob
 
 
@@ -54,21 +53,6 @@ def segment_backend(sysroot: Path, kexec: ScriptedKexec) -> SegmentBackend:
         sysroot,
         builder=X86ImageBuilder(FakePurgatory),
         purgatory=fake_blob(),
-    )
-
-
-def reconciler(sysroot: Path, backend: object, holder: TopologyHolder, **kw: object) -> Reconciler:
-    return Reconciler(
-        StateStore(),
-        backend,  # type: ignore[arg-type]
-        sysroot=sysroot,
-        state_dir=sysroot / "run/kdumpd",
-        read_topology=holder,
-        quiet=0.002,
-        max_staleness=0.01,
-        sleep=no_sleep,
-        retry_interval=3600,
-        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -395,8 +379,8 @@ TRUNCATE_AFTER_MAPPING = """
 import asyncio, sys
 from pathlib import Path
 from kdumpd.daemon.backends import segment
-from tests.unit.daemon_fakes import ScriptedKexec, TopologyHolder
-from tests.unit.test_segment_backend import reconciler, segment_backend
+from tests.unit.daemon_fakes import ScriptedKexec, TopologyHolder, reconciler
+from tests.unit.test_segment_backend import segment_backend
 
 root, victim = Path(sys.argv[1]), sys.argv[2]
 

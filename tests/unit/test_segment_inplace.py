@@ -27,9 +27,8 @@ from kdumpd.daemon.state import ImageState
 from kdumpd.daemon.statefile import key_digest
 from kdumpd.system.kexec import KEXEC_ON_CRASH, KEXEC_UPDATE_ELFCOREHDR, KexecError
 from tests.unit.bzimage_support import make_bzimage
-from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder
+from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder, reconciler
 from tests.unit.purgatory_fake import FakePurgatory, fake_blob
-from tests.unit.test_segment_backend import reconciler
 
 FLAGS = KEXEC_ON_CRASH | KEXEC_ARCH_X86_64
 
