@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+from pathlib import Path
+
+from tests.unit.daemon_fakes import FIXTURE
 
 
 def make_bzimage(
@@ -41,3 +45,17 @@ def make_bzimage(
     for i in range(off, off + payload, 4096):
         img[i : i + 4] = b"KRNL"
     return bytes(img)
+
+
+def bootable_sysroot(tmp_path: Path) -> Path:
+    """The 6.1 guest fixture with a synthetic bzImage, a gzip-looking initrd and a
+    crashkernel= command line: enough for kdumpd's own x86_64 loader."""
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURE, root)
+    rel = (root / "proc/sys/kernel/osrelease").read_text().strip()
+    (root / "boot").mkdir()
+    (root / f"boot/vmlinuz-{rel}").write_bytes(make_bzimage())
+    (root / "var/lib/kdump").mkdir(parents=True)
+    (root / f"var/lib/kdump/initrd.img-{rel}").write_bytes(b"\x1f\x8b" + bytes(70000))
+    (root / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro crashkernel=256M\n")
+    return root

@@ -28,22 +28,14 @@ from kdumpd.daemon.backends.segment import SegmentBackend
 from kdumpd.daemon.control import Operations
 from kdumpd.daemon.state import ImageState
 from kdumpd.system.kexec import KEXEC_ON_CRASH
-from tests.unit.bzimage_support import make_bzimage
-from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder, reconciler
+from tests.unit.bzimage_support import bootable_sysroot, make_bzimage
+from tests.unit.daemon_fakes import ScriptedKexec, TopologyHolder, reconciler
 from tests.unit.purgatory_fake import FakePurgatory, fake_blob
 
 
 @pytest.fixture
 def sysroot(tmp_path: Path) -> Path:
-    root = tmp_path / "root"
-    shutil.copytree(FIXTURE, root)
-    rel = (root / "proc/sys/kernel/osrelease").read_text().strip()
-    (root / "boot").mkdir()
-    (root / f"boot/vmlinuz-{rel}").write_bytes(make_bzimage())
-    (root / "var/lib/kdump").mkdir(parents=True)
-    (root / f"var/lib/kdump/initrd.img-{rel}").write_bytes(b"\x1f\x8b" + bytes(70000))
-    (root / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro crashkernel=256M\n")
-    return root
+    return bootable_sysroot(tmp_path)
 
 
 def segment_backend(sysroot: Path, kexec: ScriptedKexec) -> SegmentBackend:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,8 @@ from kdumpd.daemon.reconciler import default_image_factory
 from kdumpd.daemon.state import ImageState
 from kdumpd.daemon.statefile import key_digest
 from kdumpd.system.kexec import KEXEC_ON_CRASH, KEXEC_UPDATE_ELFCOREHDR, KexecError
-from tests.unit.bzimage_support import make_bzimage
-from tests.unit.daemon_fakes import FIXTURE, ScriptedKexec, TopologyHolder, reconciler
+from tests.unit.bzimage_support import bootable_sysroot
+from tests.unit.daemon_fakes import ScriptedKexec, TopologyHolder, reconciler
 from tests.unit.purgatory_fake import FakePurgatory, fake_blob
 
 FLAGS = KEXEC_ON_CRASH | KEXEC_ARCH_X86_64
@@ -35,14 +34,7 @@ FLAGS = KEXEC_ON_CRASH | KEXEC_ARCH_X86_64
 
 @pytest.fixture
 def sysroot(tmp_path: Path) -> Path:
-    root = tmp_path / "root"
-    shutil.copytree(FIXTURE, root)
-    rel = (root / "proc/sys/kernel/osrelease").read_text().strip()
-    (root / "boot").mkdir()
-    (root / f"boot/vmlinuz-{rel}").write_bytes(make_bzimage())
-    (root / "var/lib/kdump").mkdir(parents=True)
-    (root / f"var/lib/kdump/initrd.img-{rel}").write_bytes(b"\x1f\x8b" + bytes(70000))
-    (root / "proc/cmdline").write_text("BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro crashkernel=256M\n")
+    root = bootable_sysroot(tmp_path)
     (root / "sys/kernel/kexec_crash_loaded").write_text("1\n")  # our fake loads "succeed"
     return root
 
