@@ -335,6 +335,19 @@ class LoadingKexec:
         (self.root / "sys/kernel/kexec_crash_loaded").write_text("1\n")
 
 
+def crash_hotplug_sysroot(tmp_path: Path) -> Path:
+    """The fixture with a kernel file, nothing loaded yet, and crash hotplug on."""
+    root = tmp_path / "root"
+    shutil.copytree(FIXTURE, root)
+    rel = (root / "proc/sys/kernel/osrelease").read_text().strip()
+    (root / "boot").mkdir()
+    (root / f"boot/vmlinuz-{rel}").write_bytes(b"MZ fake kernel")
+    (root / "sys/kernel/kexec_crash_loaded").write_text("0\n")
+    for sub in ("cpu", "memory"):
+        (root / f"sys/devices/system/{sub}/crash_hotplug").write_text("1\n")
+    return root
+
+
 @pytest.mark.parametrize("backend", ["kernel", "file"])
 async def test_reload_rebuilds_a_real_backend_and_a_bad_one_changes_nothing(
     tmp_path: Path, backend: str
@@ -344,14 +357,7 @@ async def test_reload_rebuilds_a_real_backend_and_a_bad_one_changes_nothing(
     from kdumpd.daemon.backends.kernel import KernelBackend
     from kdumpd.daemon.state import ImageState
 
-    root = tmp_path / "root"
-    shutil.copytree(FIXTURE, root)
-    rel = (root / "proc/sys/kernel/osrelease").read_text().strip()
-    (root / "boot").mkdir()
-    (root / f"boot/vmlinuz-{rel}").write_bytes(b"MZ fake kernel")
-    (root / "sys/kernel/kexec_crash_loaded").write_text("0\n")
-    for sub in ("cpu", "memory"):
-        (root / f"sys/devices/system/{sub}/crash_hotplug").write_text("1\n")
+    root = crash_hotplug_sysroot(tmp_path)
     cfg = tmp_path / "kdumpd.toml"
     cfg.write_text('[kexec]\ncmdline = "console=ttyS0"\n')
     base = {"sysroot": str(root), "state_dir": str(tmp_path / "state"), "backend": backend}
@@ -433,14 +439,7 @@ async def test_kernel_log_line_reaches_the_reconciler_through_the_daemon(tmp_pat
     <sysroot>/dev/kmsg (here a FIFO) from before its first load; the kernel's
     skipped-update line printed later marks the image stale and loads once; without
     crash hotplug no watcher is started."""
-    root = tmp_path / "root"
-    shutil.copytree(FIXTURE, root)
-    rel = (root / "proc/sys/kernel/osrelease").read_text().strip()
-    (root / "boot").mkdir()
-    (root / f"boot/vmlinuz-{rel}").write_bytes(b"MZ fake kernel")
-    (root / "sys/kernel/kexec_crash_loaded").write_text("0\n")
-    for sub in ("cpu", "memory"):
-        (root / f"sys/devices/system/{sub}/crash_hotplug").write_text("1\n")
+    root = crash_hotplug_sysroot(tmp_path)
     (root / "dev").mkdir(exist_ok=True)
     os.mkfifo(root / "dev/kmsg")
     base = {
