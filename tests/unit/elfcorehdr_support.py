@@ -30,6 +30,34 @@ PF_RWX = 0x7
 X86_64_PAGE_OFFSET = 0xFFFF888000000000
 
 
+def small_topology(*crash_notes: CrashNote) -> Topology:
+    """The golden topology: CPUs 0-2 of 4 present, low and high RAM, a crash kernel;
+    by default one crash note per present CPU."""
+    return Topology(
+        arch="x86_64",
+        possible_cpus=(0, 1, 2, 3),
+        present_cpus=(0, 1, 2),
+        online_cpus=(0, 1, 2),
+        crash_notes=crash_notes
+        or (
+            CrashNote(0, 0x7FC1D000, 0x1A8),
+            CrashNote(1, 0x7FC3D000, 0x1A8),
+            CrashNote(2, 0x7FC5D000, 0x1A8),
+        ),
+        iomem=(
+            Resource(0x0, 0xFFF, "Reserved", 0),
+            Resource(0x1000, 0x9FBFF, "System RAM", 0),
+            Resource(0x100000, 0xBFFDFFFF, "System RAM", 0),
+            Resource(0x2000000, 0x2E01FFF, "Kernel code", 1),
+            Resource(0xB3000000, 0xBEFFFFFF, "Crash kernel", 1),
+            Resource(0x100000000, 0x13FFFFFFF, "System RAM", 0),
+        ),
+        vmcoreinfo=VmcoreInfo(0x3F2C000, 0x1000),
+        kernel_text=KernelText(0xFFFFFFFF81000000, 0x2200000, "kcore"),
+        page_offset=X86_64_PAGE_OFFSET,
+    )
+
+
 @st.composite
 def ram_layouts(draw: st.DrawFn, max_ranges: int = 12) -> list[tuple[int, int]]:
     """Ascending, disjoint, page-granular (start, end) RAM ranges; gaps may be zero."""

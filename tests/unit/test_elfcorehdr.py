@@ -20,7 +20,6 @@ from kdumpd.core.elfcorehdr import (
 from kdumpd.core.errors import CapacityError, InputError, UnsupportedError
 from kdumpd.core.topology import (
     CrashNote,
-    KernelText,
     MemRange,
     Resource,
     Topology,
@@ -33,6 +32,7 @@ from .elfcorehdr_support import (
     expected_phdrs,
     readelf_path,
     run_readelf,
+    small_topology,
     spec_header_bytes,
     topologies,
     write_sparse_core,
@@ -50,29 +50,10 @@ def _build(topology: Topology, capacity: int = BIG) -> Elfcorehdr:
 
 
 def _small_topology() -> Topology:
-    """Four possible CPUs, three present, CPU 2 lacks crash_notes; two RAM ranges, one
-    split by the crash kernel."""
-    return Topology(
-        arch="x86_64",
-        possible_cpus=(0, 1, 2, 3),
-        present_cpus=(0, 1, 2),
-        online_cpus=(0, 1, 2),
-        crash_notes=(
-            CrashNote(0, 0x7FC1D000, 0x1A8),
-            CrashNote(1, 0x7FC3D000, 0x1A8),
-            CrashNote(3, 0x7FC7D000, 0x1A8),  # not present: skipped
-        ),
-        iomem=(
-            Resource(0x0, 0xFFF, "Reserved", 0),
-            Resource(0x1000, 0x9FBFF, "System RAM", 0),
-            Resource(0x100000, 0xBFFDFFFF, "System RAM", 0),
-            Resource(0x2000000, 0x2E01FFF, "Kernel code", 1),
-            Resource(0xB3000000, 0xBEFFFFFF, "Crash kernel", 1),
-            Resource(0x100000000, 0x13FFFFFFF, "System RAM", 0),
-        ),
-        vmcoreinfo=VmcoreInfo(0x3F2C000, 0x1000),
-        kernel_text=KernelText(0xFFFFFFFF81000000, 0x2200000, "kcore"),
-        page_offset=0xFFFF888000000000,
+    return small_topology(
+        CrashNote(0, 0x7FC1D000, 0x1A8),
+        CrashNote(1, 0x7FC3D000, 0x1A8),
+        CrashNote(3, 0x7FC7D000, 0x1A8),  # not present: skipped
     )
 
 

@@ -16,8 +16,8 @@ from kdumpd.arch.x86_64 import X86_64
 from kdumpd.arch.x86_64 import purgatory as pg
 from kdumpd.arch.x86_64.purgatory import Policy, Purgatory, RegionFlag
 from kdumpd.core.elfcorehdr import Elfcorehdr
-from kdumpd.core.topology import CrashNote, KernelText, Resource, Topology, VmcoreInfo
 
+from .elfcorehdr_support import small_topology
 from .purgatory_support import address_of, build_host_library
 
 OK, DIGEST_MISMATCH, BAD_STRUCTURE, BAD_HEADER = 0, 1, 2, 3
@@ -56,31 +56,6 @@ def run_main(lib: ctypes.CDLL, p: Purgatory) -> tuple[int, str, int]:
     port = ctypes.c_uint64(0)
     policy = lib.host_main(address_of(p.buffer), line, len(line), ctypes.byref(port))
     return policy, line.value.decode(), port.value
-
-
-def small_topology() -> Topology:
-    return Topology(
-        arch="x86_64",
-        possible_cpus=(0, 1, 2, 3),
-        present_cpus=(0, 1, 2),
-        online_cpus=(0, 1, 2),
-        crash_notes=(
-            CrashNote(0, 0x7FC1D000, 0x1A8),
-            CrashNote(1, 0x7FC3D000, 0x1A8),
-            CrashNote(2, 0x7FC5D000, 0x1A8),
-        ),
-        iomem=(
-            Resource(0x0, 0xFFF, "Reserved", 0),
-            Resource(0x1000, 0x9FBFF, "System RAM", 0),
-            Resource(0x100000, 0xBFFDFFFF, "System RAM", 0),
-            Resource(0x2000000, 0x2E01FFF, "Kernel code", 1),
-            Resource(0xB3000000, 0xBEFFFFFF, "Crash kernel", 1),
-            Resource(0x100000000, 0x13FFFFFFF, "System RAM", 0),
-        ),
-        vmcoreinfo=VmcoreInfo(0x3F2C000, 0x1000),
-        kernel_text=KernelText(0xFFFFFFFF81000000, 0x2200000, "kcore"),
-        page_offset=0xFFFF888000000000,
-    )
 
 
 def real_elfcorehdr() -> bytearray:
