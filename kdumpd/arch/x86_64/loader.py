@@ -31,11 +31,13 @@ rewrites the header itself, so region 0 gets only a structural check.
 from __future__ import annotations
 
 import hashlib
-import struct
 from collections.abc import Callable
 from typing import Protocol
 
 from kdumpd.arch.x86_64.bootparams import (
+    E820_ENTRIES,
+    E820_ENTRY,
+    E820_TABLE,
     boot_params_size,
     build_boot_params,
     capture_cmdline,
@@ -312,5 +314,5 @@ class X86ImageBuilder:
 
 def unpack_e820(buf: Buffer) -> list[tuple[int, int, int]]:
     """The e820 table of a boot_params page (for inspection and tests)."""
-    n = buf[0x1E8]
-    return [struct.unpack_from("<QQI", buf, 0x2D0 + 20 * i) for i in range(n)]
+    n = buf[E820_ENTRIES]
+    return [E820_ENTRY.unpack_from(buf, E820_TABLE + E820_ENTRY.size * i) for i in range(n)]
