@@ -34,6 +34,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Protocol
 
+from kdumpd.arch.x86_64 import EM_X86_64
 from kdumpd.arch.x86_64.bootparams import (
     E820_ENTRIES,
     E820_ENTRY,
@@ -63,7 +64,7 @@ from kdumpd.core.segment import (
 from kdumpd.core.topology import Topology
 
 #: include/uapi/linux/kexec.h KEXEC_ARCH_X86_64 (EM_X86_64 << 16)
-KEXEC_ARCH_X86_64 = 62 << 16
+KEXEC_ARCH_X86_64 = EM_X86_64 << 16
 MiB = 1 << 20
 GiB = 1 << 30
 #: The kernel's payload never goes below this, whatever pref_address says.
