@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 from kdumpd.core.errors import CapacityError, InputError, UnsupportedError
 from kdumpd.core.ranges import round_up
+from kdumpd.core.segment import ELF_MAGIC
 from kdumpd.core.topology import CrashNote, MemRange, VmcoreInfo
 
 # ELF constants (include/uapi/linux/elf.h, elf(5)).
@@ -74,7 +75,7 @@ _NOTE_TYPE_FLAGS = PT_NOTE  # p_flags = 0
 # e_ident(16) e_type e_machine e_version e_entry e_phoff e_shoff e_flags e_ehsize
 # e_phentsize e_phnum e_shentsize e_shnum e_shstrndx
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
-_E_IDENT = b"\x7fELF" + bytes((ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_NONE)) + bytes(8)
+_E_IDENT = ELF_MAGIC + bytes((ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_NONE)) + bytes(8)
 assert _EHDR.size == EHDR_SIZE
 
 
