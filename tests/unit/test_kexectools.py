@@ -27,6 +27,7 @@ from kdumpd.daemon.backends.kexectools import (
     check_kexec_args,
 )
 from kdumpd.daemon.backends.probe import make_backend, probe_backend
+from kdumpd.daemon.reconciler import Reconciler
 from kdumpd.daemon.state import ImageState
 from kdumpd.events.event import HotplugEvent
 from tests.unit.daemon_fakes import FIXTURE, TopologyHolder, reconciler
@@ -138,6 +139,15 @@ def files(sysroot: Path) -> KexecFiles:
     return default_files(sysroot, kernel=f"/boot/vmlinux-{rel}", append="nr_cpus=1")
 
 
+async def started(sysroot: Path, b: KexecToolsBackend) -> tuple[Reconciler, TopologyHolder]:
+    """A reconciler over ``b`` that has started and settled its first load."""
+    holder = TopologyHolder()
+    r = reconciler(sysroot, b, holder)
+    await r.start()
+    await r.settle()
+    return r, holder
+
+
 def loads(calls: list[list[str]]) -> list[list[str]]:
     return [c for c in calls if c and c[0] == "-p"]
 
@@ -145,10 +155,7 @@ def loads(calls: list[list[str]]) -> list[list[str]]:
 async def test_one_kexec_p_per_burst_and_never_an_unload(sysroot: Path, fake: FakeKexec) -> None:
     fake.hotplug(False)
     b = KexecToolsBackend(files(sysroot), sysroot)
-    holder = TopologyHolder()
-    r = reconciler(sysroot, b, holder)
-    await r.start()
-    await r.settle()
+    r, holder = await started(sysroot, b)
     for n in (1, 2):
         holder.add_blocks(n)
         r.event(EV)
@@ -172,10 +179,7 @@ async def test_hotplug_kernel_and_tool_load_once_and_the_kernel_updates(
     with_crash_hotplug(sysroot)
     fake.hotplug(True)
     b = KexecToolsBackend(files(sysroot), sysroot)
-    holder = TopologyHolder()
-    r = reconciler(sysroot, b, holder)
-    await r.start()
-    await r.settle()
+    r, holder = await started(sysroot, b)
     holder.add_blocks(2)
     r.event(EV)
     await r.settle()
@@ -208,10 +212,7 @@ async def test_crash_hotplug_reading_0_twice_after_our_load_makes_bursts_load(
         hotplug_reread_delay=0.25,
         sleep=sleep,
     )
-    holder = TopologyHolder()
-    r = reconciler(sysroot, b, holder)
-    await r.start()
-    await r.settle()
+    r, holder = await started(sysroot, b)
     assert slept == [0.25] and b.hotplug_flag is False and not b.own_hotplug_load
     assert not r.store.current.kernel_hotplug_support
     holder.add_blocks(2)
@@ -230,10 +231,7 @@ async def test_no_hotplug_option_when_the_tool_lacks_it(sysroot: Path, fake: Fak
     with_crash_hotplug(sysroot)  # the kernel could, kexec-tools 2.0.25 cannot
     fake.hotplug(False)
     b = KexecToolsBackend(files(sysroot), sysroot)
-    holder = TopologyHolder()
-    r = reconciler(sysroot, b, holder)
-    await r.start()
-    await r.settle()
+    r, holder = await started(sysroot, b)
     holder.add_blocks(1)
     r.event(EV)
     await r.settle()
@@ -290,10 +288,7 @@ async def test_failure_keeps_the_old_image_and_says_why(
 ) -> None:
     fake.hotplug(False)
     b = KexecToolsBackend(files(sysroot), sysroot)
-    holder = TopologyHolder()
-    r = reconciler(sysroot, b, holder)
-    await r.start()
-    await r.settle()
+    r, holder = await started(sysroot, b)
     fake.fail("Could not find a free area of memory of 0x2a000 bytes...", rc=3)
     holder.add_blocks(1)
     r.event(EV)
@@ -315,10 +310,7 @@ async def test_failure_that_freed_the_image_is_reported_as_no_crash_kernel(
 ) -> None:
     fake.hotplug(False)
     b = KexecToolsBackend(files(sysroot), sysroot)
-    holder = TopologyHolder()
-    r = reconciler(sysroot, b, holder)
-    await r.start()
-    await r.settle()
+    r, holder = await started(sysroot, b)
     fake.fail("kexec_load failed: Cannot allocate memory", frees=True)
     holder.add_blocks(1)
     r.event(EV)
