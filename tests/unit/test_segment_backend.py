@@ -13,7 +13,7 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -150,19 +150,6 @@ def test_probe_picks_segment_when_kexec_load_is_allowed(
     assert name == "file" and "kexec_load_disabled" in why
 
 
-@pytest.fixture
-def _kdumpd_logger() -> Iterator[None]:
-    """The CLI configures the "kdumpd" logger (level, handler on the captured stderr,
-    no propagation); put it back for the tests that run after this one."""
-    logger = logging.getLogger("kdumpd")
-    saved = (logger.level, list(logger.handlers), logger.propagate)
-    yield
-    logger.setLevel(saved[0])
-    logger.handlers[:] = saved[1]
-    logger.propagate = saved[2]
-
-
-@pytest.mark.usefixtures("_kdumpd_logger")
 def test_segments_command_writes_segments_and_manifest(
     sysroot: Path,
     tmp_path: Path,
