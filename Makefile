@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := python3-venv python3-dev gcc libc6-dev make pkg-config libsystemd-dev libudev1 \
 	binutils device-tree-compiler dbus dbus-daemon systemd util-linux \
 	qemu-system-x86 kexec-tools busybox-static cpio xz-utils zstd kmod \
-	qemu-system-ppc polkitd ovmf
+	qemu-system-ppc polkitd ovmf gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross dpkg-dev
 
 .PHONY: all bootstrap apt venv purgatory test lint typecheck pytest fuzz demo bench e2e install clean
 

@@ -19,6 +19,14 @@ root is built once under the e2e cache from two public sources only:
   The wheels are unpacked into ``/usr/local/lib/python3.11/dist-packages``, which
   Debian's interpreter searches.
 
+- Debian's *source* package of kexec-tools from trixie (2.0.29: ``--hotplug``, which
+  6.12 needs to keep a ``kexec_load`` image current in place), built here with the
+  ppc64el cross compiler against bookworm's glibc (``tests/e2e/kexectools.py``) and
+  put over the root's ``/sbin/kexec``.  Trixie's binary package needs trixie's glibc
+  (its ``__isoc23_*`` symbols), and a mirror that lists trixie need not serve every
+  ppc64el file of it; the source builds in seconds.  ``KDUMPD_E2E_PPC64LE_KEXEC=debian``
+  keeps the suite's own binary (2.0.25 in bookworm).
+
 The checkout itself is not copied: the guest mounts it at ``/src`` and runs
 ``python3 -m kdumpd.cli`` with ``PYTHONPATH=/src``.  ``KDUMPD_E2E_PPC64LE_SUITE``
 picks the Debian suite for the root (default ``bookworm``; ``trixie`` has
@@ -36,10 +44,14 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+from tests.e2e import kexectools
 from tests.e2e.kernels import CACHE, KernelUnavailable, apt_opts, private_apt_update
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = os.environ.get("KDUMPD_E2E_PPC64LE_SUITE", "bookworm")
+# "source": kexec-tools built from Debian's trixie source (tests/e2e/kexectools.py);
+# "debian": the root suite's own binary package
+KEXEC = os.environ.get("KDUMPD_E2E_PPC64LE_KEXEC", "source")
 DEBS = (
     "python3",
     "python3-libfdt",
@@ -67,7 +79,8 @@ def _requirements() -> list[str]:
 
 
 def _digest() -> str:
-    key = repr((SUITE, DEBS, _requirements(), APPLETS, MOUNT_POINTS, 2))
+    kexec = kexectools.SOURCE_SUITE if KEXEC == "source" else KEXEC
+    key = repr((SUITE, DEBS, _requirements(), APPLETS, MOUNT_POINTS, kexec, 2))
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -160,6 +173,8 @@ def build() -> Path:
         shutil.rmtree(part)
     part.mkdir(parents=True)
     _debs(part)
+    if KEXEC == "source":
+        kexectools.install(part)
     pyver = PY_VERSION.get(SUITE, "3.11")
     site = part / "usr" / "local" / "lib" / f"python{pyver}" / "dist-packages"
     site.mkdir(parents=True, exist_ok=True)

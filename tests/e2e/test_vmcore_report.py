@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 from tests.e2e import vmcore
-from tests.e2e.scenarios import _gaps
+from tests.e2e.scenarios import Result, _gaps, in_place_proved
 
 
 def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
@@ -100,3 +100,26 @@ def test_parse_ppc64le_head_hex_loads_notes_and_dt_cpus() -> None:
     assert rep.loads == [(0, 0x1FFFFFFF), (0x40000000, 0x9FFFFFFF)]
     assert [p.pid for p in rep.prstatus] == [0, 7] and all(p.has_regs for p in rep.prstatus)
     assert rep.dt_cpus == ["PowerPC,POWER9@0 reg=00000000 servers=00000000 status=okay"]
+
+
+def _in_place_row(extra_outside: list[list[str]], loads: int = 1) -> Result:
+    res = Result(kernel="6.12", scenario="hotplug-add", backend="kdumpd/kexec-tools")
+    res.loads = loads
+    res.detail["crash_hotplug"] = "1"
+    res.extra_ranges = [["0x2ffff000", "0x2ffff85b"], *extra_outside]  # RTAS + these
+    res.detail["extra_outside_reservation"] = extra_outside
+    return res
+
+
+def test_in_place_row_ignores_pt_loads_inside_the_reservation() -> None:
+    """ppc64's RTAS PT_LOAD lies inside the crashkernel reservation: not removed memory."""
+    assert in_place_proved(_in_place_row([]), "hotplug-add") == []
+
+
+def test_in_place_row_fails_on_removed_memory_and_extra_loads() -> None:
+    missing = in_place_proved(_in_place_row([["0x80000000", "0x8fffffff"]], loads=2), "burst")
+    assert any("removed memory" in m and "0x80000000" in m for m in missing), missing
+    assert any("2 loads" in m for m in missing), missing
+    res = _in_place_row([])
+    res.detail["crash_hotplug"] = "0"
+    assert in_place_proved(res, "hotplug-add") == ["crash_hotplug reads '0', not 1"]

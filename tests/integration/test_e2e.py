@@ -4,9 +4,9 @@ the probed one (``kernel``), in QEMU (TCG) with ``kdumpd run`` in the guest.
 
 Each test boots a guest, starts the daemon, hot-adds 2 CPUs and 2 DIMMs, crashes
 the guest and checks the capture kernel's /proc/vmcore: one NT_PRSTATUS per online
-CPU and a PT_LOAD over every System RAM range; and the ppc64le ``hotplug-add`` row on
-6.1 (a crash on a hot-added CPU).  The full matrix is ``make e2e`` (and ``make e2e
-ARCH=ppc64le``).
+CPU and a PT_LOAD over every System RAM range; and the ppc64le ``hotplug-add`` rows on
+6.1 and 6.12 (a crash on a hot-added CPU; on 6.12 the kernel's in-place update).
+The full matrix is ``make e2e`` (and ``make e2e ARCH=ppc64le``).
 Skips (with the reason) only when QEMU cannot run here or the kernel package cannot
 be fetched.
 """
@@ -55,20 +55,23 @@ def test_hotplug_add_vmcore_complete(kernel: str, backend: str) -> None:
         assert res.backend == "kdumpd/file" and res.elfcorehdr_ours is False
 
 
-def test_ppc64le_crash_on_a_hot_added_cpu_leaves_a_complete_dump() -> None:
-    """ppc64le (QEMU pseries, Debian's ppc64el 6.1: no kexec_file_load, kdumpd loads with
-    kexec-tools): hot-add 2 CPUs and 2 DIMMs, panic **on the last hot-added CPU**.  With
-    a stale crash FDT the capture kernel does not boot at all (the ``baseline`` row of
-    ``make e2e ARCH=ppc64le``); with kdumpd there is a dump with every RAM range, and
-    the CPU nodes of kdumpd's own crash FDT equal those the capture kernel booted with."""
+@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
+def test_ppc64le_crash_on_a_hot_added_cpu_leaves_a_complete_dump(kernel: str) -> None:
+    """ppc64le (QEMU pseries, Debian's ppc64el kernels: no kexec_file_load, kdumpd loads
+    with kexec-tools): hot-add 2 CPUs and 2 DIMMs, panic **on the last hot-added CPU**.
+    With a stale crash FDT the capture kernel does not boot at all (the ``baseline`` row
+    of ``make e2e ARCH=ppc64le``); with kdumpd there is a dump with every RAM range, and
+    the CPU nodes of kdumpd's own crash FDT equal those the capture kernel booted with.
+    On 6.1 kdumpd reloads once per burst; on 6.12 it loads once with ``--hotplug`` and
+    the kernel updates the crash FDT and the elfcorehdr in place (no second load)."""
     why = qemu_available("ppc64le")
     if why:
         pytest.skip(f"QEMU cannot run ppc64le guests here: {why}")
     try:
-        kernels.fetch("6.1", "ppc64le")
+        kernels.fetch(kernel, "ppc64le")
     except (kernels.KernelUnavailable, OSError) as err:
-        pytest.skip(f"ppc64el kernel 6.1 cannot be downloaded: {err}")
-    res = scenarios.run("6.1", "hotplug-add", REPO / "build" / "e2e" / "pytest", "ppc64le")
+        pytest.skip(f"ppc64el kernel {kernel} cannot be downloaded: {err}")
+    res = scenarios.run(kernel, "hotplug-add", REPO / "build" / "e2e" / "pytest", "ppc64le")
     print(report.table([res]))
     assert not res.error, res.error
     assert res.arch == "ppc64le"
@@ -82,3 +85,8 @@ def test_ppc64le_crash_on_a_hot_added_cpu_leaves_a_complete_dump() -> None:
     cmp = res.detail["fdt_compare"]
     assert cmp["equal"], cmp
     assert len(res.capture_dt_cpus) == 3, res.capture_dt_cpus
+    if kernel == "6.12":
+        assert res.detail["crash_hotplug"] == "1", res.detail["crash_hotplug"]
+        assert res.loads == 1, res.loads
+        assert res.detail["in_place_missing"] == [], res.detail["in_place_missing"]
+        assert res.passed
