@@ -154,6 +154,7 @@ class Reconciler:
         self.load_failures = store.current.load_failures
         self.load_gaps_usec = store.current.load_gaps_usec
         self.regenerations = store.current.regenerations
+        self._backend_stale_reason = ""  # the back-end's stale_reason as last stored
         self.last_event_at: float | None = None
         self.last_applied_at: float | None = None
         self.last_good = False
@@ -549,9 +550,20 @@ class Reconciler:
                 result = await self._apply_with_policy(request)
             finally:
                 self._read_load_limit()  # failed attempts count too
+        reason = getattr(self.backend, "stale_reason", "")
         if result is not None and result.load_count:
             self.skipped.loaded(self.debouncer.received)
-            self.store.update(stale_reason=getattr(self.backend, "stale_reason", ""))
+            self.store.update(stale_reason=reason)
+        elif (
+            result is not None
+            and reason != self.store.current.stale_reason
+            and self.store.current.stale_reason == self._backend_stale_reason
+        ):
+            # an in-place update changed what the back-end knows is missing (the
+            # kernel rebuilt the elfcorehdr); a kernel-log reason stays until a load
+            self.store.update(stale_reason=reason)
+        if result is not None:
+            self._backend_stale_reason = reason
         return result
 
     async def _apply_with_policy(self, request: LoadRequest) -> ApplyResult | None:

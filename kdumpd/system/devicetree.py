@@ -1,8 +1,8 @@
-"""The live device tree's ``/cpus`` (ppc64: the CPUs the crash FDT must list).
+"""The live device tree (ppc64): ``/cpus``, the CPUs the crash FDT must list, and
+``/chosen/linux,memory-limit``.
 
-The tree is read from ``/sys/firmware/devicetree/base/cpus`` (or
-``/proc/device-tree/cpus``): one directory per node, one file per property holding
-its raw bytes.
+The tree is read from ``/sys/firmware/devicetree/base`` (or ``/proc/device-tree``):
+one directory per node, one file per property holding its raw bytes.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from kdumpd.core.errors import InputError
 from kdumpd.core.topology import DtNode
 from kdumpd.system.sysroot import Sysroot
 
-__all__ = ["DT_CPUS", "read_dt_cpus", "read_dt_node"]
+__all__ = ["DT_CHOSEN", "DT_CPUS", "read_dt_cpus", "read_dt_node", "read_memory_limit"]
 
 DT_CPUS = "/sys/firmware/devicetree/base/cpus"
+DT_CHOSEN = "/sys/firmware/devicetree/base/chosen"
+MEMORY_LIMIT = f"{DT_CHOSEN}/linux,memory-limit"
 PROC_DEVICE_TREE = "/proc/device-tree"
 #: Deepest node nesting below /cpus we follow (cpu and cache nodes are 1-2 deep).
 _DT_MAX_DEPTH = 8
@@ -101,3 +103,16 @@ def _dt_node_at(fd: int, abspath: str, name: str, depth: int) -> DtNode:
             raise InputError(where, f"cannot read: {err.strerror or err}") from None
         props.append((entry, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
     return DtNode(name, tuple(props), tuple(children))
+
+
+def read_memory_limit(root: Sysroot) -> int | None:
+    """``/chosen/linux,memory-limit`` (one big-endian cell of 4 or 8 bytes): the end of
+    the memory the kernel uses, 0 for no limit; None where the property is absent (x86,
+    a tree without it).  kexec-tools' ppc64 loader leaves RAM at and above a non-zero
+    value out of its elfcorehdr (docs/kernel-interfaces.md §10)."""
+    data = root.read_bytes(MEMORY_LIMIT, limit=16)
+    if data is None:
+        return None
+    if len(data) not in (4, 8):
+        raise InputError(MEMORY_LIMIT, f"{len(data)} bytes, expected one 4- or 8-byte cell")
+    return int.from_bytes(data, "big")

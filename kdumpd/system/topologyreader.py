@@ -35,7 +35,7 @@ from kdumpd.core.topology import (
     Topology,
     VmcoreInfo,
 )
-from kdumpd.system.devicetree import read_dt_cpus
+from kdumpd.system.devicetree import DT_CHOSEN, read_dt_cpus
 from kdumpd.system.kernelfacts import KernelFacts, read_kernel_facts
 from kdumpd.system.kexecsysfs import read_capabilities
 from kdumpd.system.sysroot import (
@@ -124,9 +124,6 @@ class TopologyReader:
             # Only ppc64 puts CPU nodes into the crash image (its FDT).
             dt_cpus=read_dt_cpus(root) if facts.arch.startswith("ppc64") else (),
         )
-
-
-DT_CHOSEN = "/sys/firmware/devicetree/base/chosen"
 
 
 def _dt_crashkernel(root: Sysroot) -> Resource | None:

@@ -252,7 +252,7 @@ def daemon_state(g: Guest) -> dict[str, Any]:
         _chroot(f"PYTHONDONTWRITEBYTECODE=1 {kdumpd_cmd(g)} status --json --bus-address {BUS}"),
         timeout=120,
     )
-    if rc not in (0, 3):
+    if rc not in (0, 3, 4):  # 3: not loaded, 4: loaded but stale (kdumpd status)
         return {}
     try:
         data: dict[str, Any] = json.loads(out[out.find("{") :])
@@ -349,6 +349,65 @@ def sc_hotplug_add(c: Ctx) -> None:
     wait_daemon_settled(c.g)
 
 
+def sc_late_start(c: Ctx) -> None:
+    """ppc64le 6.12: 2 DIMMs hot-added *before* the daemon starts (a restart after a
+    hot-add).  kexec-tools stops its elfcorehdr at ``/chosen/linux,memory-limit`` (the
+    end of boot memory on 6.12), so the start's load lacks them and the daemon must say
+    so (``stale``, ``StaleReason``); one more DIMM makes the kernel rebuild the whole
+    elfcorehdr in place (the image was loaded with ``--hotplug``), the reason goes, and
+    the dump is complete."""
+    c.res.backend = "kdumpd"
+    hotplug.add_dimm(c.g, "dimm1", 256 * MiB)
+    hotplug.add_dimm(c.g, "dimm2", 256 * MiB)
+    start_daemon(c.g, c.kern, c.ird, c.backend)
+    st = wait_daemon(c.g, lambda s: bool(s.get("stale_reason")), 60)
+    c.res.detail["stale_at_start"] = {k: st.get(k) for k in ("state", "stale", "stale_reason")}
+    hotplug.add_dimm(c.g, "dimm3", 256 * MiB)
+    st = wait_daemon_settled(c.g)
+    c.res.detail["stale_after_add"] = {k: st.get(k) for k in ("state", "stale", "stale_reason")}
+
+
+def sc_late_start_stale(c: Ctx) -> None:
+    """As ``late-start``, but the crash comes while the daemon says ``stale``: the dump
+    must lack exactly the RAM its ``StaleReason`` names (the state claims no more than
+    is loaded)."""
+    c.res.backend = "kdumpd"
+    c.res.expect = "stale"
+    hotplug.add_dimm(c.g, "dimm1", 256 * MiB)
+    hotplug.add_dimm(c.g, "dimm2", 256 * MiB)
+    start_daemon(c.g, c.kern, c.ird, c.backend)
+    st = wait_daemon(c.g, lambda s: bool(s.get("stale_reason")), 60)
+    c.res.detail["stale_at_start"] = {k: st.get(k) for k in ("state", "stale", "stale_reason")}
+
+
+def stale_reason_matches_dump(res: Result) -> list[str]:
+    """The RAM a ``late-start-stale`` row's StaleReason names (size, first range) is
+    what its vmcore lacks."""
+    reason = str((res.detail.get("stale_at_start") or {}).get("stale_reason") or "")
+    m = re.search(r"left (\d+) MiB of RAM \((0x[0-9a-f]+)-", reason)
+    if m is None:
+        return [f"no RAM named in the stale reason: {reason!r}"]
+    missing = []
+    if round(res.missing_mb) != int(m.group(1)):
+        missing.append(f"the dump lacks {res.missing_mb} MiB, the reason says {m.group(1)} MiB")
+    if not res.missing_ranges or res.missing_ranges[0][0] != m.group(2):
+        missing.append(f"the dump lacks {res.missing_ranges}, the reason starts at {m.group(2)}")
+    return missing
+
+
+def late_start_proved(res: Result) -> list[str]:
+    """What a ``late-start`` row lacks: the daemon named the RAM kexec-tools left out
+    at its start, and cleared it once the kernel rebuilt the elfcorehdr."""
+    missing = []
+    at_start = res.detail.get("stale_at_start") or {}
+    if not at_start.get("stale") or "linux,memory-limit" not in str(at_start.get("stale_reason")):
+        missing.append(f"no memory-limit reason after the start: {at_start}")
+    after = res.detail.get("stale_after_add") or {}
+    if after.get("stale") or after.get("stale_reason"):
+        missing.append(f"still stale after the kernel's rebuild: {after}")
+    return missing
+
+
 def sc_hotplug_remove(c: Ctx) -> None:
     c.res.backend = "kdumpd"
     start_daemon(c.g, c.kern, c.ird, c.backend)
@@ -377,8 +436,21 @@ def sc_burst(c: Ctx) -> None:
     wait_daemon_settled(c.g)
 
 
+def dt_memory_limit(g: Guest) -> int:
+    """ppc64: ``/chosen/linux,memory-limit`` (0 where absent or 0): where kexec-tools'
+    elfcorehdr stops (docs/kernel-interfaces.md §10)."""
+    rc, out = g.run("od -An -v -tx1 /proc/device-tree/chosen/linux,memory-limit")
+    digits = out.replace(" ", "").replace("\n", "")
+    return int(digits, 16) if rc == 0 and digits else 0
+
+
 def sc_burst_udev(c: Ctx) -> None:
     c.res.backend = "udev-style reload (kexec -p -u; kexec -p)"
+    if c.g.arch == "ppc64le":
+        limit = dt_memory_limit(c.g)
+        c.res.detail["memory_limit"] = f"{limit:#x}"
+        if limit:  # every kexec -p cuts the DIMMs above it out: asserted, not hoped
+            c.res.expect = "stale"
     kexec_tools_load(c.g, c.kern, c.ird)
     start_udev_reloader(c.g, c.kern, c.ird)
     n = burst_dimms(c.g.arch)
@@ -554,6 +626,8 @@ SCENARIOS: dict[str, Callable[[Ctx], None]] = {
     "baseline-cpu0": sc_baseline_cpu0,
     "hotplug-add": sc_hotplug_add,
     "hotplug-remove": sc_hotplug_remove,
+    "late-start": sc_late_start,
+    "late-start-stale": sc_late_start_stale,
     "burst": sc_burst,
     "burst-udev": sc_burst_udev,
     "crash-during-burst": sc_crash_during_burst,
@@ -566,14 +640,22 @@ SCENARIOS: dict[str, Callable[[Ctx], None]] = {
 # Scenarios that only mean something on some kernels (others are skipped by run.py):
 # load-race needs in-kernel crash hotplug (CONFIG_CRASH_HOTPLUG, 6.6+); segment-corrupt
 # is about the purgatory, which is the same on every kernel: the 6.1 guest is enough.
-ONLY_ON = {"load-race": {"6.12"}, "segment-corrupt": {"6.1"}, "efi-hotplug-add": {"6.1"}}
+# late-start is about 6.12's /chosen/linux,memory-limit (6.1 publishes 0).
+ONLY_ON = {
+    "load-race": {"6.12"},
+    "segment-corrupt": {"6.1"},
+    "efi-hotplug-add": {"6.1"},
+    "late-start": {"6.12"},
+    "late-start-stale": {"6.12"},
+}
 # Scenarios per architecture (run.py skips the others).
 ARCH_SCENARIOS = {
     "x86_64": {
         "baseline", "hotplug-add", "hotplug-remove", "burst", "burst-udev",
         "crash-during-burst", "load-race", "segment-corrupt", "efi-hotplug-add",
     },
-    "ppc64le": {"baseline", "baseline-cpu0", "hotplug-add", "burst", "burst-udev"},
+    "ppc64le": {"baseline", "baseline-cpu0", "hotplug-add", "burst", "burst-udev", "late-start",
+                "late-start-stale"},
 }  # fmt: skip
 # Rows without kdumpd (the back-end option does not apply).
 NO_DAEMON = {"baseline", "baseline-cpu0", "burst-udev", "segment-corrupt"}
@@ -590,7 +672,11 @@ EXTRA_ROWS = [
 # "burst" on the command line runs both the daemon and the udev-style reload.
 ALIASES = {"burst": ["burst", "burst-udev"]}
 # ppc64le: "baseline" also crashes on CPU 0 (the capture kernel boots; memory missing).
-ALIASES_PPC64LE = {"burst": ["burst", "burst-udev"], "baseline": ["baseline", "baseline-cpu0"]}
+ALIASES_PPC64LE = {
+    "burst": ["burst", "burst-udev"],
+    "baseline": ["baseline", "baseline-cpu0"],
+    "late-start": ["late-start", "late-start-stale"],
+}
 
 
 def _guest(
@@ -871,6 +957,12 @@ def run(
         if in_place_row and res.detail.get("crash_hotplug", "none") != "none":
             res.detail["in_place_missing"] = in_place_proved(res, scenario)
             res.passed = res.passed and not res.detail["in_place_missing"]
+        if scenario == "late-start":
+            res.detail["late_start_missing"] = late_start_proved(res)
+            res.passed = res.passed and not res.detail["late_start_missing"]
+        if scenario == "late-start-stale":
+            res.detail["stale_reason_vs_dump"] = stale_reason_matches_dump(res)
+            res.passed = res.passed and not res.detail["stale_reason_vs_dump"]
         if scenario == "load-race":
             res.detail["race_missing"] = race_proved(c)
             res.passed = res.passed and not res.detail["race_missing"]

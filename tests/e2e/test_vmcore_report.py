@@ -6,7 +6,7 @@ from __future__ import annotations
 import struct
 
 from tests.e2e import vmcore
-from tests.e2e.scenarios import Result, _gaps, in_place_proved
+from tests.e2e.scenarios import Result, _gaps, in_place_proved, stale_reason_matches_dump
 
 
 def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
@@ -123,3 +123,19 @@ def test_in_place_row_fails_on_removed_memory_and_extra_loads() -> None:
     res = _in_place_row([])
     res.detail["crash_hotplug"] = "0"
     assert in_place_proved(res, "hotplug-add") == ["crash_hotplug reads '0', not 1"]
+
+
+def test_stale_reason_must_name_what_the_dump_lacks() -> None:
+    reason = (
+        "kexec-tools left 512 MiB of RAM (0x80000000-0x8fffffff and 1 more) out of the "
+        "elfcorehdr: it stops at /chosen/linux,memory-limit 0x80000000"
+    )
+    res = Result(kernel="6.12", scenario="late-start-stale", backend="kdumpd/kexec-tools")
+    res.detail["stale_at_start"] = {"stale": True, "stale_reason": reason}
+    res.missing_mb = 512.0
+    res.missing_ranges = [["0x80000000", "0x9fffffff"]]
+    assert stale_reason_matches_dump(res) == []
+    res.missing_mb = 768.0
+    assert stale_reason_matches_dump(res) == ["the dump lacks 768.0 MiB, the reason says 512 MiB"]
+    res.detail["stale_at_start"] = {"stale": False, "stale_reason": ""}
+    assert stale_reason_matches_dump(res)

@@ -35,6 +35,14 @@ it reads 0: the state never claims an image the kernel does not have.
 The hotplug-capable load holds the kernel's kexec lock like any load, so it is
 wrapped by :class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard` as the ``kernel``
 back-end's loads are.
+
+kexec-tools builds the elfcorehdr itself, and on ppc64 it leaves out all RAM at and
+above ``/chosen/linux,memory-limit`` (docs/kernel-interfaces.md §10).  Debian's 6.12
+ppc64el kernel publishes the end of boot memory there, so memory hot-added above it
+is not in an image loaded afterwards.  :class:`MemoryLimitClip` names that RAM after
+each load; ``stale_reason`` then says so (the state is ``stale``), until the kernel
+rebuilds the elfcorehdr itself on a memory change (an image loaded with
+``--hotplug``) or a load finds nothing left out.
 """
 
 from __future__ import annotations
@@ -51,7 +59,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdumpd.core.errors import KdumpdError
+from kdumpd.core.errors import InputError, KdumpdError
+from kdumpd.core.ranges import crash_memory_ranges, subtract
+from kdumpd.core.topology import MemRange, Topology
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import KexecFiles
 from kdumpd.daemon.backends.inplace import (
@@ -60,7 +70,9 @@ from kdumpd.daemon.backends.inplace import (
     RemovedRam,
     read_hotplug_after_load,
 )
+from kdumpd.system.devicetree import read_memory_limit
 from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
+from kdumpd.system.sysroot import Sysroot
 
 log = logging.getLogger("kdumpd.daemon.backends.kexectools")
 
@@ -83,6 +95,63 @@ class KexecTool:
     path: str
     version: str  # "kexec-tools 2.0.25", or "" when it did not say
     hotplug: bool  # ``--hotplug`` (KEXEC_CRASH_HOTPLUG_SUPPORT) is offered
+
+
+class MemoryLimitClip:
+    """The RAM kexec-tools' ppc64 loader left out of the image it loaded last.
+
+    kexec-tools reads ``/chosen/linux,memory-limit`` as a ``mem=`` limit and cuts every
+    crash memory range there.  6.1 publishes 0 (no limit); Debian's 6.12 ppc64el
+    kernel publishes the end of boot memory, so after a memory hot-add above it a
+    load describes less RAM than the machine has (seen in the ppc64le e2e rows:
+    docs/e2e.md).  Only ppc64 (the x86 loader does not read the property)."""
+
+    def __init__(self, read_limit: Callable[[], int | None]) -> None:
+        self.read_limit = read_limit
+        self.left_out: tuple[MemRange, ...] = ()
+        self.limit = 0
+        self._ram: tuple[MemRange, ...] = ()  # System RAM when ``left_out`` was found
+
+    @property
+    def reason(self) -> str:
+        if not self.left_out:
+            return ""
+        mib = sum(r.size for r in self.left_out) >> 20
+        first = self.left_out[0]
+        more = f" and {len(self.left_out) - 1} more" if len(self.left_out) > 1 else ""
+        return (
+            f"kexec-tools left {mib} MiB of RAM ({first.start:#x}-{first.end:#x}{more}) "
+            f"out of the elfcorehdr: it stops at /chosen/linux,memory-limit {self.limit:#x}"
+        )
+
+    def loaded(self, topology: Topology | None) -> None:
+        """After a load: what it left out of ``topology``'s RAM."""
+        self.left_out, self._ram = (), ()
+        if topology is None or not topology.arch.startswith("ppc64"):
+            return
+        try:
+            limit = self.read_limit()
+        except InputError as err:
+            log.warning("%s; cannot tell whether kexec-tools left RAM out", err)
+            return
+        if not limit:
+            return
+        self.limit = limit
+        ram = ((r.start, r.end) for r in crash_memory_ranges(topology))
+        self.left_out = subtract(ram, [(0, limit - 1)])
+        self._ram = topology.system_ram
+        if self.left_out:
+            log.warning("%s; the dump will lack it", self.reason)
+
+    def memory_changed(self, topology: Topology | None) -> None:
+        """An in-place update after a memory change: the kernel rebuilt the whole
+        elfcorehdr from its own memory list, which has no such limit."""
+        if self.left_out and topology is not None and topology.system_ram != self._ram:
+            log.info(
+                "the kernel rebuilt the elfcorehdr after a memory change: %s no more",
+                "RAM above linux,memory-limit left out",
+            )
+            self.left_out, self._ram = (), ()
 
 
 def _last_line(text: bytes) -> str:
@@ -177,6 +246,7 @@ class KexecToolsBackend:
         self.hotplug_flag: bool | None = None  # crash_hotplug as read after our last load
         self.removed_ram = RemovedRam()
         self.race = LoadRaceGuard(self.name)
+        self.clip = MemoryLimitClip(lambda: read_memory_limit(Sysroot(self.sysroot)))
 
     @property
     def name(self) -> BackendName:
@@ -197,7 +267,7 @@ class KexecToolsBackend:
 
     @property
     def stale_reason(self) -> str:
-        return self.race.suspect
+        return self.race.suspect or self.clip.reason
 
     def is_loaded(self) -> bool:
         return crash_image_loaded(self.sysroot)
@@ -277,6 +347,7 @@ class KexecToolsBackend:
         if not request.force_load and self.own_hotplug_load:
             why = self._reload_reason() or removed
             if not why:
+                self.clip.memory_changed(request.topology)
                 return ApplyResult(False, 0, True, "kernel updated the image in place")
             log.warning("%s: loading the crash image with kexec -p", why)
         return await self._load(request, self.files)
@@ -305,6 +376,7 @@ class KexecToolsBackend:
             raise
         if not self.is_loaded():
             log.error("kexec -p exited 0 but kexec_crash_loaded is not 1")
+        self.clip.loaded(request.topology)
         if self.updated_in_place:
             self.own_hotplug_load = self.hotplug_flag is not False
             if not self.own_hotplug_load:
