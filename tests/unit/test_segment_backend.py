@@ -437,3 +437,30 @@ async def test_a_failed_retry_after_a_rewrite_during_the_load_keeps_no_image(
     assert kexec.loads[-1][1] == [] and kexec.loads[-1][2] == KEXEC_ON_CRASH  # unloaded
     assert not b.own_load
     await r.stop()
+
+
+async def test_a_new_input_set_is_hashed_off_the_event_loop(sysroot: Path) -> None:
+    """Preparing hashes the whole kernel and initrd (disk reads on a cold page cache):
+    it runs on the kexec thread, so D-Bus and the watchdog keep being answered."""
+    import threading
+
+    threads: list[str] = []
+
+    class RecordingBuilder(X86ImageBuilder):
+        def build(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread().name)
+            return super().build(*args, **kwargs)
+
+    kexec = ScriptedKexec()
+    b = SegmentBackend(
+        kexec,
+        default_files(sysroot),
+        sysroot,
+        builder=RecordingBuilder(FakePurgatory),
+        purgatory=fake_blob(),
+    )
+    r = reconciler(sysroot, b, TopologyHolder())
+    await r.start()
+    assert threads and threading.main_thread().name not in threads, threads
+    assert len(kexec.loads) == 1
+    await r.stop()

@@ -517,7 +517,13 @@ class SegmentBackend:
 
     async def _prepare_and_load(self, request: LoadRequest) -> ApplyResult:
         assert request.image is not None and request.topology is not None
-        seg_image = self.prepare(request.image, request.topology)
+        # A new input set is hashed whole (kernel, initrd): from disk when the page
+        # cache is cold.  Off the event loop (D-Bus, the watchdog keep answering), on
+        # the one kexec thread, so it never overlaps a load.
+        loop = asyncio.get_running_loop()
+        seg_image = await loop.run_in_executor(
+            kexec_executor(), self.prepare, request.image, request.topology
+        )
         seg_image.refresh()
         assert self.prepared is not None
         hdr = request.image.elfcorehdr
