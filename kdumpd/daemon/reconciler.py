@@ -314,9 +314,12 @@ class Reconciler:
         self.applied_digest = rec.topology_digest
         self.last_good = True
         self.loaded_inputs = dict(rec.inputs)
+        # what the back-end knows the adopted image lacks (told again by adopt())
+        self._backend_stale_reason = getattr(self.backend, "stale_reason", "")
         self.store.update(
             kernel_hotplug_support=rec.kernel_hotplug_support,
             last_update_usec=rec.last_update_usec,
+            stale_reason=self._backend_stale_reason,
         )
         return True
 

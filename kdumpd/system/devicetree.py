@@ -1,8 +1,9 @@
 """The live device tree (ppc64): ``/cpus``, the CPUs the crash FDT must list, and
 ``/chosen/linux,memory-limit``.
 
-The tree is read from ``/sys/firmware/devicetree/base`` (or ``/proc/device-tree``):
-one directory per node, one file per property holding its raw bytes.
+The tree is read from ``/sys/firmware/devicetree/base`` (``/cpus`` also from
+``/proc/device-tree``): one directory per node, one file per property holding its
+raw bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from kdumpd.core.errors import InputError
 from kdumpd.core.topology import DtNode
 from kdumpd.system.sysroot import Sysroot
 
-__all__ = ["DT_CHOSEN", "DT_CPUS", "read_dt_cpus", "read_dt_node", "read_memory_limit"]
+__all__ = [
+    "DT_CHOSEN",
+    "DT_CPUS",
+    "read_dt_cell",
+    "read_dt_cpus",
+    "read_dt_node",
+    "read_memory_limit",
+]
 
 DT_CPUS = "/sys/firmware/devicetree/base/cpus"
 DT_CHOSEN = "/sys/firmware/devicetree/base/chosen"
@@ -105,14 +113,20 @@ def _dt_node_at(fd: int, abspath: str, name: str, depth: int) -> DtNode:
     return DtNode(name, tuple(props), tuple(children))
 
 
-def read_memory_limit(root: Sysroot) -> int | None:
-    """``/chosen/linux,memory-limit`` (one big-endian cell of 4 or 8 bytes): the end of
-    the memory the kernel uses, 0 for no limit; None where the property is absent (x86,
-    a tree without it).  kexec-tools' ppc64 loader leaves RAM at and above a non-zero
-    value out of its elfcorehdr (docs/kernel-interfaces.md §10)."""
-    data = root.read_bytes(MEMORY_LIMIT, limit=16)
+def read_dt_cell(root: Sysroot, abspath: str) -> int | None:
+    """One big-endian cell of 4 or 8 bytes (``/chosen``'s ``linux,*`` values); None
+    where the property is absent, :class:`InputError` for another length."""
+    data = root.read_bytes(abspath, limit=16)
     if data is None:
         return None
     if len(data) not in (4, 8):
-        raise InputError(MEMORY_LIMIT, f"{len(data)} bytes, expected one 4- or 8-byte cell")
+        raise InputError(abspath, f"{len(data)} bytes, expected one 4- or 8-byte cell")
     return int.from_bytes(data, "big")
+
+
+def read_memory_limit(root: Sysroot) -> int | None:
+    """``/chosen/linux,memory-limit``: the end of the memory the kernel uses, 0 for no
+    limit; None where the property is absent (x86, a tree without it).  kexec-tools'
+    ppc64 loader leaves RAM at and above a non-zero value out of its elfcorehdr
+    (docs/kernel-interfaces.md §10)."""
+    return read_dt_cell(root, MEMORY_LIMIT)

@@ -35,7 +35,7 @@ from kdumpd.core.topology import (
     Topology,
     VmcoreInfo,
 )
-from kdumpd.system.devicetree import DT_CHOSEN, read_dt_cpus
+from kdumpd.system.devicetree import DT_CHOSEN, read_dt_cell, read_dt_cpus
 from kdumpd.system.kernelfacts import KernelFacts, read_kernel_facts
 from kdumpd.system.kexecsysfs import read_capabilities
 from kdumpd.system.sysroot import (
@@ -130,14 +130,9 @@ def _dt_crashkernel(root: Sysroot) -> Resource | None:
     """ppc64: the ``crashkernel=`` reservation, which its /proc/iomem does not list; the
     kernel publishes it as ``/chosen/linux,crashkernel-{base,size}`` (big-endian
     cells).  Returned as the ``Crash kernel`` line /proc/iomem has elsewhere."""
-    cells = []
-    for name in ("linux,crashkernel-base", "linux,crashkernel-size"):
-        data = root.read_bytes(f"{DT_CHOSEN}/{name}", limit=16)
-        if data is None or len(data) not in (4, 8):
-            return None
-        cells.append(int.from_bytes(data, "big"))
-    base, size = cells
-    if size == 0:
+    base = read_dt_cell(root, f"{DT_CHOSEN}/linux,crashkernel-base")
+    size = read_dt_cell(root, f"{DT_CHOSEN}/linux,crashkernel-size")
+    if base is None or not size:
         return None
     return Resource(base, base + size - 1, "Crash kernel", 1)
 

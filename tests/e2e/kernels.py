@@ -72,6 +72,20 @@ def apt_opts(arch: str = "x86_64") -> list[str]:
     return _apt_opts(arch)
 
 
+def apt_dir_opts(d: Path) -> list[str]:
+    """apt options for a private configuration kept in directory ``d`` (its own
+    sources.list, lists, dpkg status and cache; nothing of the machine's)."""
+    return [
+        "-o", f"Dir::Etc::sourcelist={d / 'sources.list'}",
+        "-o", "Dir::Etc::sourceparts=-",
+        "-o", f"Dir::State::Lists={d / 'lists'}",
+        "-o", f"Dir::State::status={d / 'status'}",
+        "-o", f"Dir::Cache={d / 'cache'}",
+        "-o", "Debug::NoLocking=1",
+        "-o", "APT::Get::List-Cleanup=0",
+    ]  # fmt: skip
+
+
 def _apt_opts(arch: str = "x86_64") -> list[str]:
     d = _apt_dir(arch)
     extra = (
@@ -84,15 +98,7 @@ def _apt_opts(arch: str = "x86_64") -> list[str]:
             f"APT::Architectures={DEB_ARCH[arch]}",
         ]
     )
-    return [*extra,
-        "-o", f"Dir::Etc::sourcelist={d / 'sources.list'}",
-        "-o", "Dir::Etc::sourceparts=-",
-        "-o", f"Dir::State::Lists={d / 'lists'}",
-        "-o", f"Dir::State::status={d / 'status'}",
-        "-o", f"Dir::Cache={d / 'cache'}",
-        "-o", "Debug::NoLocking=1",
-        "-o", "APT::Get::List-Cleanup=0",
-    ]  # fmt: skip
+    return [*extra, *apt_dir_opts(d)]
 
 
 def private_apt_update(arch: str = "x86_64") -> None:

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.e2e.kernels import CACHE, KEYRING, MIRROR, KernelUnavailable
+from tests.e2e.kernels import CACHE, KEYRING, MIRROR, KernelUnavailable, apt_dir_opts
 
 SOURCE_SUITE = "trixie"
 CROSS = "powerpc64le-linux-gnu"
@@ -38,23 +38,15 @@ def _apt_dir() -> Path:
 
 
 def _apt_opts() -> list[str]:
-    d = _apt_dir()
-    return [
-        "-o", f"Dir::Etc::sourcelist={d / 'sources.list'}",
-        "-o", "Dir::Etc::sourceparts=-",
-        "-o", f"Dir::State::Lists={d / 'lists'}",
-        "-o", f"Dir::State::status={d / 'status'}",
-        "-o", f"Dir::Cache={d / 'cache'}",
-        "-o", "Debug::NoLocking=1",
-        "-o", "APT::Get::List-Cleanup=0",
-    ]  # fmt: skip
+    return apt_dir_opts(_apt_dir())
 
 
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
     r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip()[-600:]
-        raise KernelUnavailable(f"{what} failed (exit {r.returncode}): {tail}")
+        lines = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
+        last = lines[-1][-300:] if lines else "no message"
+        raise KernelUnavailable(f"{what} failed (exit {r.returncode}): {last}")
     return r.stdout
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kdumpd.core.errors import InputError
+from kdumpd.core.topology import Topology
 from kdumpd.daemon.backends.file import KexecFiles, default_files
 from kdumpd.daemon.backends.kexectools import KexecToolsBackend
 from kdumpd.events.event import HotplugEvent
@@ -100,8 +101,8 @@ async def test_the_kernels_in_place_rebuild_after_a_memory_change_clears_it(
     the whole elfcorehdr from its own memory list, and the reason goes."""
     root = ppc_sysroot(tmp_path, "guest-ppc64le-6.12-after")
     fake.hotplug(True)
-    b = KexecToolsBackend(files(root), root)
     holder = TopologyHolder(read_topology(root))
+    b = KexecToolsBackend(files(root), root, read_topology=holder)
     r = reconciler(root, b, holder)
     await r.start()
     await r.settle()
@@ -136,3 +137,125 @@ async def test_a_kernel_log_reason_is_not_cleared_by_an_in_place_update(
     await r.settle()
     assert r.store.current.stale_reason == "the kernel skipped an update"
     await r.stop()
+
+
+@pytest.mark.parametrize("when", ["before the load", "during the load"])
+async def test_ram_that_arrives_around_the_load_counts_as_left_out(
+    tmp_path: Path, fake: FakeKexec, when: str
+) -> None:
+    """The request's topology was read before kexec-tools ran: a block arriving after
+    that read (before or during the load) must not vanish from the reason, and the
+    next no-load pass must not take the changed RAM for the kernel's rebuild."""
+    root = ppc_sysroot(tmp_path, "guest-ppc64le-6.12-after")
+    fake.hotplug(True)
+    holder = TopologyHolder(read_topology(root))
+    b = KexecToolsBackend(files(root), root, read_topology=holder)
+    r = reconciler(root, b, holder)
+    if when == "before the load":
+        load = b.race.load
+
+        async def late_block(*args: object, **kw: object) -> object:
+            holder.set_blocks(1)
+            return await load(*args, **kw)  # type: ignore[arg-type]
+
+        b.race.load = late_block  # type: ignore[method-assign]
+    else:
+        run = b._run
+
+        async def block_during(f: KexecFiles) -> object:
+            res = await run(f)
+            holder.set_blocks(1)
+            return res
+
+        b._run = block_during  # type: ignore[method-assign]
+    await r.start()
+    await r.settle()
+    s = r.store.current
+    assert "640 MiB" in s.stale_reason, s.stale_reason  # 2 DIMMs + the 128 MiB block
+    assert s.stale
+    r.request("again")
+    await r.settle()
+    assert "640 MiB" in r.store.current.stale_reason
+
+
+async def test_a_restart_adopting_the_clipped_image_says_it_again(
+    tmp_path: Path, fake: FakeKexec
+) -> None:
+    root = ppc_sysroot(tmp_path, "guest-ppc64le-6.12-after")
+    fake.hotplug(True)
+    holder = TopologyHolder(read_topology(root))
+    r = reconciler(root, KexecToolsBackend(files(root), root, read_topology=holder), holder)
+    await r.start()
+    await r.settle()
+    first = r.store.current.stale_reason
+    assert "512 MiB" in first
+    await r.stop()
+    r2 = reconciler(root, KexecToolsBackend(files(root), root, read_topology=holder), holder)
+    await r2.start()
+    await r2.settle()
+    assert len(loads(fake.calls)) == 1  # adopted, not loaded again
+    assert r2.store.current.stale and r2.store.current.stale_reason == first
+    await r2.stop()
+
+
+async def test_kexec_file_syscall_images_are_not_clipped(tmp_path: Path, fake: FakeKexec) -> None:
+    """``-s`` in KEXEC_ARGS: kexec_file_load, the kernel builds the elfcorehdr."""
+    root = ppc_sysroot(tmp_path, "guest-ppc64le-6.12-after")
+    fake.hotplug(False)
+    b = KexecToolsBackend(files(root), root, kexec_args=["-s"])
+    r = reconciler(root, b, TopologyHolder(read_topology(root)))
+    await r.start()
+    await r.settle()
+    assert "-s" in loads(fake.calls)[0]
+    assert r.store.current.stale_reason == ""
+    await r.stop()
+
+
+async def test_an_unreadable_topology_after_the_load_is_said_not_ignored(
+    tmp_path: Path, fake: FakeKexec
+) -> None:
+    root = ppc_sysroot(tmp_path, "guest-ppc64le-6.12-after")
+    fake.hotplug(False)
+
+    def unreadable(_: Path) -> Topology:
+        raise InputError("/proc/iomem", "permission denied")
+
+    b = KexecToolsBackend(files(root), root, read_topology=unreadable)
+    r = reconciler(root, b, TopologyHolder(read_topology(root)))
+    await r.start()
+    await r.settle()
+    reason = r.store.current.stale_reason
+    assert (
+        reason.startswith("cannot tell what RAM kexec-tools left out") and "/proc/iomem" in reason
+    )
+    assert "\n" not in reason
+    await r.stop()
+
+
+async def test_a_failed_load_leaves_the_last_reason(tmp_path: Path, fake: FakeKexec) -> None:
+    root = ppc_sysroot(tmp_path, "guest-ppc64le-6.12-after")
+    fake.hotplug(False)
+    holder = TopologyHolder(read_topology(root))
+    b = KexecToolsBackend(files(root), root, read_topology=holder)
+    r = reconciler(root, b, holder)
+    await r.start()
+    await r.settle()
+    fake.fail("Could not find a free area of memory")
+    holder.set_blocks(1)
+    r.event(EV)
+    await r.settle()
+    assert "512 MiB" in b.clip.reason  # the old image (still loaded) lacks what it lacked
+    await r.stop()
+
+
+def test_a_malformed_crashkernel_cell_is_an_error_not_a_missing_reservation(
+    tmp_path: Path,
+) -> None:
+    """Read like linux,memory-limit: before, a bad length silently dropped the
+    reservation, and kdumpd's elfcorehdr then described the reserved memory as RAM."""
+    root = ppc_sysroot(tmp_path, "guest-ppc64le-6.12-after")
+    cell = root / "sys/firmware/devicetree/base/chosen/linux,crashkernel-base"
+    cell.write_bytes(b"\x00\x20\x00")
+    with pytest.raises(InputError) as err:
+        read_topology(root)
+    assert "linux,crashkernel-base" in str(err.value) and "3 bytes" in str(err.value)

@@ -24,8 +24,11 @@ Two optional attributes (read with ``getattr``, default False / ""), for back-en
 whose loaded image the kernel updates in place (``kernel``; ``kexec_load`` with
 ``KEXEC_UPDATE_ELFCOREHDR``): ``updated_in_place`` (a kernel-log line about a skipped
 update then asks for a fresh load, kdumpd.daemon.skipped) and ``stale_reason`` (why
-the image just loaded may lack an update, from
-:class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard`).
+the loaded image may lack something: an update missed during the load, from
+:class:`~kdumpd.daemon.backends.inplace.LoadRaceGuard`; RAM kexec-tools left out,
+from :class:`~kdumpd.daemon.backends.kexectools.MemoryLimitClip`).  The reconciler
+reads it after every apply, also one without a load (an in-place update may end a
+reason), and after adopting a loaded image.
   The EPERM policy falls back from ``kexec_load`` (unsigned segments under
   lockdown) to ``kexec_file_load`` and never from ``kexec_file_load`` to itself.
 """

@@ -59,7 +59,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdumpd.core.errors import InputError, KdumpdError
+from kdumpd.core.errors import KdumpdError
 from kdumpd.core.ranges import crash_memory_ranges, subtract
 from kdumpd.core.topology import MemRange, Topology
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
@@ -73,6 +73,7 @@ from kdumpd.daemon.backends.inplace import (
 from kdumpd.system.devicetree import read_memory_limit
 from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
 from kdumpd.system.sysroot import Sysroot
+from kdumpd.system.topologyreader import read_topology
 
 log = logging.getLogger("kdumpd.daemon.backends.kexectools")
 
@@ -103,17 +104,26 @@ class MemoryLimitClip:
     kexec-tools reads ``/chosen/linux,memory-limit`` as a ``mem=`` limit and cuts every
     crash memory range there.  6.1 publishes 0 (no limit); Debian's 6.12 ppc64el
     kernel publishes the end of boot memory, so after a memory hot-add above it a
-    load describes less RAM than the machine has (seen in the ppc64le e2e rows:
-    docs/e2e.md).  Only ppc64 (the x86 loader does not read the property)."""
+    load describes less RAM than the machine has (docs/kernel-interfaces.md §10).
+    Only ppc64: elsewhere the property is absent and nothing is read.
 
-    def __init__(self, read_limit: Callable[[], int | None]) -> None:
+    The RAM is read *after* the load: memory that arrived while kexec-tools ran is
+    counted as left out (the cautious side), never missed."""
+
+    def __init__(
+        self, read_limit: Callable[[], int | None], read_topology: Callable[[], Topology]
+    ) -> None:
         self.read_limit = read_limit
+        self.read_topology = read_topology
         self.left_out: tuple[MemRange, ...] = ()
         self.limit = 0
-        self._ram: tuple[MemRange, ...] = ()  # System RAM when ``left_out`` was found
+        self.unknown = ""  # why what was left out could not be told
+        self._ram: tuple[MemRange, ...] = ()  # System RAM when it was told
 
     @property
     def reason(self) -> str:
+        if self.unknown:
+            return self.unknown
         if not self.left_out:
             return ""
         mib = sum(r.size for r in self.left_out) >> 20
@@ -124,17 +134,23 @@ class MemoryLimitClip:
             f"out of the elfcorehdr: it stops at /chosen/linux,memory-limit {self.limit:#x}"
         )
 
-    def loaded(self, topology: Topology | None) -> None:
-        """After a load: what it left out of ``topology``'s RAM."""
-        self.left_out, self._ram = (), ()
-        if topology is None or not topology.arch.startswith("ppc64"):
-            return
+    def clear(self) -> None:
+        self.left_out, self._ram, self.unknown = (), (), ""
+
+    def loaded(self) -> None:
+        """After a load by kexec-tools (or adopting one): what it left out of the RAM
+        the machine has now."""
+        self.clear()
         try:
             limit = self.read_limit()
-        except InputError as err:
-            log.warning("%s; cannot tell whether kexec-tools left RAM out", err)
+            if not limit:
+                return
+            topology = self.read_topology()
+        except KdumpdError as err:
+            self.unknown = f"cannot tell what RAM kexec-tools left out of the elfcorehdr: {err}"
+            log.warning("%s", self.unknown)
             return
-        if not limit:
+        if not topology.arch.startswith("ppc64"):
             return
         self.limit = limit
         ram = ((r.start, r.end) for r in crash_memory_ranges(topology))
@@ -144,14 +160,17 @@ class MemoryLimitClip:
             log.warning("%s; the dump will lack it", self.reason)
 
     def memory_changed(self, topology: Topology | None) -> None:
-        """An in-place update after a memory change: the kernel rebuilt the whole
-        elfcorehdr from its own memory list, which has no such limit."""
-        if self.left_out and topology is not None and topology.system_ram != self._ram:
+        """An in-place update after a memory change (an image loaded with
+        ``--hotplug``): the kernel rebuilt the whole elfcorehdr from its own memory
+        list, which has no such limit."""
+        if not (self.left_out or self.unknown) or topology is None:
+            return
+        if self.unknown or topology.system_ram != self._ram:
             log.info(
-                "the kernel rebuilt the elfcorehdr after a memory change: %s no more",
-                "RAM above linux,memory-limit left out",
+                "the kernel rebuilt the elfcorehdr after a memory change: %s",
+                "nothing left out any more",
             )
-            self.left_out, self._ram = (), ()
+            self.clear()
 
 
 def _last_line(text: bytes) -> str:
@@ -223,8 +242,10 @@ class KexecToolsBackend:
         read_hotplug: Callable[[Path], bool | None] = read_crash_hotplug,
         hotplug_reread_delay: float = HOTPLUG_REREAD_DELAY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        read_topology: Callable[[Path], Topology] = read_topology,
     ) -> None:
         self.files = files
+        self.read_topology = read_topology
         self.sysroot = Path(sysroot)
         self.kexec_args = check_kexec_args(kexec_args)
         self.binary = binary
@@ -246,7 +267,10 @@ class KexecToolsBackend:
         self.hotplug_flag: bool | None = None  # crash_hotplug as read after our last load
         self.removed_ram = RemovedRam()
         self.race = LoadRaceGuard(self.name)
-        self.clip = MemoryLimitClip(lambda: read_memory_limit(Sysroot(self.sysroot)))
+        self.clip = MemoryLimitClip(
+            lambda: read_memory_limit(Sysroot(self.sysroot)),
+            lambda: self.read_topology(self.sysroot),
+        )
 
     @property
     def name(self) -> BackendName:
@@ -277,10 +301,16 @@ class KexecToolsBackend:
         will be replaced anyway.  With crash hotplug the image is adopted only when
         the kernel says it is hotplug-capable (``crash_hotplug`` reads 1)."""
         if not self.kernel_hotplug:
+            if not self._file_syscall():
+                self.clip.loaded()
             return True
         flag = self.read_hotplug(self.sysroot)
         self.own_hotplug_load = flag is True
         self.hotplug_flag = flag
+        if flag is not False and not self._file_syscall():
+            # what the adopted image lacks is not recorded: told again, cautiously
+            # (an image the kernel rebuilt since is reported until the next change)
+            self.clip.loaded()
         return flag is not False
 
     def input_digests(self) -> dict[str, str]:
@@ -376,7 +406,10 @@ class KexecToolsBackend:
             raise
         if not self.is_loaded():
             log.error("kexec -p exited 0 but kexec_crash_loaded is not 1")
-        self.clip.loaded(request.topology)
+        if self._file_syscall():  # -s: the kernel builds the elfcorehdr (no such cut)
+            self.clip.clear()
+        else:
+            self.clip.loaded()
         if self.updated_in_place:
             self.own_hotplug_load = self.hotplug_flag is not False
             if not self.own_hotplug_load:
