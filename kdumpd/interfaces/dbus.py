@@ -281,8 +281,7 @@ class ManagerInterface(ServiceInterface):
         self._last_emit = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self.emitted_properties_changed = 0  # counters for tests and the benchmark
-        self.emitted_image_updated = 0
+        self.emitted_properties_changed = 0  # counter for tests and the benchmark
         # Name the signal's arguments in introspection (dbus-fast leaves them unnamed).
         for sig in ServiceInterface._get_signals(self):
             if sig.name == "ImageUpdated":
@@ -363,7 +362,6 @@ class ManagerInterface(ServiceInterface):
             # Properties first, so a client reacting to ImageUpdated reads new values
             # from its PropertiesChanged cache.
             self.flush_now()
-            self.emitted_image_updated += 1
             try:
                 self.ImageUpdated(_u64(generation), str(trigger))
             except Exception:

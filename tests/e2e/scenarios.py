@@ -356,28 +356,32 @@ def sc_late_start(c: Ctx) -> None:
     so (``stale``, ``StaleReason``); one more DIMM makes the kernel rebuild the whole
     elfcorehdr in place (the image was loaded with ``--hotplug``), the reason goes, and
     the dump is complete."""
-    c.res.backend = "kdumpd"
-    hotplug.add_dimm(c.g, "dimm1", 256 * MiB)
-    hotplug.add_dimm(c.g, "dimm2", 256 * MiB)
-    start_daemon(c.g, c.kern, c.ird, c.backend)
-    st = wait_daemon(c.g, lambda s: bool(s.get("stale_reason")), 60)
-    c.res.detail["stale_at_start"] = {k: st.get(k) for k in ("state", "stale", "stale_reason")}
+    _start_after_dimms(c)
     hotplug.add_dimm(c.g, "dimm3", 256 * MiB)
     st = wait_daemon_settled(c.g)
-    c.res.detail["stale_after_add"] = {k: st.get(k) for k in ("state", "stale", "stale_reason")}
+    c.res.detail["stale_after_add"] = {k: st.get(k) for k in STALE_FIELDS}
 
 
 def sc_late_start_stale(c: Ctx) -> None:
     """As ``late-start``, but the crash comes while the daemon says ``stale``: the dump
     must lack exactly the RAM its ``StaleReason`` names (the state claims no more than
     is loaded)."""
-    c.res.backend = "kdumpd"
     c.res.expect = "stale"
+    _start_after_dimms(c)
+
+
+STALE_FIELDS = ("state", "stale", "stale_reason")
+
+
+def _start_after_dimms(c: Ctx) -> None:
+    """2 x 256 MiB hot-added, then the daemon started; its state once it names a
+    stale reason in ``detail["stale_at_start"]``."""
+    c.res.backend = "kdumpd"
     hotplug.add_dimm(c.g, "dimm1", 256 * MiB)
     hotplug.add_dimm(c.g, "dimm2", 256 * MiB)
     start_daemon(c.g, c.kern, c.ird, c.backend)
     st = wait_daemon(c.g, lambda s: bool(s.get("stale_reason")), 60)
-    c.res.detail["stale_at_start"] = {k: st.get(k) for k in ("state", "stale", "stale_reason")}
+    c.res.detail["stale_at_start"] = {k: st.get(k) for k in STALE_FIELDS}
 
 
 def stale_reason_matches_dump(res: Result) -> list[str]:

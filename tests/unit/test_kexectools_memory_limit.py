@@ -17,6 +17,7 @@ from kdumpd.core.errors import InputError
 from kdumpd.core.topology import Topology
 from kdumpd.daemon.backends.file import KexecFiles, default_files
 from kdumpd.daemon.backends.kexectools import KexecToolsBackend
+from kdumpd.daemon.reconciler import Reconciler
 from kdumpd.events.event import HotplugEvent
 from kdumpd.system.devicetree import MEMORY_LIMIT, read_memory_limit
 from kdumpd.system.sysroot import Sysroot
@@ -47,6 +48,22 @@ def files(root: Path) -> KexecFiles:
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKexec:
     (tmp_path / "root").mkdir(exist_ok=True)
     return FakeKexec(tmp_path, tmp_path / "root", monkeypatch)
+
+
+async def started_after_hot_add(
+    tmp_path: Path, fake: FakeKexec, *, hotplug: bool
+) -> tuple[Reconciler, KexecToolsBackend, TopologyHolder]:
+    """The daemon started on the 6.12 guest's tree after its hot-add (2 DIMMs above
+    linux,memory-limit), with or without ``--hotplug``; the back-end reads the same
+    (movable) topology as the reconciler."""
+    root = ppc_sysroot(tmp_path, "guest-ppc64le-6.12-after")
+    fake.hotplug(hotplug)
+    holder = TopologyHolder(read_topology(root))
+    b = KexecToolsBackend(files(root), root, read_topology=holder)
+    r = reconciler(root, b, holder)
+    await r.start()
+    await r.settle()
+    return r, b, holder
 
 
 def test_memory_limit_read_from_the_real_trees() -> None:
@@ -99,13 +116,7 @@ async def test_the_kernels_in_place_rebuild_after_a_memory_change_clears_it(
     """Loaded with --hotplug while the DIMMs were already there (a daemon restart after
     the hot-add): the load lacks them; the next memory event makes the kernel rebuild
     the whole elfcorehdr from its own memory list, and the reason goes."""
-    root = ppc_sysroot(tmp_path, "guest-ppc64le-6.12-after")
-    fake.hotplug(True)
-    holder = TopologyHolder(read_topology(root))
-    b = KexecToolsBackend(files(root), root, read_topology=holder)
-    r = reconciler(root, b, holder)
-    await r.start()
-    await r.settle()
+    r, _, holder = await started_after_hot_add(tmp_path, fake, hotplug=True)
     assert loads(fake.calls)[0][-1] == "--hotplug"
     assert r.store.current.stale and "512 MiB" in r.store.current.stale_reason
     holder.set_blocks(1)
@@ -233,13 +244,7 @@ async def test_an_unreadable_topology_after_the_load_is_said_not_ignored(
 
 
 async def test_a_failed_load_leaves_the_last_reason(tmp_path: Path, fake: FakeKexec) -> None:
-    root = ppc_sysroot(tmp_path, "guest-ppc64le-6.12-after")
-    fake.hotplug(False)
-    holder = TopologyHolder(read_topology(root))
-    b = KexecToolsBackend(files(root), root, read_topology=holder)
-    r = reconciler(root, b, holder)
-    await r.start()
-    await r.settle()
+    r, b, holder = await started_after_hot_add(tmp_path, fake, hotplug=False)
     fake.fail("Could not find a free area of memory")
     holder.set_blocks(1)
     r.event(EV)
