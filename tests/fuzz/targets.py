@@ -44,7 +44,7 @@ from tests.fuzz.engine import Result, Target, run_target
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 X86 = FIXTURES / "synthetic-x86_64-before"
-PPC = FIXTURES / "synthetic-ppc64le-before"
+PPC = FIXTURES / "guest-ppc64le-6.12-after"  # real: with /chosen cells and memory-limit
 
 
 def _scratch_parent() -> str | None:
@@ -76,10 +76,13 @@ def _topology_pipeline(root: Path) -> None:
     from kdumpd.core.ranges import crash_memory_ranges
     from kdumpd.daemon.backends.probe import probe_backend
     from kdumpd.daemon.reconciler import default_image_factory
+    from kdumpd.system.devicetree import read_memory_limit
     from kdumpd.system.kexecsysfs import read_capabilities, read_crash_loaded
+    from kdumpd.system.sysroot import Sysroot
     from kdumpd.system.topologyreader import read_topology
 
     probe_backend(root)
+    read_memory_limit(Sysroot(root))
     read_capabilities(root)
     read_crash_loaded(root)
     topology = read_topology(root)
@@ -164,6 +167,9 @@ def _ppc_group() -> list[str]:
         f"{_CPU}/possible",
         f"{_CPU}/present",
         "proc/iomem",
+        "sys/firmware/devicetree/base/chosen/linux,crashkernel-base",
+        "sys/firmware/devicetree/base/chosen/linux,crashkernel-size",
+        "sys/firmware/devicetree/base/chosen/linux,memory-limit",
     ]
     nodes = sorted(p for p in (PPC / cpus).iterdir() if p.is_dir())[:2]
     for node in nodes:
