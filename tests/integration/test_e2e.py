@@ -5,7 +5,8 @@ the probed one (``kernel``), in QEMU (TCG) with ``kdumpd run`` in the guest.
 Each test boots a guest, starts the daemon, hot-adds 2 CPUs and 2 DIMMs, crashes
 the guest and checks the capture kernel's /proc/vmcore: one NT_PRSTATUS per online
 CPU and a PT_LOAD over every System RAM range; and the ppc64le ``hotplug-add`` rows on
-6.1 and 6.12 (a crash on a hot-added CPU; on 6.12 the kernel's in-place update).
+6.1 and 6.12 (a crash on a hot-added CPU; on 6.12 the kernel's in-place update), and
+ppc64le 6.12 ``late-start-stale`` (the stale reason names exactly what the dump lacks).
 The full matrix is ``make e2e`` (and ``make e2e ARCH=ppc64le``).
 Skips (with the reason) only when QEMU cannot run here or the kernel package cannot
 be fetched.
@@ -93,3 +94,26 @@ def test_ppc64le_crash_on_a_hot_added_cpu_leaves_a_complete_dump(kernel: str) ->
         assert res.loads == 1, res.loads
         assert res.detail["in_place_missing"] == [], res.detail["in_place_missing"]
         assert res.passed
+
+
+def test_ppc64le_a_stale_reason_names_exactly_what_the_dump_lacks() -> None:
+    """ppc64le 6.12: 2 DIMMs hot-added before the daemon starts.  kexec-tools' elfcorehdr
+    stops at /chosen/linux,memory-limit (the end of boot memory), so the start's load
+    lacks them; the daemon must say ``stale`` and name that RAM, and a crash then must
+    give a dump lacking exactly it (the state claims no more than is loaded)."""
+    why = qemu_available("ppc64le")
+    if why:
+        pytest.skip(f"QEMU cannot run ppc64le guests here: {why}")
+    try:
+        kernels.fetch("6.12", "ppc64le")
+    except (kernels.KernelUnavailable, OSError) as err:
+        pytest.skip(f"ppc64el kernel 6.12 cannot be downloaded: {err}")
+    res = scenarios.run("6.12", "late-start-stale", REPO / "build" / "e2e" / "pytest", "ppc64le")
+    print(report.table([res]))
+    assert not res.error, res.error
+    assert res.backend == "kdumpd/kexec-tools", res.backend
+    at_start = res.detail["stale_at_start"]
+    assert at_start["stale"] and "linux,memory-limit" in at_start["stale_reason"], at_start
+    assert res.missing_mb == 512, res.missing_ranges
+    assert res.detail["stale_reason_vs_dump"] == [], res.detail["stale_reason_vs_dump"]
+    assert res.passed
