@@ -22,7 +22,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from operator import le, lt
 
-from kdumpd.core.topology import MemRange, Topology
+from kdumpd.core.topology import MemRange, Resource, Topology
 
 
 def round_up(value: int, align: int) -> int:
@@ -52,10 +52,15 @@ def crash_memory_ranges(topology: Topology) -> tuple[MemRange, ...]:
 
 
 def _crash_memory_ranges(topology: Topology) -> tuple[MemRange, ...]:
+    return ram_minus_reservations(topology.iomem)
+
+
+def ram_minus_reservations(iomem: Iterable[Resource]) -> tuple[MemRange, ...]:
+    """:func:`crash_memory_ranges` of ``/proc/iomem`` lines alone (no snapshot)."""
     starts: list[int] = []
     ends: list[int] = []
     cut: list[tuple[int, int]] = []
-    for r in topology.iomem:
+    for r in iomem:
         name = r.name
         if "System RAM" in name:
             starts.append(r.start)

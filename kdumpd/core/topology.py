@@ -64,6 +64,11 @@ class Resource:
         return "System RAM" in self.name
 
 
+def system_ram(iomem: Iterable[Resource]) -> tuple[MemRange, ...]:
+    """Every ``System RAM*`` resource of ``iomem``, nested or not, ascending."""
+    return tuple(sorted(r.range for r in iomem if r.is_system_ram))
+
+
 @dataclass(frozen=True, slots=True)
 class CrashNote:
     """``/sys/devices/system/cpu/cpuN/crash_notes`` (+ ``crash_notes_size``).
@@ -210,7 +215,7 @@ class Topology:
     @property
     def system_ram(self) -> tuple[MemRange, ...]:
         """Every ``System RAM*`` resource, nested or not, ascending by address."""
-        return tuple(sorted(r.range for r in self.iomem if r.is_system_ram))
+        return system_ram(self.iomem)
 
     @property
     def crashkernel(self) -> tuple[MemRange, ...]:

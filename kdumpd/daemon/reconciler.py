@@ -548,11 +548,17 @@ class Reconciler:
         return (time.monotonic_ns() - t0) // 1000
 
     async def _apply(self, request: LoadRequest) -> ApplyResult | None:
-        with self.skipped.own_load():
+        result: ApplyResult | None = None
+        with self.skipped.own_load() as held:
             try:
                 result = await self._apply_with_policy(request)
             finally:
                 self._read_load_limit()  # failed attempts count too
+        if result is not None and not result.load_count and held:
+            # in place after all: no load covers what the kernel said meanwhile
+            self.skipped.uncovered(held)
+            for ev in held:
+                self.kernel_log(ev)
         reason = getattr(self.backend, "stale_reason", "")
         if result is not None and result.load_count:
             self.skipped.loaded(self.debouncer.received)
@@ -599,6 +605,9 @@ class Reconciler:
             self.loads += restored.result.load_count
             self.load_gaps_usec += restored.result.gap_usec
             self.loaded_inputs = {"restored": "last good inputs"}
+            # what the restored image may lack, as for any load
+            self._backend_stale_reason = getattr(self.backend, "stale_reason", "")
+            self.store.update(stale_reason=self._backend_stale_reason)
         changes = StateChanges(
             state=state_after_failure(restored.loaded),
             last_error=error,
@@ -746,7 +755,9 @@ class Reconciler:
         self.unloaded_on_request = True
         self.retry.cancel()
         self._save(loaded=False)  # record first: a restart must stay unloaded
-        self.store.update(state=ImageState.UNLOADED, stale=True)
+        # no image, so no reason about what it lacks (stale stays: nothing is loaded)
+        self._backend_stale_reason = ""
+        self.store.update(state=ImageState.UNLOADED, stale=True, stale_reason="")
         log.warning("crash image unloaded on request")
 
     def retune(

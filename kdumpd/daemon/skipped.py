@@ -10,7 +10,8 @@ so the reconciler only asks "is a fresh load wanted, and why".
   load rebuilds everything the kernel reads, and the post-load check
   (:mod:`kdumpd.daemon.backends.inplace`) loads again if the topology moved during
   the syscall.  Reloading for the line too would open one more window without a crash
-  image for nothing.
+  image for nothing.  An apply that ends without a load after all (the kernel's
+  in-place update sufficed) covers nothing: the lines it held are considered again.
 - Any other ``skipped-update`` line: the loaded image may lack a CPU or memory
   change, and nothing will repair it until the next hotplug event.  The state says
   ``Stale`` with the reason, and one fresh load is asked for; further lines before
@@ -55,20 +56,31 @@ class SkippedUpdates:
         self.covered = 0  # skipped-update lines printed during our own loads
         self.reloads = 0  # fresh loads asked for
         self._loading = 0
+        self._held: list[list[KernelLogEvent]] = []  # per open own_load() window
         self._events_mark = 0  # hotplug events received at the last load / overrun check
 
     @contextlib.contextmanager
-    def own_load(self) -> Iterator[None]:
-        """Around each load kdumpd makes: lines until its end are covered by it."""
+    def own_load(self) -> Iterator[list[KernelLogEvent]]:
+        """Around each apply that may load: lines until its end are covered by its
+        load.  Yields the lines it held that way; an apply that made no load after
+        all (the kernel's in-place update sufficed) must hand them back to
+        :meth:`consider` once the window is closed: no load covered them."""
+        held: list[KernelLogEvent] = []
+        self._held.append(held)
         self._loading += 1
         try:
-            yield
+            yield held
         finally:
             try:
                 if self.drain is not None:
                     self.drain()  # lines printed during the syscall, not yet read
             finally:
                 self._loading -= 1
+                self._held.remove(held)
+
+    def uncovered(self, held: list[KernelLogEvent]) -> None:
+        """The apply that held ``held`` made no load: they were counted as covered."""
+        self.covered -= sum(1 for ev in held if ev.kind is not KernelLogKind.RECORDS_LOST)
 
     def loaded(self, events_received: int) -> None:
         """A load succeeded: it covers every update skipped before it, so a fresh load
@@ -94,6 +106,8 @@ class SkippedUpdates:
             where = f"kernel log: {ev.text!r}" + (f" (seq {ev.seq})" if ev.seq is not None else "")
             if self._loading:
                 self.covered += 1
+                for held in self._held:
+                    held.append(ev)
                 log.info(
                     "%s, printed during kdumpd's own load: the post-load topology check covers it",
                     where,
@@ -110,6 +124,8 @@ class SkippedUpdates:
                 )
         else:
             if self._loading:
+                for held in self._held:
+                    held.append(ev)
                 log.info("kernel log records lost during kdumpd's own load: covered by it")
                 return ""
             since = events_received - self._events_mark

@@ -91,17 +91,10 @@ class TopologyReader:
         possible = _cpulist(root, "possible")
         present = _cpulist(root, "present")
         online = _cpulist(root, "online")
-        iomem_text = root.read(IOMEM, required=True)
-        assert iomem_text is not None
-        iomem = parse_iomem(iomem_text, IOMEM)
-        _check_addresses_visible(iomem)
         if self._facts is None:
             self._facts = read_kernel_facts(root, self.arch)
         facts = self._facts
-        if facts.arch.startswith("ppc64") and not any(r.name == "Crash kernel" for r in iomem):
-            reserved = _dt_crashkernel(root)
-            if reserved is not None:
-                iomem = (*iomem, reserved)
+        iomem = read_iomem(root, facts.arch)
         crash_notes = _crash_notes(root, set(possible) | set(present))
         vmcoreinfo = _vmcoreinfo(root)
         block_size = _block_size(root)
@@ -126,13 +119,30 @@ class TopologyReader:
         )
 
 
+def read_iomem(root: Sysroot, arch: str) -> tuple[Resource, ...]:
+    """``/proc/iomem``, with ppc64's crash reservation from the device tree added as
+    the ``Crash kernel`` line other architectures have.  Takes no kernel lock (unlike
+    a whole snapshot, whose ``kexec_crash_size`` read takes the kexec lock)."""
+    text = root.read(IOMEM, required=True)
+    assert text is not None
+    iomem = parse_iomem(text, IOMEM)
+    _check_addresses_visible(iomem)
+    if arch.startswith("ppc64") and not any(r.name == "Crash kernel" for r in iomem):
+        reserved = _dt_crashkernel(root)
+        if reserved is not None:
+            iomem = (*iomem, reserved)
+    return iomem
+
+
 def _dt_crashkernel(root: Sysroot) -> Resource | None:
     """ppc64: the ``crashkernel=`` reservation, which its /proc/iomem does not list; the
     kernel publishes it as ``/chosen/linux,crashkernel-{base,size}`` (big-endian
     cells).  Returned as the ``Crash kernel`` line /proc/iomem has elsewhere."""
     base = read_dt_cell(root, f"{DT_CHOSEN}/linux,crashkernel-base")
+    if base is None:
+        return None
     size = read_dt_cell(root, f"{DT_CHOSEN}/linux,crashkernel-size")
-    if base is None or not size:
+    if not size:
         return None
     return Resource(base, base + size - 1, "Crash kernel", 1)
 

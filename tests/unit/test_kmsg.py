@@ -321,6 +321,24 @@ async def test_a_line_printed_during_our_own_load_is_covered_by_it(sysroot: Path
     await r.stop()
 
 
+async def test_a_line_printed_during_an_in_place_apply_is_not_covered(sysroot: Path) -> None:
+    """An apply that ends without a load (the kernel updated in place) covers nothing:
+    a skipped-update line read during it still marks the image stale and reloads."""
+    kexec, holder = ScriptedKexec(), TopologyHolder()
+    r = kernel_reconciler(sysroot, kexec, holder)
+    await r.start()
+    await r.settle()
+    lines = [skip_event()]
+    r.skipped.drain = lambda: lines and r.kernel_log(lines.pop())
+    holder.add_blocks(1)
+    r.event(EV)
+    await r.settle()
+    assert r.skipped.covered == 0 and r.skipped.reloads == 1
+    assert len(kexec.calls) == 2  # the fresh load the line asked for
+    assert r.store.current.last_trigger == "kernel log" and not r.store.current.stale
+    await r.stop()
+
+
 async def test_overrun_reloads_only_if_hotplug_events_came(sysroot: Path) -> None:
     kexec, holder = ScriptedKexec(), TopologyHolder()
     r = kernel_reconciler(sysroot, kexec, holder)

@@ -59,9 +59,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdumpd.core.errors import KdumpdError
-from kdumpd.core.ranges import crash_memory_ranges, subtract
-from kdumpd.core.topology import MemRange, Topology
+from kdumpd.core.errors import KdumpdError, one_line
+from kdumpd.core.ranges import ram_minus_reservations, subtract
+from kdumpd.core.topology import MemRange, Resource, Topology, system_ram
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import KexecFiles
 from kdumpd.daemon.backends.inplace import (
@@ -73,7 +73,7 @@ from kdumpd.daemon.backends.inplace import (
 from kdumpd.system.devicetree import read_memory_limit
 from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
 from kdumpd.system.sysroot import Sysroot
-from kdumpd.system.topologyreader import read_topology
+from kdumpd.system.topologyreader import read_iomem
 
 log = logging.getLogger("kdumpd.daemon.backends.kexectools")
 
@@ -105,20 +105,24 @@ class MemoryLimitClip:
     crash memory range there.  6.1 publishes 0 (no limit); Debian's 6.12 ppc64el
     kernel publishes the end of boot memory, so after a memory hot-add above it a
     load describes less RAM than the machine has (docs/kernel-interfaces.md §10).
-    Only ppc64: elsewhere the property is absent and nothing is read.
+    Only powerpc publishes the property; elsewhere nothing else is read.
 
-    The RAM is read *after* the load: memory that arrived while kexec-tools ran is
-    counted as left out (the cautious side), never missed."""
+    ``/proc/iomem`` is read *after* the load, alone (no whole snapshot: that would
+    read ``kexec_crash_size``, whose read takes the kexec lock and can make the kernel
+    skip an in-place update): memory that arrived while kexec-tools ran is counted as
+    left out (the cautious side), never missed."""
 
     def __init__(
-        self, read_limit: Callable[[], int | None], read_topology: Callable[[], Topology]
+        self,
+        read_limit: Callable[[], int | None],
+        read_iomem: Callable[[], tuple[Resource, ...]],
     ) -> None:
         self.read_limit = read_limit
-        self.read_topology = read_topology
+        self.read_iomem = read_iomem
         self.left_out: tuple[MemRange, ...] = ()
         self.limit = 0
         self.unknown = ""  # why what was left out could not be told
-        self._ram: tuple[MemRange, ...] = ()  # System RAM when it was told
+        self._ram: tuple[MemRange, ...] | None = None  # System RAM when it was told
 
     @property
     def reason(self) -> str:
@@ -135,37 +139,44 @@ class MemoryLimitClip:
         )
 
     def clear(self) -> None:
-        self.left_out, self._ram, self.unknown = (), (), ""
+        self.left_out, self._ram, self.unknown = (), None, ""
 
-    def loaded(self) -> None:
+    def loaded(self, before: Topology | None = None) -> None:
         """After a load by kexec-tools (or adopting one): what it left out of the RAM
-        the machine has now."""
+        the machine has now.  Never raises: a load that succeeded stays a success.
+        ``before``: the topology the load was asked for, the RAM an ``unknown`` reason
+        is then measured against (a memory change after it ends the reason)."""
         self.clear()
         try:
             limit = self.read_limit()
             if not limit:
                 return
-            topology = self.read_topology()
-        except KdumpdError as err:
-            self.unknown = f"cannot tell what RAM kexec-tools left out of the elfcorehdr: {err}"
+            iomem = self.read_iomem()
+        except Exception as err:  # a read error must not fail a load that succeeded
+            why = one_line(str(err) or type(err).__name__, 300)
+            self.unknown = f"cannot tell what RAM kexec-tools left out of the elfcorehdr: {why}"
+            self._ram = before.system_ram if before is not None else None
             log.warning("%s", self.unknown)
             return
-        if not topology.arch.startswith("ppc64"):
-            return
         self.limit = limit
-        ram = ((r.start, r.end) for r in crash_memory_ranges(topology))
-        self.left_out = subtract(ram, [(0, limit - 1)])
-        self._ram = topology.system_ram
+        self.left_out = subtract(
+            ((r.start, r.end) for r in ram_minus_reservations(iomem)), [(0, limit - 1)]
+        )
+        self._ram = system_ram(iomem)
         if self.left_out:
             log.warning("%s; the dump will lack it", self.reason)
 
     def memory_changed(self, topology: Topology | None) -> None:
-        """An in-place update after a memory change (an image loaded with
-        ``--hotplug``): the kernel rebuilt the whole elfcorehdr from its own memory
-        list, which has no such limit."""
+        """An in-place update (an image loaded with ``--hotplug``): after a memory
+        change the kernel rebuilt the whole elfcorehdr from its own memory list, which
+        has no such limit.  A CPU change rebuilds no elfcorehdr on ppc64."""
         if not (self.left_out or self.unknown) or topology is None:
             return
-        if self.unknown or topology.system_ram != self._ram:
+        ram = topology.system_ram
+        if self._ram is None:  # unknown since the load: from now on
+            self._ram = ram
+            return
+        if ram != self._ram:
             log.info(
                 "the kernel rebuilt the elfcorehdr after a memory change: %s",
                 "nothing left out any more",
@@ -242,10 +253,8 @@ class KexecToolsBackend:
         read_hotplug: Callable[[Path], bool | None] = read_crash_hotplug,
         hotplug_reread_delay: float = HOTPLUG_REREAD_DELAY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        read_topology: Callable[[Path], Topology] = read_topology,
     ) -> None:
         self.files = files
-        self.read_topology = read_topology
         self.sysroot = Path(sysroot)
         self.kexec_args = check_kexec_args(kexec_args)
         self.binary = binary
@@ -267,9 +276,10 @@ class KexecToolsBackend:
         self.hotplug_flag: bool | None = None  # crash_hotplug as read after our last load
         self.removed_ram = RemovedRam()
         self.race = LoadRaceGuard(self.name)
+        # the property is powerpc's: where it is set, the iomem is a ppc64 one
         self.clip = MemoryLimitClip(
             lambda: read_memory_limit(Sysroot(self.sysroot)),
-            lambda: self.read_topology(self.sysroot),
+            lambda: read_iomem(Sysroot(self.sysroot), "ppc64"),
         )
 
     @property
@@ -409,7 +419,7 @@ class KexecToolsBackend:
         if self._file_syscall():  # -s: the kernel builds the elfcorehdr (no such cut)
             self.clip.clear()
         else:
-            self.clip.loaded()
+            self.clip.loaded(request.topology)
         if self.updated_in_place:
             self.own_hotplug_load = self.hotplug_flag is not False
             if not self.own_hotplug_load:
@@ -444,6 +454,7 @@ class KexecToolsBackend:
                 f"kexec -p -u failed (exit status {rc}): {_last_line(err) or 'no message'}"
             )
         self.own_hotplug_load = False
+        self.clip.clear()
 
 
 def kexec_binary_available(binary: str = "kexec") -> str | None:
