@@ -61,6 +61,7 @@ from kdumpd.daemon.projection import (
     machine_now,
 )
 from kdumpd.daemon.skipped import SkippedUpdates, updated_in_place
+from kdumpd.daemon.stalereason import StaleReasons
 from kdumpd.daemon.state import ImageState, StateChanges, StateStore
 from kdumpd.daemon.statefile import StateFile, key_digest
 from kdumpd.events.debounce import AsyncDebouncer, Burst, Debouncer
@@ -154,7 +155,7 @@ class Reconciler:
         self.load_failures = store.current.load_failures
         self.load_gaps_usec = store.current.load_gaps_usec
         self.regenerations = store.current.regenerations
-        self._backend_stale_reason = ""  # the back-end's stale_reason as last stored
+        self.stale_reasons = StaleReasons(store)
         self.last_event_at: float | None = None
         self.last_applied_at: float | None = None
         self.last_good = False
@@ -314,13 +315,12 @@ class Reconciler:
         self.applied_digest = rec.topology_digest
         self.last_good = True
         self.loaded_inputs = dict(rec.inputs)
-        # what the back-end knows the adopted image lacks (told again by adopt())
-        self._backend_stale_reason = getattr(self.backend, "stale_reason", "")
         self.store.update(
             kernel_hotplug_support=rec.kernel_hotplug_support,
             last_update_usec=rec.last_update_usec,
-            stale_reason=self._backend_stale_reason,
         )
+        # what the back-end knows the adopted image lacks (told again by adopt())
+        self.stale_reasons.loaded(self.backend)
         return True
 
     # --------------------------------------------------------------- reconcile
@@ -559,20 +559,11 @@ class Reconciler:
             self.skipped.uncovered(held)
             for ev in held:
                 self.kernel_log(ev)
-        reason = getattr(self.backend, "stale_reason", "")
         if result is not None and result.load_count:
             self.skipped.loaded(self.debouncer.received)
-            self.store.update(stale_reason=reason)
-        elif (
-            result is not None
-            and reason != self.store.current.stale_reason
-            and self.store.current.stale_reason == self._backend_stale_reason
-        ):
-            # an in-place update changed what the back-end knows is missing (the
-            # kernel rebuilt the elfcorehdr); a kernel-log reason stays until a load
-            self.store.update(stale_reason=reason)
-        if result is not None:
-            self._backend_stale_reason = reason
+            self.stale_reasons.loaded(self.backend)
+        elif result is not None:
+            self.stale_reasons.applied_in_place(self.backend)
         return result
 
     async def _apply_with_policy(self, request: LoadRequest) -> ApplyResult | None:
@@ -605,9 +596,7 @@ class Reconciler:
             self.loads += restored.result.load_count
             self.load_gaps_usec += restored.result.gap_usec
             self.loaded_inputs = {"restored": "last good inputs"}
-            # what the restored image may lack, as for any load
-            self._backend_stale_reason = getattr(self.backend, "stale_reason", "")
-            self.store.update(stale_reason=self._backend_stale_reason)
+            self.stale_reasons.loaded(self.backend)  # what the restored image may lack
         changes = StateChanges(
             state=state_after_failure(restored.loaded),
             last_error=error,
@@ -755,9 +744,8 @@ class Reconciler:
         self.unloaded_on_request = True
         self.retry.cancel()
         self._save(loaded=False)  # record first: a restart must stay unloaded
-        # no image, so no reason about what it lacks (stale stays: nothing is loaded)
-        self._backend_stale_reason = ""
-        self.store.update(state=ImageState.UNLOADED, stale=True, stale_reason="")
+        self.stale_reasons.unloaded()  # no image, no reason about what it lacks
+        self.store.update(state=ImageState.UNLOADED, stale=True)
         log.warning("crash image unloaded on request")
 
     def retune(
