@@ -21,7 +21,7 @@ DEFAULT_KERNELS = "6.1 6.12"
 DEFAULT_SCENARIOS = (
     "baseline hotplug-add hotplug-remove burst crash-during-burst load-race segment-corrupt"
 )
-DEFAULT_SCENARIOS_PPC64LE = "baseline hotplug-add burst late-start"
+DEFAULT_SCENARIOS_PPC64LE = "baseline hotplug-add hotplug-remove burst late-start"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -422,6 +422,8 @@ def sc_hotplug_remove(c: Ctx) -> None:
     hotplug.remove_dimm(c.g, "dimm2", 256 * MiB)
     dev, cpu = cpus[-1]
     hotplug.remove_cpu(c.g, dev, cpu)
+    if c.crash_cpu == cpu:  # ppc64le: panic on the hot-added CPU that is still there
+        c.crash_cpu = cpus[0][1]
     wait_daemon_settled(c.g)
 
 
@@ -658,8 +660,8 @@ ARCH_SCENARIOS = {
         "baseline", "hotplug-add", "hotplug-remove", "burst", "burst-udev",
         "crash-during-burst", "load-race", "segment-corrupt", "efi-hotplug-add",
     },
-    "ppc64le": {"baseline", "baseline-cpu0", "hotplug-add", "burst", "burst-udev", "late-start",
-                "late-start-stale"},
+    "ppc64le": {"baseline", "baseline-cpu0", "hotplug-add", "hotplug-remove", "burst",
+                "burst-udev", "late-start", "late-start-stale"},
 }  # fmt: skip
 # Rows whose loads on a kernel with crash hotplug are checked by in_place_proved().
 IN_PLACE_SCENARIOS = frozenset(

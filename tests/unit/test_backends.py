@@ -639,6 +639,26 @@ async def test_kernel_backend_reloads_once_after_ram_is_hot_removed(sysroot: Pat
     await r.stop()
 
 
+def test_removed_ram_needs_no_reload_on_ppc64() -> None:
+    """powerpc's handler cuts the offlined range out of the header it rebuilds at
+    MEM_OFFLINE: nothing is left over, so a hot-remove costs no load there (a reload
+    by kexec-tools would even leave memory above linux,memory-limit out)."""
+    from kdumpd.daemon.backends.inplace import RemovedRam
+    from kdumpd.system.topologyreader import read_topology
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    for name, expect_reason in (("guest-6.12-after", True), ("guest-ppc64le-6.12-after", False)):
+        after = read_topology(fixtures / name)
+        ram = after.system_ram
+        last = ram[-1]
+        fewer = tuple(r for r in after.iomem if r.range != last)
+        before_removal = dataclasses.replace(after, iomem=after.iomem)
+        removed = dataclasses.replace(after, iomem=fewer)
+        guard = RemovedRam()
+        assert guard.check(before_removal) == ""
+        assert bool(guard.check(removed)) is expect_reason, name
+
+
 class HotplugDuringLoad(ScriptedKexec):
     """A kexec_file_load during which memory is hot-added (``during`` = which calls).
 
