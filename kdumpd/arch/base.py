@@ -57,12 +57,14 @@ MIN_ELFCOREHDR_SIZE = 16 * 1024
 
 class ArchIdentity:
     """What every architecture states the same way: subclasses set ``NAME``,
-    ``ELF_MACHINE`` and ``REGENERATED`` (the segment kinds hotplug rewrites)."""
+    ``ELF_MACHINE``, ``REGENERATED`` (the segment kinds hotplug rewrites) and
+    ``OFFLINED_RAM_STAYS_IN_PLACE``."""
 
     __slots__ = ()
     NAME: ClassVar[str]
     ELF_MACHINE: ClassVar[int]
     REGENERATED: ClassVar[frozenset[SegmentKind]]
+    OFFLINED_RAM_STAYS_IN_PLACE: ClassVar[bool]
 
     @property
     def name(self) -> str:
@@ -78,6 +80,10 @@ class ArchIdentity:
 
     def digested_segments(self, *, hotplug: bool) -> frozenset[SegmentKind]:
         return default_digested_segments(self.REGENERATED, hotplug=hotplug)
+
+    @property
+    def offlined_ram_stays_in_place(self) -> bool:
+        return self.OFFLINED_RAM_STAYS_IN_PLACE
 
     def dump_ranges(self, topology: Topology) -> tuple[MemRange, ...]:
         return crash_memory_ranges(topology)

@@ -59,6 +59,13 @@ class Arch(Protocol):
         crash reservation, minus what the architecture leaves out (x86: the first MiB)."""
         ...
 
+    @property
+    def offlined_ram_stays_in_place(self) -> bool:
+        """The kernel's in-place elfcorehdr update at ``MEM_OFFLINE`` still lists the
+        range being offlined (x86: rebuilt from /proc/iomem, where it still is; powerpc
+        cuts it out: docs/kernel-interfaces.md §3), so a hot-remove needs a load."""
+        ...
+
     def image_builder(self) -> ImageBuilder | None:
         """The loader that builds every segment for ``kexec_load`` around the
         elfcorehdr (kernel, initrd, boot parameters, purgatory); ``None`` where

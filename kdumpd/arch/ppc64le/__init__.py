@@ -89,6 +89,8 @@ class Ppc64le(ArchIdentity):
     NAME = "ppc64le"
     ELF_MACHINE = EM_PPC64
     REGENERATED = _REGENERATED
+    # update_crash_elfcorehdr() cuts the range being offlined out itself
+    OFFLINED_RAM_STAYS_IN_PLACE = False
 
     # ----------------------------------------------------------------- elfcorehdr
 

@@ -73,6 +73,8 @@ class X86_64(ArchIdentity):
     NAME = "x86_64"
     ELF_MACHINE = EM_X86_64
     REGENERATED = _REGENERATED
+    # the in-place update at MEM_OFFLINE walks /proc/iomem, where the range still is
+    OFFLINED_RAM_STAYS_IN_PLACE = True
 
     def elfcorehdr_capacity(
         self, topology: Topology, *, max_cpus: int | None = None, max_ranges: int | None = None

@@ -43,6 +43,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from kdumpd.core.errors import UnsupportedError
 from kdumpd.core.ranges import subtract
 from kdumpd.core.topology import MemRange, Topology
 from kdumpd.daemon.backends.base import ApplyResult
@@ -161,11 +162,12 @@ class RemovedRam:
     longer there (seen on Debian 6.12 in QEMU: docs/e2e.md) until the next memory
     event.  An offline without a removal leaves /proc/iomem unchanged.
 
-    x86 only: powerpc's handler cuts the range being offlined out of the header it
-    rebuilds at MEM_OFFLINE (arch/powerpc/kexec/crash.c), so nothing is left over
-    there, and a reload would only cost a load (with kexec-tools, one that leaves
-    memory above ``linux,memory-limit`` out: docs/e2e.md, the ppc64le
-    ``hotplug-remove`` row).
+    Only where the architecture says so (``Arch.offlined_ram_stays_in_place``):
+    powerpc's handler cuts the range being offlined out of the header it rebuilds, so
+    a reload there would only cost a load (with kexec-tools, one that leaves memory
+    above ``linux,memory-limit`` out: docs/e2e.md, the ppc64le ``hotplug-remove``
+    row).  An architecture kdumpd does not know is treated as x86 (one load too many
+    rather than a PT_LOAD over removed memory).
     """
 
     def __init__(self) -> None:
@@ -173,7 +175,7 @@ class RemovedRam:
 
     def check(self, topology: Topology | None) -> str:
         """Why the kernel's in-place header still lists RAM that is gone, or ""."""
-        if topology is None or topology.arch.startswith("ppc64"):
+        if topology is None or not _offlined_ram_stays(topology.arch):
             return ""
         now = topology.system_ram
         before, self._last = self._last, now
@@ -189,3 +191,12 @@ class RemovedRam:
             + " was hot-removed, but the kernel rebuilt its elfcorehdr at MEM_OFFLINE"
             " while the range still existed"
         )
+
+
+def _offlined_ram_stays(arch: str) -> bool:
+    from kdumpd.arch import get_arch
+
+    try:
+        return get_arch(arch).offlined_ram_stays_in_place
+    except UnsupportedError:
+        return True
