@@ -719,24 +719,6 @@ def _guest(
     )
 
 
-def _base_dtb() -> bytes:
-    """A minimal flattened tree with an empty /cpus: the base ``kdumpd fdt`` rewrites
-    (its /cpus children come from the guest's live device tree)."""
-    import libfdt
-
-    sw = libfdt.FdtSw()
-    sw.finish_reservemap()
-    with sw.add_node(""):
-        sw.property_u32("#address-cells", 2)
-        sw.property_u32("#size-cells", 2)
-        with sw.add_node("cpus"):
-            sw.property_u32("#address-cells", 1)
-            sw.property_u32("#size-cells", 0)
-        with sw.add_node("chosen"):
-            pass
-    return bytes(sw.as_fdt().as_bytearray())
-
-
 def _dtb_cpus(blob: bytes) -> list[str]:
     """The CPU nodes of a flattened tree, in the capture side's ``dtcpu`` format."""
     import libfdt
@@ -764,7 +746,10 @@ def _dtb_cpus(blob: bytes) -> list[str]:
 def kdumpd_fdt_cpus(g: Guest) -> list[str]:
     """Run ``kdumpd fdt`` in the guest for its topology right now (just before the
     crash) and return the CPU nodes of the crash FDT it builds."""
-    (g.outdir / "base.dtb").write_bytes(_base_dtb())
+    from kdumpd.core.fdt import minimal_fdt  # libfdt: only the ppc64le rows need it
+
+    # a minimal base with an empty /cpus: its children come from the live tree
+    (g.outdir / "base.dtb").write_bytes(minimal_fdt())
     g.host(
         f"{kdumpd_cmd(g)} fdt --arch ppc64le --base /mnt/base.dtb --capacity auto "
         "-o /mnt/kdumpd-crash.dtb",
