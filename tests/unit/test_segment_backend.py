@@ -26,6 +26,7 @@ from kdumpd.daemon.backends.file import FileBackend, default_files
 from kdumpd.daemon.backends.probe import LOADERS, probe_backend
 from kdumpd.daemon.backends.segment import SegmentBackend
 from kdumpd.daemon.control import Operations
+from kdumpd.daemon.reconciler import Reconciler
 from kdumpd.daemon.state import ImageState
 from kdumpd.system.kexec import KEXEC_ON_CRASH
 from tests.unit.bzimage_support import bootable_sysroot, make_bzimage
@@ -225,17 +226,28 @@ def replace_by_rename(path: Path, data: bytes) -> None:
 NEW_INITRD = b"\x1f\x8b" + b"new" * 30000
 
 
-async def test_a_file_rewritten_during_the_load_is_loaded_again_at_once(sysroot: Path) -> None:
-    """The initrd rewritten in place (same inode) while kexec_load copies it: the kernel
-    may hold new bytes under the old digests, which the purgatory would refuse at a
-    crash.  The same pass prepares the new bytes and loads once more."""
+async def started_touching(
+    sysroot: Path, touch: Callable[[Path, int], None]
+) -> tuple[Reconciler, SegmentBackend, Touching, TopologyHolder, Path]:
+    """A started reconciler over a segment back-end whose load ``n`` runs
+    ``touch(initrd, n)``; also the initrd's path."""
     b = segment_backend(sysroot, ScriptedKexec())
     initrd = Path(b.files.initrd or "")
-    kexec = Touching(lambda n: initrd.write_bytes(NEW_INITRD) if n == 2 else None)
+    kexec = Touching(lambda n: touch(initrd, n))
     b.syscalls = kexec
     holder = TopologyHolder()
     r = reconciler(sysroot, b, holder)
     await r.start()
+    return r, b, kexec, holder, initrd
+
+
+async def test_a_file_rewritten_during_the_load_is_loaded_again_at_once(sysroot: Path) -> None:
+    """The initrd rewritten in place (same inode) while kexec_load copies it: the kernel
+    may hold new bytes under the old digests, which the purgatory would refuse at a
+    crash.  The same pass prepares the new bytes and loads once more."""
+    r, b, kexec, holder, _ = await started_touching(
+        sysroot, lambda initrd, n: initrd.write_bytes(NEW_INITRD) if n == 2 else None
+    )
     first = b.prepared
     assert first is not None and r.store.current.state == ImageState.LOADED
     holder.add_blocks(1)
@@ -259,13 +271,9 @@ async def test_a_file_that_keeps_changing_during_loads_leaves_no_image_claimed(
     image is unloaded and the state says failed (never degraded/loaded for an image
     whose digests describe other bytes); the last good image maps the same, rewritten
     inode, so it is not restored either."""
-    b = segment_backend(sysroot, ScriptedKexec())
-    initrd = Path(b.files.initrd or "")
-    kexec = Touching(lambda n: initrd.write_bytes(NEW_INITRD + bytes(n)) if n >= 2 else None)
-    b.syscalls = kexec
-    holder = TopologyHolder()
-    r = reconciler(sysroot, b, holder)
-    await r.start()
+    r, b, kexec, holder, _ = await started_touching(
+        sysroot, lambda initrd, n: initrd.write_bytes(NEW_INITRD + bytes(n)) if n >= 2 else None
+    )
     assert r.store.current.state == ImageState.LOADED
     holder.add_blocks(1)
     r.request("burst")
@@ -285,13 +293,9 @@ async def test_a_rename_replacement_during_the_load_is_no_failure(
     """A package update renames a new initrd over the path during the load: the
     mapping still holds the old inode, so the loaded image is what the digests say.
     The pass succeeds; the next one prepares the new file."""
-    b = segment_backend(sysroot, ScriptedKexec())
-    initrd = Path(b.files.initrd or "")
-    kexec = Touching(lambda n: replace_by_rename(initrd, NEW_INITRD) if n == 2 else None)
-    b.syscalls = kexec
-    holder = TopologyHolder()
-    r = reconciler(sysroot, b, holder)
-    await r.start()
+    r, b, kexec, holder, _ = await started_touching(
+        sysroot, lambda initrd, n: replace_by_rename(initrd, NEW_INITRD) if n == 2 else None
+    )
     first = b.prepared
     holder.add_blocks(1)
     caplog.set_level(logging.INFO, logger="kdumpd.daemon.backends.segment")
@@ -313,13 +317,7 @@ async def test_restore_after_a_rename_replacement_loads_the_last_good_image(
 ) -> None:
     """The last good image maps the replaced inode by design: restoring it after the
     new file's load failed must load it, not fail the identity check."""
-    b = segment_backend(sysroot, ScriptedKexec())
-    initrd = Path(b.files.initrd or "")
-    kexec = Touching(lambda n: None)
-    b.syscalls = kexec
-    holder = TopologyHolder()
-    r = reconciler(sysroot, b, holder)
-    await r.start()
+    r, b, kexec, holder, initrd = await started_touching(sysroot, lambda _initrd, _n: None)
     good = b.prepared
     assert good is not None and r.store.current.state == ImageState.LOADED
     replace_by_rename(initrd, NEW_INITRD)
@@ -415,19 +413,13 @@ async def test_a_failed_retry_after_a_rewrite_during_the_load_keeps_no_image(
     prepared: the retry fails before any syscall while the first, untrustworthy image
     is still in the kernel.  It is unloaded: the state never says loaded or degraded
     for an image whose digests describe other bytes."""
-    b = segment_backend(sysroot, ScriptedKexec())
-    initrd = Path(b.files.initrd or "")
 
-    def rewrite_then_remove(n: int) -> None:
+    def rewrite_then_remove(initrd: Path, n: int) -> None:
         if n == 2:
             initrd.write_bytes(NEW_INITRD)
             initrd.unlink()
 
-    kexec = Touching(rewrite_then_remove)
-    b.syscalls = kexec
-    holder = TopologyHolder()
-    r = reconciler(sysroot, b, holder)
-    await r.start()
+    r, b, kexec, holder, _ = await started_touching(sysroot, rewrite_then_remove)
     assert r.store.current.state == ImageState.LOADED
     holder.add_blocks(1)
     r.request("burst")
