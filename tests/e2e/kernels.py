@@ -72,6 +72,17 @@ def apt_opts(arch: str = "x86_64") -> list[str]:
     return _apt_opts(arch)
 
 
+def run_tool(argv: list[str], what: str, cwd: Path | None = None) -> str:
+    """Run a host tool of the e2e set-up; its stdout, or :class:`KernelUnavailable`
+    with one line: the exit status and the tool's last message line."""
+    r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        lines = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
+        last = lines[-1][-300:] if lines else "no message"
+        raise KernelUnavailable(f"{what} failed (exit {r.returncode}): {last}")
+    return r.stdout
+
+
 def apt_dir_opts(d: Path) -> list[str]:
     """apt options for a private configuration kept in directory ``d`` (its own
     sources.list, lists, dpkg status and cache; nothing of the machine's)."""

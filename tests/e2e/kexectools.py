@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
-from tests.e2e.kernels import CACHE, KEYRING, MIRROR, KernelUnavailable, apt_dir_opts
+from tests.e2e.kernels import CACHE, KEYRING, MIRROR, KernelUnavailable, apt_dir_opts, run_tool
 
 SOURCE_SUITE = "trixie"
 CROSS = "powerpc64le-linux-gnu"
@@ -41,15 +40,6 @@ def _apt_opts() -> list[str]:
     return apt_dir_opts(_apt_dir())
 
 
-def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
-    r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        lines = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
-        last = lines[-1][-300:] if lines else "no message"
-        raise KernelUnavailable(f"{what} failed (exit {r.returncode}): {last}")
-    return r.stdout
-
-
 def _source() -> Path:
     """Download and unpack the source package once; return the unpacked tree."""
     d = _apt_dir()
@@ -59,12 +49,14 @@ def _source() -> Path:
     if not (d / "status").exists():
         (d / "status").write_text("")
     if not (d / "updated").exists():
-        _run(["apt-get", "-q", *_apt_opts(), "update"], f"apt-get update ({SOURCE_SUITE} sources)")
+        run_tool(
+            ["apt-get", "-q", *_apt_opts(), "update"], f"apt-get update ({SOURCE_SUITE} sources)"
+        )
         (d / "updated").write_text("ok\n")
     dl = d / "source"
     dl.mkdir(exist_ok=True)
     if not list(dl.glob("kexec-tools_*.dsc")):
-        _run(
+        run_tool(
             ["apt-get", "-q", *_apt_opts(), "source", "--download-only", "kexec-tools"],
             f"apt-get source kexec-tools ({SOURCE_SUITE})",
             cwd=dl,
@@ -78,7 +70,7 @@ def _source() -> Path:
         if tree.exists():
             shutil.rmtree(tree)
         tree.parent.mkdir(parents=True, exist_ok=True)
-        _run(["dpkg-source", "-x", str(dscs[-1]), str(tree)], f"dpkg-source -x {dscs[-1].name}")
+        run_tool(["dpkg-source", "-x", str(dscs[-1]), str(tree)], f"dpkg-source -x {dscs[-1].name}")
     return tree
 
 
@@ -95,13 +87,13 @@ def build() -> Path:
     out = tree / "build" / "sbin"
     if all((out / t).exists() for t in TOOLS) and (tree / ".built").exists():
         return out
-    _run(
+    run_tool(
         ["./configure", "-q", f"--host={CROSS}", "--without-zlib", "--without-lzma",
          "--without-xen"],
         "configure kexec-tools for ppc64el",
         cwd=tree,
     )  # fmt: skip
-    _run(["make", "-j2"], "make kexec-tools (ppc64el)", cwd=tree)
+    run_tool(["make", "-j2"], "make kexec-tools (ppc64el)", cwd=tree)
     for t in TOOLS:
         if not (out / t).exists():
             raise KernelUnavailable(f"kexec-tools build left no {out / t}")

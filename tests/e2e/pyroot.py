@@ -45,7 +45,7 @@ import zipfile
 from pathlib import Path
 
 from tests.e2e import kexectools
-from tests.e2e.kernels import CACHE, KernelUnavailable, apt_opts, private_apt_update
+from tests.e2e.kernels import CACHE, KernelUnavailable, apt_opts, private_apt_update, run_tool
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = os.environ.get("KDUMPD_E2E_PPC64LE_SUITE", "bookworm")
@@ -84,17 +84,11 @@ def _digest() -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _run(argv: list[str], what: str, **kw: object) -> None:
-    r = subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload]
-    if r.returncode != 0:
-        raise KernelUnavailable(f"{what} failed: {(r.stderr or r.stdout).strip()[-600:]}")
-
-
 def _debs(dest: Path) -> list[Path]:
     archives = CACHE / f"pyroot-debs-{SUITE}"
     (archives / "partial").mkdir(parents=True, exist_ok=True)
     private_apt_update("ppc64le")
-    _run(
+    run_tool(
         [
             "apt-get", "-q", "-y", *apt_opts("ppc64le"),
             "-o", f"Dir::Cache::archives={archives}",
@@ -106,7 +100,7 @@ def _debs(dest: Path) -> list[Path]:
     if not debs:
         raise KernelUnavailable(f"no ppc64el .deb downloaded into {archives}")
     for deb in debs:
-        _run(["dpkg-deb", "-x", str(deb), str(dest)], f"dpkg-deb -x {deb.name}")
+        run_tool(["dpkg-deb", "-x", str(deb), str(dest)], f"dpkg-deb -x {deb.name}")
     return debs
 
 
@@ -121,11 +115,11 @@ def _wheels(site: Path) -> None:
     pure = [r for r in reqs if not r.startswith("dbus-fast")]
     pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check"]
     common = ["--only-binary=:all:", "--python-version", version, "--implementation", "cp"]
-    _run([*pip, "-d", str(wheels), *common, *plat, *pure], "pip download (ppc64le wheels)")
+    run_tool([*pip, "-d", str(wheels), *common, *plat, *pure], "pip download (ppc64le wheels)")
     dbus = [r for r in reqs if r.startswith("dbus-fast")]
     x86 = ["--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64"]
     anyw = wheels / "dbus-fast-any"
-    _run([*pip, "--no-deps", "-d", str(anyw), *common, *x86, *dbus], "pip download dbus-fast")
+    run_tool([*pip, "--no-deps", "-d", str(anyw), *common, *x86, *dbus], "pip download dbus-fast")
     for whl in [*sorted(wheels.glob("*.whl")), *sorted(anyw.glob("*.whl"))]:
         with zipfile.ZipFile(whl) as z:
             for name in z.namelist():
