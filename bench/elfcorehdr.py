@@ -67,7 +67,13 @@ def synthetic_topology() -> Topology:
     first = iomem[1]
     iomem.insert(2, Resource(first.start + 0x1000000, first.start + 0x1FFFFFF, "Kernel code", 1))
     iomem.insert(3, Resource(first.start + 0x4000000, first.start + 0x7FFFFFF, "Crash kernel", 1))
-    cpus = tuple(range(NCPUS))
+    return x86_topology(iomem, NCPUS)
+
+
+def x86_topology(iomem: list[Resource], ncpus: int) -> Topology:
+    """A synthetic x86_64 snapshot: ``ncpus`` CPUs with crash notes, ``iomem``, and
+    the kernel facts of a Debian guest (vmcoreinfo, kernel text, PAGE_OFFSET)."""
+    cpus = tuple(range(ncpus))
     return Topology(
         arch="x86_64",
         possible_cpus=cpus,

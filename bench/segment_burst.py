@@ -31,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from elfcorehdr import x86_topology
 
 from kdumpd.arch.x86_64 import X86_64
 from kdumpd.core.image import CrashImage
-from kdumpd.core.topology import CrashNote, KernelText, Resource, Topology, VmcoreInfo
+from kdumpd.core.topology import Resource, Topology
 from kdumpd.daemon.backends.file import KexecFiles
 from kdumpd.daemon.backends.segment import SegmentBackend
 from kdumpd.system import kexec
@@ -55,18 +58,7 @@ def topology(ncpus: int, nranges: int) -> Topology:
     for i in range(nranges):
         start = 0x100000000 + 2 * i * BLOCK
         iomem.append(Resource(start, start + BLOCK - 1, "System RAM", 0))
-    cpus = tuple(range(ncpus))
-    return Topology(
-        arch="x86_64",
-        possible_cpus=cpus,
-        present_cpus=cpus,
-        online_cpus=cpus,
-        crash_notes=tuple(CrashNote(c, 0x7F000000 + c * 0x400, 0x1A8) for c in cpus),
-        iomem=tuple(iomem),
-        vmcoreinfo=VmcoreInfo(0x2A00000, 0x1000),
-        kernel_text=KernelText(0xFFFFFFFF81000000, 0x2200000, "kcore"),
-        page_offset=0xFFFF888000000000,
-    )
+    return x86_topology(iomem, ncpus)
 
 
 def kernel_file(tmp: Path) -> Path:
