@@ -47,6 +47,7 @@ from kdumpd.core.errors import UnsupportedError
 from kdumpd.core.ranges import subtract
 from kdumpd.core.topology import MemRange, Topology
 from kdumpd.daemon.backends.base import ApplyResult
+from kdumpd.system.kexecsysfs import crash_image_loaded
 
 log = logging.getLogger("kdumpd.daemon.backends.inplace")
 
@@ -150,6 +151,23 @@ class LoadRaceGuard:
             detail=f"{second.detail}; loaded twice ({RACE_REASON})",
             loads=first.load_count + second.load_count,
         )
+
+
+class InPlaceLoader:
+    """What the back-ends whose loaded image the kernel may update in place share
+    (``kernel``, ``segment``, ``kexec-tools``): ``stale_reason`` from their
+    :class:`LoadRaceGuard` and ``is_loaded``."""
+
+    sysroot: Path
+    race: LoadRaceGuard
+
+    @property
+    def stale_reason(self) -> str:
+        """Why the image just loaded may lack an update ("" = no known reason)."""
+        return self.race.suspect
+
+    def is_loaded(self) -> bool:
+        return crash_image_loaded(self.sysroot)
 
 
 class RemovedRam:

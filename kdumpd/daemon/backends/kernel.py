@@ -24,8 +24,8 @@ from pathlib import Path
 
 from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, LoadSyscall
 from kdumpd.daemon.backends.file import FileBackend
-from kdumpd.daemon.backends.inplace import LoadRaceGuard, RemovedRam
-from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
+from kdumpd.daemon.backends.inplace import InPlaceLoader, LoadRaceGuard, RemovedRam
+from kdumpd.system.kexecsysfs import crash_hotplug_file, read_crash_hotplug
 
 log = logging.getLogger("kdumpd.daemon.backends.kernel")
 
@@ -33,7 +33,7 @@ ADOPT_READS = 3  # crash_hotplug reads at adoption (a single 0 is not proof)
 ADOPT_READ_DELAY = 0.05  # seconds between them
 
 
-class KernelBackend:
+class KernelBackend(InPlaceLoader):
     consumes_image = False
     load_syscall = LoadSyscall.KEXEC_FILE_LOAD
 
@@ -79,14 +79,6 @@ class KernelBackend:
     def updated_in_place(self) -> bool:
         """The kernel keeps our image current (so it can also skip an update)."""
         return self.hotplug_config
-
-    @property
-    def stale_reason(self) -> str:
-        """Why the image just loaded may lack an update ("" = no known reason)."""
-        return self.race.suspect
-
-    def is_loaded(self) -> bool:
-        return crash_image_loaded(self.sysroot)
 
     def adopt(self) -> bool:
         """Take over the loaded image only if the kernel says it is hotplug-capable

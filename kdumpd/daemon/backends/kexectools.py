@@ -66,12 +66,13 @@ from kdumpd.daemon.backends.base import ApplyResult, BackendName, LoadRequest, L
 from kdumpd.daemon.backends.file import KexecFiles
 from kdumpd.daemon.backends.inplace import (
     HOTPLUG_REREAD_DELAY,
+    InPlaceLoader,
     LoadRaceGuard,
     RemovedRam,
     read_hotplug_after_load,
 )
 from kdumpd.system.devicetree import read_memory_limit
-from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
+from kdumpd.system.kexecsysfs import crash_hotplug_file, read_crash_hotplug
 from kdumpd.system.sysroot import Sysroot
 from kdumpd.system.topologyreader import read_iomem
 
@@ -237,7 +238,7 @@ def check_kexec_args(args: Sequence[str]) -> tuple[str, ...]:
     return tuple(args)
 
 
-class KexecToolsBackend:
+class KexecToolsBackend(InPlaceLoader):
     consumes_image = False
     load_syscall = LoadSyscall.KEXEC_LOAD
 
@@ -301,10 +302,7 @@ class KexecToolsBackend:
 
     @property
     def stale_reason(self) -> str:
-        return self.race.suspect or self.clip.reason
-
-    def is_loaded(self) -> bool:
-        return crash_image_loaded(self.sysroot)
+        return super().stale_reason or self.clip.reason
 
     def adopt(self) -> bool:
         """Every burst reloads on a kernel without crash hotplug, so any loaded image

@@ -69,6 +69,7 @@ from kdumpd.daemon.backends.base import (
 from kdumpd.daemon.backends.file import KexecFiles
 from kdumpd.daemon.backends.inplace import (
     HOTPLUG_REREAD_DELAY,
+    InPlaceLoader,
     LoadRaceGuard,
     RemovedRam,
     read_hotplug_after_load,
@@ -83,7 +84,7 @@ from kdumpd.system.kexec import (
     MappedFile,
     file_identity,
 )
-from kdumpd.system.kexecsysfs import crash_hotplug_file, crash_image_loaded, read_crash_hotplug
+from kdumpd.system.kexecsysfs import crash_hotplug_file, read_crash_hotplug
 from kdumpd.system.sysroot import Sysroot
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ class Prepared:
             m.close()
 
 
-class SegmentBackend:
+class SegmentBackend(InPlaceLoader):
     consumes_image = True
     load_syscall = LoadSyscall.KEXEC_LOAD
 
@@ -273,13 +274,6 @@ class SegmentBackend:
     def updated_in_place(self) -> bool:
         """The kernel keeps our image current (so it can also skip an update)."""
         return self.in_place
-
-    @property
-    def stale_reason(self) -> str:
-        return self.race.suspect
-
-    def is_loaded(self) -> bool:
-        return crash_image_loaded(self.sysroot)
 
     def adopt(self) -> bool:
         return False  # the loaded image's segments cannot be read back: load our own
