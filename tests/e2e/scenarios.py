@@ -442,12 +442,17 @@ def sc_burst(c: Ctx) -> None:
     wait_daemon_settled(c.g)
 
 
+def dt_chosen_cell(g: Guest, name: str) -> int | None:
+    """ppc64: the guest's ``/chosen/linux,<name>`` cell, None where it is absent."""
+    rc, out = g.run(f"od -An -v -tx1 /proc/device-tree/chosen/linux,{name}")
+    digits = out.replace(" ", "").replace("\n", "")
+    return int(digits, 16) if rc == 0 and digits else None
+
+
 def dt_memory_limit(g: Guest) -> int:
     """ppc64: ``/chosen/linux,memory-limit`` (0 where absent or 0): where kexec-tools'
     elfcorehdr stops (docs/kernel-interfaces.md §10)."""
-    rc, out = g.run("od -An -v -tx1 /proc/device-tree/chosen/linux,memory-limit")
-    digits = out.replace(" ", "").replace("\n", "")
-    return int(digits, 16) if rc == 0 and digits else 0
+    return dt_chosen_cell(g, "memory-limit") or 0
 
 
 def sc_burst_udev(c: Ctx) -> None:
@@ -773,12 +778,9 @@ def compare_fdt_cpus(ours: list[str], capture: list[str]) -> dict[str, Any]:
 def _chosen_crashkernel(g: Guest) -> list[tuple[int, int]]:
     """ppc64: the crashkernel= reservation from /chosen (its /proc/iomem has no
     ``Crash kernel`` entry)."""
-
-    def num(name: str) -> int:
-        out = g.check(f"od -An -v -tx1 /proc/device-tree/chosen/linux,{name}")
-        return int(out.replace(" ", "").replace("\n", ""), 16)
-
-    base, size = num("crashkernel-base"), num("crashkernel-size")
+    base, size = dt_chosen_cell(g, "crashkernel-base"), dt_chosen_cell(g, "crashkernel-size")
+    if base is None or size is None:
+        raise GuestError("no /chosen/linux,crashkernel-{base,size} in the guest", g.tail(5))
     return [(base, base + size - 1)] if size else []
 
 
