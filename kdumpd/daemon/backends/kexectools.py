@@ -308,18 +308,25 @@ class KexecToolsBackend(InPlaceLoader):
         """Every burst reloads on a kernel without crash hotplug, so any loaded image
         will be replaced anyway.  With crash hotplug the image is adopted only when
         the kernel says it is hotplug-capable (``crash_hotplug`` reads 1)."""
-        if not self.kernel_hotplug:
-            if not self._file_syscall():
-                self.clip.loaded()
-            return True
-        flag = self.read_hotplug(self.sysroot)
-        self.own_hotplug_load = flag is True
-        self.hotplug_flag = flag
-        if flag is not False and not self._file_syscall():
+        adopted = True
+        if self.kernel_hotplug:
+            flag = self.read_hotplug(self.sysroot)
+            self.own_hotplug_load = flag is True
+            self.hotplug_flag = flag
+            adopted = flag is not False
+        if adopted:
             # what the adopted image lacks is not recorded: told again, cautiously
             # (an image the kernel rebuilt since is reported until the next change)
-            self.clip.loaded()
-        return flag is not False
+            self._tell_left_out()
+        return adopted
+
+    def _tell_left_out(self, before: Topology | None = None) -> None:
+        """What the image kexec-tools just loaded lacks (``-s``: nothing, the kernel
+        builds a kexec_file_load image's elfcorehdr itself)."""
+        if self._file_syscall():
+            self.clip.clear()
+        else:
+            self.clip.loaded(before)
 
     def input_digests(self) -> dict[str, str]:
         return {
@@ -414,10 +421,7 @@ class KexecToolsBackend(InPlaceLoader):
             raise
         if not self.is_loaded():
             log.error("kexec -p exited 0 but kexec_crash_loaded is not 1")
-        if self._file_syscall():  # -s: the kernel builds the elfcorehdr (no such cut)
-            self.clip.clear()
-        else:
-            self.clip.loaded(request.topology)
+        self._tell_left_out(request.topology)
         if self.updated_in_place:
             self.own_hotplug_load = self.hotplug_flag is not False
             if not self.own_hotplug_load:
